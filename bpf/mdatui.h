@@ -1,0 +1,194 @@
+/* Maps and records shared by the mdatui BPF programs.
+ *
+ * mdatui/core/abi.py mirrors every struct and constant here with ctypes: change both together.
+ * The programs are compiled by BCC as one unit (see mdatui/core/loader.py), so the maps below
+ * are created once and shared by sock_ops.c, sk_msg.c and sock_owner.c.
+ */
+#ifndef MDATUI_H
+#define MDATUI_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/tcp.h>
+#include <linux/socket.h>
+
+/* Two ends per accelerated connection, plus headroom for ends that are still waiting for a peer:
+ * 100,000 connections fit. */
+#define MDA_MAX_SOCKS 262144
+#define MDA_MAX_RULES 128
+#define MDA_MAX_SNAPLEN 4096
+#define MDA_UNKNOWN_ID 0xffffffff
+
+/* One end of a TCP connection, as that end sees it. netns is the network namespace cookie, set
+ * only when one of the addresses is loopback: 127.0.0.1 in two pods must not collide, while the
+ * two ends of a pod-to-pod connection over a veth live in different namespaces and must still
+ * find each other by address alone. */
+struct mda_sock_key {
+	__u32 local_ip4;   /* network byte order */
+	__u32 remote_ip4;  /* network byte order */
+	__u32 local_port;  /* host byte order */
+	__u32 remote_port; /* host byte order */
+	__u64 netns;
+};
+
+/* Who created a socket, recorded in process context at socket() (accepted sockets inherit the
+ * listener's record through BPF_F_CLONE). The kernel has no upstream getsockopt for this. */
+struct mda_owner {
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	__u32 pad;
+};
+
+/* sock_proxy_map value: this end's peer and what its sends did. `paired` is written only by the
+ * peer's sock_ops callback and `tainted` only by this end's sk_msg program, so neither needs a
+ * compare-and-swap: an end that sent anything before pairing never redirects, because its first
+ * bytes may still be unread in the peer's TCP queue and redirected bytes would overtake them. */
+struct mda_conn {
+	struct mda_sock_key peer;
+	__u64 msgs;    /* messages redirected to the peer */
+	__u64 bytes;   /* bytes redirected to the peer */
+	__u64 passed;  /* messages that went through the normal stack */
+	__u64 since_ns;
+	struct mda_owner owner;
+	__u32 paired;
+	__u32 tainted;
+	__u32 active;  /* 1: this end called connect() */
+	__u32 pad;
+};
+
+/* sock_helper_map value: what the connecting end leaves for the accepting end, keyed by the
+ * connecting end's local address (which the accepting end sees as its remote address, also
+ * behind an iptables REDIRECT, where the destination changes but the source does not). */
+struct mda_pending {
+	struct mda_sock_key key;
+	struct mda_owner owner;
+};
+
+#define MDA_RULE_IP     (1 << 0)
+#define MDA_RULE_PORT   (1 << 1)
+#define MDA_RULE_UID    (1 << 2)
+#define MDA_RULE_GID    (1 << 3)
+#define MDA_RULE_RETURN (1 << 4)
+
+struct mda_rule {
+	__u32 flags;
+	__u32 ip;   /* network byte order */
+	__u32 mask; /* network byte order */
+	__u16 port_lo;
+	__u16 port_hi;
+	__u32 uid;
+	__u32 gid;
+};
+
+/* sock_param_map holds two rule sets; mda_control.active_set says which one is live. User space
+ * fills the idle set and then flips the index, so each connection is judged by one whole set. */
+struct mda_ruleset {
+	__u32 count;
+	__u32 n_accept;
+	struct mda_rule rules[MDA_MAX_RULES];
+};
+
+struct mda_control {
+	__u32 active_set;
+	__u32 dump_on;
+	__u32 dump_ip;    /* network byte order; with dump_mask 0 any address */
+	__u32 dump_mask;
+	__u32 dump_port;  /* 0: any port */
+	__u32 snaplen;
+};
+
+/* What `enable` was asked, kept beside the pins so that any later command can find it. */
+struct mda_meta {
+	char cgroup[256];
+	char config[256];
+	__u64 enabled_at; /* unix seconds */
+};
+
+enum mda_stat {
+	MDA_STAT_SOCKHASH_FULL,
+	MDA_STAT_PROXY_FULL,
+	MDA_STAT_HELPER_FULL,
+	MDA_STAT_UNPAIRED_REMOVED,
+	MDA_STAT_TAINTED,
+	MDA_STAT_REFUSED,
+	MDA_STAT_REDIRECT_FAILED,
+	MDA_STAT_DUMP_LOST,
+	MDA_STAT_ACCELERATED,
+	MDA_STAT_CLOSED_MSGS,
+	MDA_STAT_CLOSED_BYTES,
+	MDA_STAT_MAX,
+};
+
+enum mda_event_type {
+	MDA_EV_ACCELERATED = 1,
+	MDA_EV_REFUSED = 2,
+	MDA_EV_CLOSED = 3,
+	MDA_EV_REDIRECT_FAILED = 4,
+};
+
+#define MDA_NO_RULE 0xffffffff /* refused because no ACCEPT rule matched */
+
+struct mda_event {
+	__u64 ts_ns;
+	__u32 type;
+	__u32 rule;
+	struct mda_sock_key key;
+	struct mda_sock_key peer;
+	struct mda_owner owner;
+	struct mda_owner peer_owner;
+	__u64 msgs;
+	__u64 bytes;
+	__u64 passed;
+};
+
+struct mda_dump_event {
+	__u64 ts_ns;
+	struct mda_sock_key key;
+	__u32 len;      /* bytes of the whole message */
+	__u32 caplen;   /* bytes copied into data */
+	__u8 data[MDA_MAX_SNAPLEN];
+};
+
+BPF_SOCKHASH(sock_ops_map, struct mda_sock_key, MDA_MAX_SOCKS);
+BPF_F_TABLE("hash", struct mda_sock_key, struct mda_conn, sock_proxy_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct mda_sock_key, struct mda_pending, sock_helper_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
+BPF_ARRAY(sock_param_map, struct mda_ruleset, 2);
+BPF_ARRAY(mda_control, struct mda_control, 1);
+BPF_PERCPU_ARRAY(mda_stats, __u64, MDA_STAT_MAX);
+BPF_PERCPU_ARRAY(mda_dump_scratch, struct mda_dump_event, 1);
+BPF_F_TABLE("sk_storage", int, struct mda_owner, sock_owner_map, 0, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+BPF_ARRAY(mda_meta, struct mda_meta, 1);
+BPF_PERF_OUTPUT(mda_events);
+BPF_PERF_OUTPUT(mda_dump);
+
+static __always_inline void mda_count(int stat)
+{
+	__u64 *v = mda_stats.lookup(&stat);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline __u32 mda_port_host(__u32 be_port)
+{
+	/* remote_port is the big-endian 16-bit port; older kernels shift it into the upper half. */
+	return be_port > 0xffff ? bpf_ntohl(be_port) : bpf_ntohs((__u16)be_port);
+}
+
+static __always_inline int mda_is_loopback(__u32 be_ip)
+{
+	return (bpf_ntohl(be_ip) >> 24) == 127;
+}
+
+/* Fills the key from a context that has the four fields of struct bpf_sock_ops / sk_msg_md.
+ * The netns cookie costs a helper call, so it is fetched only where an address is loopback. */
+#define MDA_KEY_FROM_CTX(key, ctx) do {						\
+	(key)->local_ip4 = (ctx)->local_ip4;					\
+	(key)->remote_ip4 = (ctx)->remote_ip4;					\
+	(key)->local_port = (ctx)->local_port;					\
+	(key)->remote_port = mda_port_host((ctx)->remote_port);			\
+	(key)->netns = 0;							\
+	if (mda_is_loopback((key)->local_ip4) || mda_is_loopback((key)->remote_ip4))	\
+		(key)->netns = bpf_get_netns_cookie(ctx);			\
+} while (0)
+
+#endif

@@ -1,0 +1,95 @@
+/* sk_msg verdict on sock_ops_map: hand each sendmsg straight to the peer's receive queue.
+ *
+ * This runs for every message of every end in the sockhash, so it does one hash lookup and the
+ * counters; the dump copy costs only while an operator has dump switched on.
+ */
+#include "mdatui.h"
+
+static __always_inline int mda_dump_wanted(struct mda_control *ctl, struct mda_sock_key *k)
+{
+	if (ctl->dump_mask && (k->local_ip4 & ctl->dump_mask) != ctl->dump_ip &&
+	    (k->remote_ip4 & ctl->dump_mask) != ctl->dump_ip)
+		return 0;
+	if (ctl->dump_port && k->local_port != ctl->dump_port && k->remote_port != ctl->dump_port)
+		return 0;
+	return 1;
+}
+
+static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_key *self)
+{
+	__u32 zero = 0;
+	struct mda_control *ctl = mda_control.lookup(&zero);
+	if (!ctl || !ctl->dump_on || !mda_dump_wanted(ctl, self))
+		return;
+	struct mda_dump_event *ev = mda_dump_scratch.lookup(&zero);
+	if (!ev)
+		return;
+	__u32 len = ctl->snaplen;
+	if (len > msg->size)
+		len = msg->size;
+	if (len > MDA_MAX_SNAPLEN)
+		len = MDA_MAX_SNAPLEN;
+	/* A message spans several pages; the copy needs its first len bytes in one piece. */
+	if (len && bpf_msg_pull_data(msg, 0, len, 0))
+		len = 0;
+	void *data = (void *)(long)msg->data;
+	void *end = (void *)(long)msg->data_end;
+	if (data + len > end)
+		len = end - data;
+	len &= 0x1fff;
+	if (len > MDA_MAX_SNAPLEN)
+		len = MDA_MAX_SNAPLEN;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->key = *self;
+	ev->len = msg->size;
+	ev->caplen = len;
+	if (len)
+		bpf_probe_read_kernel(ev->data, len, data);
+	if (mda_dump.perf_submit(msg, ev, sizeof(*ev) - MDA_MAX_SNAPLEN + len))
+		mda_count(MDA_STAT_DUMP_LOST);
+}
+
+static __always_inline void mda_report_redirect_failure(struct sk_msg_md *msg,
+							 struct mda_sock_key *self,
+							 struct mda_conn *c)
+{
+	struct mda_event ev = {};
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.type = MDA_EV_REDIRECT_FAILED;
+	ev.key = *self;
+	ev.peer = c->peer;
+	ev.owner = c->owner;
+	ev.msgs = c->msgs;
+	ev.bytes = c->bytes;
+	ev.passed = c->passed;
+	mda_events.perf_submit(msg, &ev, sizeof(ev));
+}
+
+int mda_sk_msg(struct sk_msg_md *msg)
+{
+	struct mda_sock_key self = {};
+	MDA_KEY_FROM_CTX(&self, msg);
+	struct mda_conn *c = sock_proxy_map.lookup(&self);
+	if (!c)
+		return SK_PASS;
+	if (c->paired && !c->tainted) {
+		__u32 size = msg->size;
+		long verdict = sock_ops_map.msg_redirect_hash(msg, &c->peer, BPF_F_INGRESS);
+		if (verdict == SK_PASS) {
+			lock_xadd(&c->msgs, 1);
+			lock_xadd(&c->bytes, size);
+			mda_dump_msg(msg, &self);
+			return SK_PASS;
+		}
+		/* The peer left the sockhash (closed, or taken off the fast path): from now on this
+		 * end talks through the stack, and says so once. */
+		c->tainted = 1;
+		mda_count(MDA_STAT_REDIRECT_FAILED);
+		mda_report_redirect_failure(msg, &self, c);
+	} else if (!c->tainted) {
+		c->tainted = 1;
+		mda_count(MDA_STAT_TAINTED);
+	}
+	lock_xadd(&c->passed, 1);
+	return SK_PASS;
+}

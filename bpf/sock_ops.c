@@ -1,0 +1,268 @@
+/* sock_ops on the cgroup: find the two ends of each local IPv4 TCP connection and pair them.
+ *
+ * The connecting end is established first (it sends the final ACK of the handshake), so it
+ * enters the sockhash at once and leaves its key in sock_helper_map; the accepting end looks it
+ * up there by its own remote address and, if the rules agree, completes the pair. A connecting
+ * end whose peer never shows up (remote server, server outside the cgroup, refused by a rule) is
+ * taken out of the sockhash at its first RTT sample, so it stops paying for the sk_msg program
+ * after its first flight of data.
+ */
+#include "mdatui.h"
+
+struct mda_view {
+	__u32 ip[3];    /* connecting end's local, its original destination, accepting end's local */
+	__u32 port[3];
+	__u32 uid[2];   /* connecting end's owner, accepting end's owner */
+	__u32 gid[2];
+};
+
+static __always_inline void mda_owner_of(struct bpf_sock_ops *skops, struct mda_owner *out)
+{
+	out->pid = MDA_UNKNOWN_ID;
+	out->uid = MDA_UNKNOWN_ID;
+	out->gid = MDA_UNKNOWN_ID;
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return;
+	struct mda_owner *o = sock_owner_map.sk_storage_get(sk, 0, 0);
+	if (o)
+		*out = *o;
+}
+
+static __always_inline int mda_ip_in(struct mda_rule *r, __u32 ip)
+{
+	return (ip & r->mask) == r->ip;
+}
+
+static __always_inline int mda_port_in(struct mda_rule *r, __u32 port)
+{
+	return port >= r->port_lo && port <= r->port_hi;
+}
+
+/* Every option of a rule must hold; each holds when any end of the connection satisfies it. */
+static __always_inline int mda_rule_matches(struct mda_rule *r, struct mda_view *v)
+{
+	if ((r->flags & MDA_RULE_IP) &&
+	    !(mda_ip_in(r, v->ip[0]) || mda_ip_in(r, v->ip[1]) || mda_ip_in(r, v->ip[2])))
+		return 0;
+	if ((r->flags & MDA_RULE_PORT) &&
+	    !(mda_port_in(r, v->port[0]) || mda_port_in(r, v->port[1]) || mda_port_in(r, v->port[2])))
+		return 0;
+	if ((r->flags & MDA_RULE_UID) && v->uid[0] != r->uid && v->uid[1] != r->uid)
+		return 0;
+	if ((r->flags & MDA_RULE_GID) && v->gid[0] != r->gid && v->gid[1] != r->gid)
+		return 0;
+	return 1;
+}
+
+/* 1: accelerate. 0: refused, *rule says by which rule (MDA_NO_RULE: no ACCEPT matched). */
+static __always_inline int mda_judge(struct mda_view *v, __u32 *rule)
+{
+	__u32 zero = 0;
+	struct mda_control *ctl = mda_control.lookup(&zero);
+	if (!ctl)
+		return 1;
+	__u32 set = ctl->active_set & 1;
+	struct mda_ruleset *rs = sock_param_map.lookup(&set);
+	if (!rs)
+		return 1;
+	__u32 count = rs->count;
+	int accepted = 0;
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < MDA_MAX_RULES; i++) {
+		if (i >= count)
+			break;
+		struct mda_rule *r = &rs->rules[i];
+		if (!mda_rule_matches(r, v))
+			continue;
+		if (r->flags & MDA_RULE_RETURN) {
+			*rule = i;
+			return 0;
+		}
+		accepted = 1;
+	}
+	if (rs->n_accept && !accepted) {
+		*rule = MDA_NO_RULE;
+		return 0;
+	}
+	return 1;
+}
+
+static __always_inline void mda_emit(struct bpf_sock_ops *skops, __u32 type, __u32 rule,
+				     struct mda_sock_key *self, struct mda_sock_key *peer,
+				     struct mda_owner *owner, struct mda_owner *peer_owner,
+				     struct mda_conn *counts)
+{
+	struct mda_event ev = {};
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.type = type;
+	ev.rule = rule;
+	ev.key = *self;
+	ev.peer = *peer;
+	ev.owner = *owner;
+	ev.peer_owner = *peer_owner;
+	if (counts) {
+		ev.msgs = counts->msgs;
+		ev.bytes = counts->bytes;
+		ev.passed = counts->passed;
+	}
+	mda_events.perf_submit(skops, &ev, sizeof(ev));
+}
+
+/* The connecting end sees its own source address; the accepting end sees it as remote. */
+static __always_inline void mda_helper_key(struct mda_sock_key *hk, __u32 ip, __u32 port, __u64 netns)
+{
+	hk->local_ip4 = ip;
+	hk->local_port = port;
+	hk->netns = mda_is_loopback(ip) ? netns : 0;
+}
+
+static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
+{
+	struct mda_sock_key self = {}, hk = {};
+	MDA_KEY_FROM_CTX(&self, skops);
+	/* BCC rewrites this method call into a statement: it cannot sit inside the if. */
+	int err = sock_ops_map.sock_hash_update(skops, &self, BPF_ANY);
+	if (err) {
+		mda_count(MDA_STAT_SOCKHASH_FULL);
+		return;
+	}
+	struct mda_conn c = {};
+	c.since_ns = bpf_ktime_get_ns();
+	c.active = 1;
+	mda_owner_of(skops, &c.owner);
+	if (sock_proxy_map.update(&self, &c)) {
+		sock_ops_map.delete(&self);
+		mda_count(MDA_STAT_PROXY_FULL);
+		return;
+	}
+	struct mda_pending p = {};
+	p.key = self;
+	p.owner = c.owner;
+	mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
+	if (sock_helper_map.update(&hk, &p)) {
+		sock_proxy_map.delete(&self);
+		sock_ops_map.delete(&self);
+		mda_count(MDA_STAT_HELPER_FULL);
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
+}
+
+static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
+{
+	struct mda_sock_key self = {}, hk = {};
+	MDA_KEY_FROM_CTX(&self, skops);
+	mda_helper_key(&hk, self.remote_ip4, self.remote_port, self.netns);
+	struct mda_pending *found = sock_helper_map.lookup(&hk);
+	if (!found)
+		return; /* the other end is not ours: stay on the normal path, pay nothing */
+	struct mda_pending p = *found;
+	sock_helper_map.delete(&hk);
+	struct mda_conn *peer = sock_proxy_map.lookup(&p.key);
+	if (!peer)
+		return;
+
+	struct mda_conn c = {};
+	mda_owner_of(skops, &c.owner);
+	struct mda_view v = {
+		.ip = { p.key.local_ip4, p.key.remote_ip4, self.local_ip4 },
+		.port = { p.key.local_port, p.key.remote_port, self.local_port },
+		.uid = { p.owner.uid, c.owner.uid },
+		.gid = { p.owner.gid, c.owner.gid },
+	};
+	__u32 rule = 0;
+	if (!mda_judge(&v, &rule)) {
+		mda_count(MDA_STAT_REFUSED);
+		mda_emit(skops, MDA_EV_REFUSED, rule, &p.key, &self, &p.owner, &c.owner, 0);
+		return;
+	}
+	int err = sock_ops_map.sock_hash_update(skops, &self, BPF_ANY);
+	if (err) {
+		mda_count(MDA_STAT_SOCKHASH_FULL);
+		return;
+	}
+	c.peer = p.key;
+	c.since_ns = bpf_ktime_get_ns();
+	c.paired = 1;
+	if (sock_proxy_map.update(&self, &c)) {
+		sock_ops_map.delete(&self);
+		mda_count(MDA_STAT_PROXY_FULL);
+		return;
+	}
+	peer->peer = self;
+	/* The peer's sk_msg reads paired and then peer: the key must be visible before the flag.
+	 * BPF has no fence instruction; a compiler barrier keeps the store order, which x86
+	 * (the only JIT this targets) preserves. */
+	asm volatile("" ::: "memory");
+	peer->paired = 1;
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	mda_count(MDA_STAT_ACCELERATED);
+	mda_emit(skops, MDA_EV_ACCELERATED, 0, &p.key, &self, &p.owner, &c.owner, 0);
+}
+
+/* Drop this end from every map; tell user space what it did if it had an entry. */
+static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
+{
+	struct mda_sock_key self = {}, hk = {};
+	MDA_KEY_FROM_CTX(&self, skops);
+	struct mda_conn *c = sock_proxy_map.lookup(&self);
+	if (c) {
+		if (report) {
+			struct mda_owner none = { MDA_UNKNOWN_ID, MDA_UNKNOWN_ID, MDA_UNKNOWN_ID, 0 };
+			mda_emit(skops, MDA_EV_CLOSED, 0, &self, &c->peer, &c->owner, &none, c);
+			__u32 k = MDA_STAT_CLOSED_MSGS;
+			__u64 *v = mda_stats.lookup(&k);
+			if (v)
+				*v += c->msgs;
+			k = MDA_STAT_CLOSED_BYTES;
+			v = mda_stats.lookup(&k);
+			if (v)
+				*v += c->bytes;
+		}
+		if (c->active && !c->paired) {
+			mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
+			sock_helper_map.delete(&hk);
+		}
+		sock_proxy_map.delete(&self);
+	}
+	sock_ops_map.delete(&self);
+}
+
+static __always_inline void mda_first_rtt(struct bpf_sock_ops *skops)
+{
+	struct mda_sock_key self = {};
+	MDA_KEY_FROM_CTX(&self, skops);
+	struct mda_conn *c = sock_proxy_map.lookup(&self);
+	if (c && c->paired) {
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		return;
+	}
+	/* Acknowledged data means the handshake is long over: the peer will never pair. Nothing
+	 * was redirected into this end, so leaving the sockhash loses nothing. */
+	mda_forget(skops, 0);
+	mda_count(MDA_STAT_UNPAIRED_REMOVED);
+	bpf_sock_ops_cb_flags_set(skops, 0);
+}
+
+int mda_sock_ops(struct bpf_sock_ops *skops)
+{
+	if (skops->family != AF_INET)
+		return 0;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		mda_active_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		mda_passive_established(skops);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		mda_first_rtt(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			mda_forget(skops, 1);
+		break;
+	}
+	return 0;
+}

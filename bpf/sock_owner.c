@@ -1,0 +1,22 @@
+/* cgroup/sock_create: remember who made each IPv4 TCP socket.
+ *
+ * sock_ops callbacks run in softirq, where "current" is whoever the CPU happened to interrupt,
+ * so the owner is taken here, in the creating process, and kept in socket-local storage.
+ * Accepted sockets inherit their listener's record (BPF_F_CLONE), as iptables' owner match
+ * attributes them to the listener's owner.
+ */
+#include "mdatui.h"
+
+int mda_sock_create(struct bpf_sock *sk)
+{
+	if (sk->family != AF_INET || sk->type != 1 /* SOCK_STREAM */)
+		return 1;
+	struct mda_owner *o = sock_owner_map.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (o) {
+		__u64 ug = bpf_get_current_uid_gid();
+		o->uid = (__u32)ug;
+		o->gid = ug >> 32;
+		o->pid = bpf_get_current_pid_tgid() >> 32;
+	}
+	return 1; /* never refuse a socket */
+}

@@ -1,0 +1,158 @@
+"""ctypes mirror of bpf/mdatui.h: the one place Python knows the kernel records' layout."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import enum
+import ipaddress
+import socket
+import struct
+
+MAX_SOCKS = 262144
+MAX_RULES = 128
+MAX_SNAPLEN = 4096
+UNKNOWN_ID = 0xFFFFFFFF
+NO_RULE = 0xFFFFFFFF
+
+RULE_IP = 1 << 0
+RULE_PORT = 1 << 1
+RULE_UID = 1 << 2
+RULE_GID = 1 << 3
+RULE_RETURN = 1 << 4
+
+
+class SockKey(ct.Structure):
+    _fields_ = [
+        ("local_ip4", ct.c_uint32),
+        ("remote_ip4", ct.c_uint32),
+        ("local_port", ct.c_uint32),
+        ("remote_port", ct.c_uint32),
+        ("netns", ct.c_uint64),
+    ]
+
+    @property
+    def local(self) -> str:
+        return f"{ip_str(self.local_ip4)}:{self.local_port}"
+
+    @property
+    def remote(self) -> str:
+        return f"{ip_str(self.remote_ip4)}:{self.remote_port}"
+
+    def ident(self) -> tuple[int, int, int, int, int]:
+        return (self.local_ip4, self.remote_ip4, self.local_port, self.remote_port, self.netns)
+
+
+class Owner(ct.Structure):
+    _fields_ = [("pid", ct.c_uint32), ("uid", ct.c_uint32), ("gid", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class Conn(ct.Structure):
+    _fields_ = [
+        ("peer", SockKey),
+        ("msgs", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+        ("passed", ct.c_uint64),
+        ("since_ns", ct.c_uint64),
+        ("owner", Owner),
+        ("paired", ct.c_uint32),
+        ("tainted", ct.c_uint32),
+        ("active", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
+
+
+class Pending(ct.Structure):
+    _fields_ = [("key", SockKey), ("owner", Owner)]
+
+
+class Rule(ct.Structure):
+    _fields_ = [
+        ("flags", ct.c_uint32),
+        ("ip", ct.c_uint32),
+        ("mask", ct.c_uint32),
+        ("port_lo", ct.c_uint16),
+        ("port_hi", ct.c_uint16),
+        ("uid", ct.c_uint32),
+        ("gid", ct.c_uint32),
+    ]
+
+
+class RuleSet(ct.Structure):
+    _fields_ = [("count", ct.c_uint32), ("n_accept", ct.c_uint32), ("rules", Rule * MAX_RULES)]
+
+
+class Control(ct.Structure):
+    _fields_ = [
+        ("active_set", ct.c_uint32),
+        ("dump_on", ct.c_uint32),
+        ("dump_ip", ct.c_uint32),
+        ("dump_mask", ct.c_uint32),
+        ("dump_port", ct.c_uint32),
+        ("snaplen", ct.c_uint32),
+    ]
+
+
+class Meta(ct.Structure):
+    _fields_ = [("cgroup", ct.c_char * 256), ("config", ct.c_char * 256), ("enabled_at", ct.c_uint64)]
+
+
+class Stat(enum.IntEnum):
+    SOCKHASH_FULL = 0
+    PROXY_FULL = 1
+    HELPER_FULL = 2
+    UNPAIRED_REMOVED = 3
+    TAINTED = 4
+    REFUSED = 5
+    REDIRECT_FAILED = 6
+    DUMP_LOST = 7
+    ACCELERATED = 8
+    CLOSED_MSGS = 9
+    CLOSED_BYTES = 10
+
+
+STAT_MAX = len(Stat)
+
+
+class EventType(enum.IntEnum):
+    ACCELERATED = 1
+    REFUSED = 2
+    CLOSED = 3
+    REDIRECT_FAILED = 4
+
+
+class Event(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("type", ct.c_uint32),
+        ("rule", ct.c_uint32),
+        ("key", SockKey),
+        ("peer", SockKey),
+        ("owner", Owner),
+        ("peer_owner", Owner),
+        ("msgs", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+        ("passed", ct.c_uint64),
+    ]
+
+
+class DumpEvent(ct.Structure):
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),
+        ("key", SockKey),
+        ("len", ct.c_uint32),
+        ("caplen", ct.c_uint32),
+        ("data", ct.c_uint8 * MAX_SNAPLEN),
+    ]
+
+
+DUMP_HEADER_SIZE = DumpEvent.data.offset
+
+
+def ip_str(be_ip: int) -> str:
+    """An address as the kernel stores it (network byte order in a host integer) to dotted form."""
+    return socket.inet_ntoa(struct.pack("=I", be_ip))
+
+
+def ip_be(text: str | ipaddress.IPv4Address) -> int:
+    """Dotted form to the kernel's network-byte-order integer."""
+    return struct.unpack("=I", ipaddress.IPv4Address(text).packed)[0]

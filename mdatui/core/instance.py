@@ -1,0 +1,133 @@
+"""A running accelerator, found through what `enable` pinned: its maps, programs and settings."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import abi, bpfsys
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/mdatui"
+
+# Pinned map name -> (key type, value type). Perf arrays hold fds, filled by each reader.
+MAPS = {
+    "sock_ops_map": (abi.SockKey, ct.c_uint64),
+    "sock_proxy_map": (abi.SockKey, abi.Conn),
+    "sock_helper_map": (abi.SockKey, abi.Pending),
+    "sock_param_map": (ct.c_uint32, abi.RuleSet),
+    "mda_control": (ct.c_uint32, abi.Control),
+    "mda_stats": (ct.c_uint32, None),
+    "mda_meta": (ct.c_uint32, abi.Meta),
+    "mda_events": (ct.c_int32, ct.c_int32),
+    "mda_dump": (ct.c_int32, ct.c_int32),
+}
+
+
+@dataclass(frozen=True)
+class Program:
+    pin: str       # file name under the pin dir
+    func: str      # function in bpf/*.c
+    attach: int    # bpfsys.ATTACH_*
+    on_cgroup: bool
+
+
+PROGRAMS = (
+    Program("prog_sock_create", "mda_sock_create", bpfsys.ATTACH_CGROUP_INET_SOCK_CREATE, True),
+    Program("prog_sock_ops", "mda_sock_ops", bpfsys.ATTACH_CGROUP_SOCK_OPS, True),
+    Program("prog_sk_msg", "mda_sk_msg", bpfsys.ATTACH_SK_MSG_VERDICT, False),
+)
+
+
+class NotEnabled(LookupError):
+    """Nothing is pinned at the pin dir."""
+
+
+class Instance:
+    """Open handles on a pinned accelerator. Cheap to open: nothing is compiled."""
+
+    def __init__(self, pin_dir: str = DEFAULT_PIN_DIR):
+        self.pin_dir = pin_dir
+        if not Path(pin_dir, "sock_ops_map").exists():
+            raise NotEnabled(f"mdatui is not enabled at {pin_dir}")
+        self.maps: dict[str, bpfsys.Map] = {}
+        try:
+            for name, (key_type, value_type) in MAPS.items():
+                self.maps[name] = bpfsys.Map.open(os.path.join(pin_dir, name), key_type, value_type)
+        except BaseException:
+            self.close()
+            raise
+        self.ncpus = len(_possible_cpus())
+
+    def __enter__(self) -> "Instance":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps.clear()
+
+    @property
+    def meta(self) -> abi.Meta:
+        return self.maps["mda_meta"].lookup(ct.c_uint32(0))
+
+    @property
+    def cgroup(self) -> str:
+        return self.meta.cgroup.decode()
+
+    @property
+    def config(self) -> str:
+        return self.meta.config.decode()
+
+    def control(self) -> abi.Control:
+        return self.maps["mda_control"].lookup(ct.c_uint32(0))
+
+    def set_control(self, ctl: abi.Control) -> None:
+        self.maps["mda_control"].update(ct.c_uint32(0), ctl)
+
+    def stats(self) -> dict[str, int]:
+        """Per-CPU counters summed, by name."""
+        m = self.maps["mda_stats"]
+        buf = (ct.c_uint64 * self.ncpus)()
+        out = {}
+        for stat in abi.Stat:
+            m.lookup_raw(ct.c_uint32(stat), buf)
+            out[stat.name.lower()] = sum(buf)
+        return out
+
+    def program_ids(self) -> dict[str, int]:
+        ids = {}
+        for prog in PROGRAMS:
+            fd = bpfsys.obj_get(os.path.join(self.pin_dir, prog.pin))
+            try:
+                ids[prog.func] = bpfsys.prog_info(fd).id
+            finally:
+                os.close(fd)
+        return ids
+
+    def map_capacity(self, name: str) -> int:
+        return bpfsys.map_info(self.maps[name].fd).max_entries
+
+    def active_rules(self) -> abi.RuleSet:
+        return self.maps["sock_param_map"].lookup(ct.c_uint32(self.control().active_set & 1))
+
+    def load_rules(self, ruleset: abi.RuleSet) -> None:
+        """Fill the idle rule set, then make it live with one write of the index."""
+        ctl = self.control()
+        idle = (ctl.active_set & 1) ^ 1
+        self.maps["sock_param_map"].update(ct.c_uint32(idle), ruleset)
+        ctl.active_set = idle
+        self.set_control(ctl)
+
+
+def _possible_cpus() -> list[int]:
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus

@@ -1,0 +1,190 @@
+"""Compile the BPF programs with BCC, attach them to a cgroup and pin them; or take them away.
+
+`enable` leaves the accelerator running in the kernel after the process exits: cgroup attachments
+hold the programs and the pins hold the maps. `disable` finds everything again through the pins.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import abi, bpfsys, system
+from .instance import DEFAULT_PIN_DIR, MAPS, PROGRAMS, Instance, NotEnabled
+
+BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+HEADER = "mdatui.h"
+SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
+
+# Once no new message is redirected, how long receivers get to read what already was: the kernel
+# frees a socket's unread redirected bytes when the socket leaves the sockhash.
+DRAIN_SECONDS = 1.0
+
+
+@dataclass
+class EnableResult:
+    instance: Instance
+    already: bool  # True: it was running; nothing new was attached
+
+
+def resolve_cgroup(cgroup: str | None) -> str:
+    root = system.cgroup2_root()
+    path = Path(cgroup or root).resolve()
+    if not path.is_dir():
+        raise system.SetupError(f"cgroup {path} does not exist: create it (mkdir) or pick another")
+    if path != Path(root) and Path(root) not in path.parents:
+        raise system.SetupError(f"{path} is not inside the cgroup v2 hierarchy mounted at {root}")
+    return str(path)
+
+
+def _compile():
+    from bcc import BPF  # imported here: query and the console never need the compiler
+
+    # One text, not #includes: BCC loads as programs, and rewrites map calls in, only what is in
+    # its main file. The header goes first; its include guard makes the files' #include no-ops.
+    text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
+    try:
+        return BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-macro-redefined"])
+    except Exception as e:  # BCC raises bare Exception on compile or load failure
+        raise system.SetupError(
+            f"could not load the BPF programs ({e}); the kernel needs CONFIG_BPF_SYSCALL, "
+            "CONFIG_NET_SOCK_MSG and CONFIG_CGROUP_BPF") from e
+
+
+def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
+           ruleset: abi.RuleSet | None = None) -> EnableResult:
+    """Load and attach, or find what is already running there (and load the new rules into it)."""
+    system.require_root("mdatui enable")
+    cg = resolve_cgroup(cgroup)
+    system.ensure_bpffs(pin_dir)
+    try:
+        inst = Instance(pin_dir)
+    except NotEnabled:
+        pass
+    else:
+        if inst.cgroup != cg:
+            held = inst.cgroup
+            inst.close()
+            raise system.SetupError(
+                f"{pin_dir} already holds an accelerator for cgroup {held}: "
+                "run `mdatui disable` first, or choose another --pin-dir")
+        if ruleset is not None:
+            inst.load_rules(ruleset)
+        return EnableResult(inst, already=True)
+
+    b = _compile()
+    from bcc import BPF, BPFAttachType
+    from bcc.libbcc import lib
+
+    pinned: list[str] = []
+    attached: list[tuple[object, int, int]] = []
+    cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        Path(pin_dir).mkdir(parents=True, exist_ok=True)
+        fns = {
+            "mda_sock_create": b.load_func("mda_sock_create", BPF.CGROUP_SOCK),
+            "mda_sock_ops": b.load_func("mda_sock_ops", BPF.SOCK_OPS),
+            "mda_sk_msg": b.load_func("mda_sk_msg", BPF.SK_MSG),
+        }
+        for name in MAPS:
+            fd = lib.bpf_table_fd(b.module, name.encode())
+            if fd < 0:
+                raise system.SetupError(f"BPF map {name} was not created")
+            path = os.path.join(pin_dir, name)
+            bpfsys.obj_pin(fd, path)
+            pinned.append(path)
+        for prog in PROGRAMS:
+            path = os.path.join(pin_dir, prog.pin)
+            bpfsys.obj_pin(fns[prog.func].fd, path)
+            pinned.append(path)
+
+        meta = abi.Meta(cgroup=cg.encode(), config=config.encode(), enabled_at=int(time.time()))
+        b["mda_meta"][ct.c_int(0)] = meta
+        ctl = abi.Control(active_set=0, snaplen=128)
+        b["mda_control"][ct.c_int(0)] = ctl
+        if ruleset is not None:
+            b["sock_param_map"][ct.c_int(0)] = ruleset
+
+        sockhash = lib.bpf_table_fd(b.module, b"sock_ops_map")
+        BPF.attach_func(fns["mda_sk_msg"], sockhash, BPFAttachType.SK_MSG_VERDICT)
+        attached.append((fns["mda_sk_msg"], sockhash, BPFAttachType.SK_MSG_VERDICT))
+        # Owners are recorded before sock_ops can pair anything; ALLOW_MULTI leaves other tools'
+        # programs on the same cgroup in place.
+        for func, atype in (("mda_sock_create", BPFAttachType.CGROUP_INET_SOCK_CREATE),
+                            ("mda_sock_ops", BPFAttachType.CGROUP_SOCK_OPS)):
+            BPF.attach_func(fns[func], cg_fd, atype, bpfsys.BPF_F_ALLOW_MULTI)
+            attached.append((fns[func], cg_fd, atype))
+    except BaseException as e:
+        for fn, target, atype in reversed(attached):
+            BPF.detach_func(fn, target, atype)
+        for path in pinned:
+            os.unlink(path)
+        _rmdir_quietly(pin_dir)
+        if isinstance(e, bpfsys.BpfError):
+            raise system.SetupError(f"could not attach to {cg}: {e.strerror}") from e
+        raise
+    finally:
+        os.close(cg_fd)
+    b.cleanup()
+    return EnableResult(Instance(pin_dir), already=False)
+
+
+def disable(pin_dir: str = DEFAULT_PIN_DIR) -> str:
+    """Detach and unpin. Established connections go on over the normal stack, bytes intact.
+
+    Returns the cgroup it was attached to. Raises NotEnabled when nothing is pinned there.
+    """
+    system.require_root("mdatui disable")
+    with Instance(pin_dir) as inst:
+        cg = inst.cgroup
+        _detach_from_cgroup(pin_dir, cg)
+        _stop_redirecting(inst)
+    time.sleep(DRAIN_SECONDS)
+    for entry in os.listdir(pin_dir):
+        os.unlink(os.path.join(pin_dir, entry))
+    _rmdir_quietly(pin_dir)
+    return cg
+
+
+def _detach_from_cgroup(pin_dir: str, cg: str) -> None:
+    try:
+        cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return  # the cgroup went away, and its attachments with it
+    try:
+        for prog in PROGRAMS:
+            if not prog.on_cgroup:
+                continue
+            fd = bpfsys.obj_get(os.path.join(pin_dir, prog.pin))
+            try:
+                bpfsys.prog_detach(fd, cg_fd, prog.attach)
+            except FileNotFoundError:
+                pass
+            except bpfsys.BpfError as e:
+                if e.errno != 2:
+                    raise
+            finally:
+                os.close(fd)
+    finally:
+        os.close(cg_fd)
+
+
+def _stop_redirecting(inst: Instance) -> None:
+    """Send every end through the normal stack from its next message on."""
+    proxy = inst.maps["sock_proxy_map"]
+    for key, conn in list(proxy.items()):
+        conn.tainted = 1
+        try:
+            proxy.update(key, conn, bpfsys.BPF_EXIST)
+        except bpfsys.BpfError:
+            pass  # closed meanwhile
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

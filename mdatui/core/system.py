@@ -1,0 +1,51 @@
+"""What the host offers: root, the cgroup v2 mount, bpffs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+BPFFS = "/sys/fs/bpf"
+
+
+class SetupError(RuntimeError):
+    """The host cannot run the accelerator as asked; the message says what to do."""
+
+
+def require_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise SetupError(f"{action} needs root (it loads BPF programs and pins maps): run it with sudo")
+
+
+def mounts(path: str = "/proc/mounts") -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount, in mount order."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3:
+                out.append((fields[1].replace("\\040", " "), fields[2]))
+    return out
+
+
+def cgroup2_root(path: str = "/proc/mounts") -> str:
+    for point, fstype in mounts(path):
+        if fstype == "cgroup2":
+            return point
+    raise SetupError("no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+
+
+def ensure_bpffs(pin_dir: str) -> None:
+    """Mount bpffs at /sys/fs/bpf when the pin dir lives there and nothing is mounted yet."""
+    pin = Path(pin_dir).resolve()
+    mounted = [Path(p) for p, fstype in mounts() if fstype == "bpf"]
+    if any(pin == m or m in pin.parents for m in mounted):
+        return
+    bpffs = Path(BPFFS)
+    if bpffs != pin and bpffs not in pin.parents:
+        raise SetupError(f"{pin_dir} is not on a bpf filesystem: mount one there (mount -t bpf bpf DIR)")
+    bpffs.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SetupError(f"could not mount bpffs at {BPFFS}: mount it by hand (mount -t bpf bpf {BPFFS})")

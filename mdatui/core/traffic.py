@@ -1,0 +1,199 @@
+"""Small TCP peers that make real traffic for the demo, the benchmarks and the tests.
+
+    python -m mdatui.core.traffic echo  --port 7000
+    python -m mdatui.core.traffic sink  --port 7000
+    python -m mdatui.core.traffic proxy --port 15001 --to 127.0.0.1:7000
+    python -m mdatui.core.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
+    python -m mdatui.core.traffic churn --to 127.0.0.1:7000 --count 10000
+    python -m mdatui.core.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
+
+Servers print READY once listening; every command reports on stdout as one JSON line.
+Every loop is bounded by a count or a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+
+BLOCK = random.Random(1).randbytes(1 << 20)  # the same bytes on every run, so hashes compare
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def _say(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def _listen(port: int, host: str = "0.0.0.0") -> socket.socket:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(1024)
+    print("READY", flush=True)
+    return srv
+
+
+def _serve(srv: socket.socket, handle) -> None:
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+
+
+def _sink(conn: socket.socket) -> None:
+    h, n = hashlib.sha256(), 0
+    with conn:
+        while data := conn.recv(1 << 16):
+            h.update(data)
+            n += len(data)
+        _say(bytes=n, sha256=h.hexdigest(), peer="%s:%d" % conn.getpeername())
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(1 << 16):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _proxy(upstream: tuple[str, int]):
+    def handle(conn: socket.socket) -> None:
+        with conn, socket.create_connection(upstream) as up:
+            back = threading.Thread(target=_pipe, args=(up, conn), daemon=True)
+            back.start()
+            _pipe(conn, up)
+            back.join()
+    return handle
+
+
+def _payload(total: int, chunk: int):
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        start = sent % len(BLOCK)
+        piece = BLOCK[start:start + n]
+        if len(piece) < n:
+            piece += BLOCK[: n - len(piece)]
+        yield piece
+        sent += n
+
+
+def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pause: float) -> None:
+    s = socket.create_connection(to)
+    local = "%s:%d" % s.getsockname()
+    if hold:  # let the caller look at the maps before any byte moves
+        _say(local=local, state="connected")
+        sys.stdin.readline()
+    h_out, h_in, got = hashlib.sha256(), hashlib.sha256(), 0
+    reader = None
+    if echo:
+        def read_back() -> None:
+            nonlocal got
+            while got < total and (data := s.recv(1 << 16)):
+                h_in.update(data)
+                got += len(data)
+        reader = threading.Thread(target=read_back, daemon=True)
+        reader.start()
+    for piece in _payload(total, chunk):
+        s.sendall(piece)
+        h_out.update(piece)
+        if pause:
+            time.sleep(pause)
+    if reader:
+        reader.join()
+    result = dict(local=local, sent=total, sha256_sent=h_out.hexdigest())
+    if echo:
+        result.update(received=got, sha256_received=h_in.hexdigest())
+    if hold:
+        _say(state="done", **result)
+        sys.stdin.readline()
+        s.close()
+    else:
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)  # wait for the server's close so that its counts are final
+        s.close()
+        _say(**result)
+
+
+def churn(to: tuple[str, int], count: int) -> None:
+    ok = 0
+    for i in range(count):
+        with socket.create_connection(to) as s:
+            msg = b"ping %d" % i
+            s.sendall(msg)
+            if s.recv(64) == msg:
+                ok += 1
+    _say(connections=count, echoed=ok)
+
+
+def chat(to: tuple[str, int], seconds: float, rate: float, size: int) -> None:
+    """Request/response at a steady rate: what the demo shows moving."""
+    deadline = time.monotonic() + seconds
+    done = 0
+    with socket.create_connection(to) as s:
+        while time.monotonic() < deadline:
+            msg = (b"GET /%d HTTP/1.1\r\nHost: demo\r\n\r\n" % done).ljust(size, b".")
+            s.sendall(msg)
+            need = len(msg)
+            while need and (data := s.recv(need)):
+                need -= len(data)
+            done += 1
+            time.sleep(1 / rate)
+    _say(requests=done)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="mdatui.core.traffic")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("echo", "sink", "proxy"):
+        p = sub.add_parser(name)
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--host", default="0.0.0.0")
+        if name == "proxy":
+            p.add_argument("--to", type=_addr, required=True)
+    p = sub.add_parser("send")
+    p.add_argument("--to", type=_addr, required=True)
+    p.add_argument("--bytes", type=int, default=1 << 20)
+    p.add_argument("--chunk", type=int, default=1 << 16)
+    p.add_argument("--echo", action="store_true")
+    p.add_argument("--hold", action="store_true")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between chunks")
+    p = sub.add_parser("churn")
+    p.add_argument("--to", type=_addr, required=True)
+    p.add_argument("--count", type=int, default=1000)
+    p = sub.add_parser("chat")
+    p.add_argument("--to", type=_addr, required=True)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--rate", type=float, default=20)
+    p.add_argument("--size", type=int, default=256)
+    a = ap.parse_args(argv)
+    if a.cmd in ("echo", "sink", "proxy"):
+        handle = {"echo": _echo, "sink": _sink}.get(a.cmd) or _proxy(a.to)
+        _serve(_listen(a.port, a.host), handle)
+    elif a.cmd == "send":
+        send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause)
+    elif a.cmd == "churn":
+        churn(a.to, a.count)
+    else:
+        chat(a.to, a.seconds, a.rate, a.size)
+
+
+if __name__ == "__main__":
+    main()

@@ -57,7 +57,7 @@ def _compile():
 def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
            ruleset: abi.RuleSet | None = None) -> EnableResult:
     """Load and attach, or find what is already running there (and load the new rules into it)."""
-    system.require_root("mdatui enable")
+    system.require_root("enable")
     cg = resolve_cgroup(cgroup)
     system.ensure_bpffs(pin_dir)
     try:
@@ -137,7 +137,7 @@ def disable(pin_dir: str = DEFAULT_PIN_DIR) -> str:
 
     Returns the cgroup it was attached to. Raises NotEnabled when nothing is pinned there.
     """
-    system.require_root("mdatui disable")
+    system.require_root("disable")
     with Instance(pin_dir) as inst:
         cg = inst.cgroup
         _detach_from_cgroup(pin_dir, cg)

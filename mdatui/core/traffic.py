@@ -1,7 +1,7 @@
 """Small TCP peers that make real traffic for the demo, the benchmarks and the tests.
 
     python -m mdatui.core.traffic echo  --port 7000
-    python -m mdatui.core.traffic sink  --port 7000
+    python -m mdatui.core.traffic sink  --port 7000 [--delay 2]
     python -m mdatui.core.traffic proxy --port 15001 --to 127.0.0.1:7000
     python -m mdatui.core.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
     python -m mdatui.core.traffic churn --to 127.0.0.1:7000 --count 10000
@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import random
+import select
 import socket
 import sys
 import threading
@@ -28,6 +29,16 @@ BLOCK = random.Random(1).randbytes(1 << 20)  # the same bytes on every run, so h
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    """Wait until readable, then read, as event-driven servers do.
+
+    A thread blocked inside recv() on a sockmap socket when the peer's FIN arrives gets EAGAIN
+    instead of end-of-file (tcp_bpf, seen on 6.18); after poll() says readable it gets 0.
+    """
+    select.select([s], [], [])
+    return s.recv(n)
 
 
 def _say(**fields) -> None:
@@ -51,14 +62,15 @@ def _serve(srv: socket.socket, handle) -> None:
 
 def _echo(conn: socket.socket) -> None:
     with conn:
-        while data := conn.recv(1 << 16):
+        while data := _recv(conn, 1 << 16):
             conn.sendall(data)
 
 
-def _sink(conn: socket.socket) -> None:
+def _sink(conn: socket.socket, delay: float = 0.0) -> None:
     h, n = hashlib.sha256(), 0
+    time.sleep(delay)  # a reader that falls behind: what was sent waits in its queue
     with conn:
-        while data := conn.recv(1 << 16):
+        while data := _recv(conn, 1 << 16):
             h.update(data)
             n += len(data)
         _say(bytes=n, sha256=h.hexdigest(), peer="%s:%d" % conn.getpeername())
@@ -66,7 +78,7 @@ def _sink(conn: socket.socket) -> None:
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
     try:
-        while data := src.recv(1 << 16):
+        while data := _recv(src, 1 << 16):
             dst.sendall(data)
         dst.shutdown(socket.SHUT_WR)
     except OSError:
@@ -106,7 +118,7 @@ def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pa
     if echo:
         def read_back() -> None:
             nonlocal got
-            while got < total and (data := s.recv(1 << 16)):
+            while got < total and (data := _recv(s, 1 << 16)):
                 h_in.update(data)
                 got += len(data)
         reader = threading.Thread(target=read_back, daemon=True)
@@ -127,7 +139,7 @@ def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pa
         s.close()
     else:
         s.shutdown(socket.SHUT_WR)
-        s.recv(1)  # wait for the server's close so that its counts are final
+        _recv(s, 1)  # wait for the server's close so that its counts are final
         s.close()
         _say(**result)
 
@@ -138,7 +150,7 @@ def churn(to: tuple[str, int], count: int) -> None:
         with socket.create_connection(to) as s:
             msg = b"ping %d" % i
             s.sendall(msg)
-            if s.recv(64) == msg:
+            if _recv(s, 64) == msg:
                 ok += 1
     _say(connections=count, echoed=ok)
 
@@ -152,7 +164,7 @@ def chat(to: tuple[str, int], seconds: float, rate: float, size: int) -> None:
             msg = (b"GET /%d HTTP/1.1\r\nHost: demo\r\n\r\n" % done).ljust(size, b".")
             s.sendall(msg)
             need = len(msg)
-            while need and (data := s.recv(need)):
+            while need and (data := _recv(s, need)):
                 need -= len(data)
             done += 1
             time.sleep(1 / rate)
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--host", default="0.0.0.0")
         if name == "proxy":
             p.add_argument("--to", type=_addr, required=True)
+        if name == "sink":
+            p.add_argument("--delay", type=float, default=0.0, help="seconds before reading")
     p = sub.add_parser("send")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--bytes", type=int, default=1 << 20)
@@ -185,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=256)
     a = ap.parse_args(argv)
     if a.cmd in ("echo", "sink", "proxy"):
-        handle = {"echo": _echo, "sink": _sink}.get(a.cmd) or _proxy(a.to)
+        handle = {"echo": _echo, "sink": lambda c: _sink(c, a.delay)}.get(a.cmd) or _proxy(a.to)
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":
         send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause)

@@ -1,0 +1,1 @@
+"""Scriptable commands beside the console, as oncn-mda's mdacore."""

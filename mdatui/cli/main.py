@@ -1,0 +1,123 @@
+"""`mdatui` entry point: the console by default, scriptable subcommands beside it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..core import loader, snapshot, system
+from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
+from . import format as fmt
+
+
+class CliError(Exception):
+    """A message for the user; main() prints it as one line and exits non-zero."""
+
+
+def _pin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR,
+                   help=f"where maps and programs are pinned (default {DEFAULT_PIN_DIR})")
+
+
+def cmd_enable(a) -> int:
+    from . import rules_cmd
+    ruleset, config = rules_cmd.ruleset_for_enable(a.config)
+    res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset)
+    with res.instance as inst:
+        ids = ", ".join(f"{k}={v}" for k, v in inst.program_ids().items())
+        if res.already:
+            what = "rules reloaded" if ruleset is not None else "nothing attached twice"
+            print(f"already enabled on {inst.cgroup} ({what}); programs {ids}")
+        else:
+            print(f"enabled on {inst.cgroup}; pinned at {inst.pin_dir}; programs {ids}")
+    return 0
+
+
+def cmd_disable(a) -> int:
+    try:
+        cg = loader.disable(a.pin_dir)
+    except NotEnabled:
+        print(f"not enabled: nothing pinned at {a.pin_dir}")
+        return 0
+    print(f"disabled on {cg}; open connections continue over the normal stack")
+    return 0
+
+
+def cmd_query(a) -> int:
+    try:
+        inst = Instance(a.pin_dir)
+    except NotEnabled:
+        snap = snapshot.disabled(a.pin_dir)
+    except PermissionError:
+        raise CliError("query needs root to open the pinned maps: run it with sudo")
+    else:
+        with inst:
+            snap = snapshot.read(inst)
+    if a.json:
+        print(json.dumps(snap.to_json(connections=a.connections), indent=2))
+        return 0
+    if not snap.enabled:
+        print(f"mdatui: not enabled (nothing pinned at {a.pin_dir})")
+        return 0
+    print(f"mdatui: enabled on {snap.cgroup}")
+    print(f"  programs: " + ", ".join(f"{k} id {v}" for k, v in snap.programs.items()))
+    for name, m in snap.maps.items():
+        print(f"  {name}: {m['entries']} entries (of {m['capacity']})")
+    print(f"  rules: {snap.rules_active} active; config {snap.config or '(none)'}")
+    print(f"  redirected: {snap.redirected_msgs} msgs, {fmt.size(snap.redirected_bytes)}; "
+          f"{snap.pairs} pairs now")
+    noisy = {k: v for k, v in snap.stats.items() if v and k.endswith(("full", "failed", "lost"))}
+    if noisy:
+        print("  fallbacks: " + ", ".join(f"{k}={v}" for k, v in noisy.items()))
+    if a.connections:
+        print(f"  {'LOCAL':<22} {'REMOTE':<22} {'STATE':<12} {'MSGS':>10} {'BYTES':>12} {'PASSED':>8}")
+        for c in snap.connections:
+            print(f"  {c.end.local:<22} {c.end.remote:<22} {c.state:<12} {c.msgs:>10} "
+                  f"{c.bytes:>12} {c.passed:>8}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
+    _pin_arg(ap)
+    sub = ap.add_subparsers(dest="cmd")
+
+    p = sub.add_parser("enable", help="load and attach the accelerator, then exit")
+    p.add_argument("--config", help="chain rules file to load (default: none, accelerate all)")
+    p.add_argument("--cgroup", help="cgroup v2 directory to attach to (default: the cgroup2 root)")
+    _pin_arg(p)
+    p.set_defaults(func=cmd_enable)
+
+    p = sub.add_parser("disable", help="detach and unpin; connections continue unaccelerated")
+    _pin_arg(p)
+    p.set_defaults(func=cmd_disable)
+
+    p = sub.add_parser("query", help="state of the accelerator")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--connections", action="store_true", help="list every accelerated end")
+    _pin_arg(p)
+    p.set_defaults(func=cmd_query)
+
+    from . import rules_cmd
+    rules_cmd.add_parser(sub, _pin_arg)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd is None:
+            from ..ui.app import run_console
+            return run_console(a.pin_dir)
+        return a.func(a)
+    except (CliError, system.SetupError, NotEnabled) as e:
+        print(f"mdatui: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

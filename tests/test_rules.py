@@ -8,7 +8,6 @@ import ipaddress
 import os
 import pwd
 import stat
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings

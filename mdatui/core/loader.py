@@ -85,9 +85,9 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
     try:
         Path(pin_dir).mkdir(parents=True, exist_ok=True)
         fns = {
-            "mda_sock_create": b.load_func("mda_sock_create", BPF.CGROUP_SOCK),
-            "mda_sock_ops": b.load_func("mda_sock_ops", BPF.SOCK_OPS),
-            "mda_sk_msg": b.load_func("mda_sk_msg", BPF.SK_MSG),
+            "mda_sock_create": b.load_func(b"mda_sock_create", BPF.CGROUP_SOCK),
+            "mda_sock_ops": b.load_func(b"mda_sock_ops", BPF.SOCK_OPS),
+            "mda_sk_msg": b.load_func(b"mda_sk_msg", BPF.SK_MSG),
         }
         for name in MAPS:
             fd = lib.bpf_table_fd(b.module, name.encode())
@@ -102,11 +102,11 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
             pinned.append(path)
 
         meta = abi.Meta(cgroup=cg.encode(), config=config.encode(), enabled_at=int(time.time()))
-        b["mda_meta"][ct.c_int(0)] = meta
+        b[b"mda_meta"][ct.c_int(0)] = meta
         ctl = abi.Control(active_set=0, snaplen=128)
-        b["mda_control"][ct.c_int(0)] = ctl
+        b[b"mda_control"][ct.c_int(0)] = ctl
         if ruleset is not None:
-            b["sock_param_map"][ct.c_int(0)] = ruleset
+            b[b"sock_param_map"][ct.c_int(0)] = ruleset
 
         sockhash = lib.bpf_table_fd(b.module, b"sock_ops_map")
         BPF.attach_func(fns["mda_sk_msg"], sockhash, BPFAttachType.SK_MSG_VERDICT)

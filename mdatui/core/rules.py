@@ -33,7 +33,7 @@ import os
 import pwd
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -172,9 +172,10 @@ class _Bad(Exception):
     """A value is wrong; the message says how."""
 
 
+# Option -> the Rule field it sets.
 _OPTIONS = {
-    "--ip": "ip", "-i": "ip",
-    "--port": "port", "--ports": "port", "-p": "port",
+    "--ip": "net", "-i": "net",
+    "--port": "ports", "--ports": "ports", "-p": "ports",
     "--uid-owner": "uid", "-u": "uid",
     "--gid-owner": "gid", "-g": "gid",
     "-j": "target", "--j": "target", "--jump": "target",
@@ -226,7 +227,7 @@ def _parse_ports(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _owner_parser(kind: str, lookup):
+def _owner_parser(kind: str, lookup: Callable[[str], int]) -> Callable[[str], NamedId]:
     def parse(text: str) -> NamedId:
         if _NUMBER.fullmatch(text):
             number = _bounded(text, MAX_ID)
@@ -248,13 +249,12 @@ def _parse_target(text: str) -> Target:
 
 
 _VALUE_PARSERS = {
-    "ip": _parse_ip,
-    "port": _parse_ports,
+    "net": _parse_ip,
+    "ports": _parse_ports,
     "uid": _owner_parser("user", lambda name: pwd.getpwnam(name).pw_uid),
     "gid": _owner_parser("group", lambda name: grp.getgrnam(name).gr_gid),
     "target": _parse_target,
 }
-_FIELDS = {"ip": "net", "port": "ports", "uid": "uid", "gid": "gid", "target": "target"}
 
 
 def _code(line: str) -> str:
@@ -280,22 +280,25 @@ def _parse_line(line: str, path: str, line_no: int) -> tuple[Rule | None, list[R
     i = 1
     while i < len(tokens):
         option = tokens[i]
-        kind = _OPTIONS.get(option[0])
+        field = _OPTIONS.get(option[0])
         i += 1
-        if kind is None:
+        if field is None:
             error(option, f"unknown option '{option[0]}'" if option[0].startswith("-")
                   else f"unexpected '{option[0]}'; options start with -")
+            # What follows is most likely its value: one mistake, one error.
+            if i < len(tokens) and tokens[i][0] not in _OPTIONS:
+                i += 1
             continue
-        if kind in seen:
-            error(option, f"duplicate option '{option[0]}' (already given at column {seen[kind].start() + 1})")
-        seen.setdefault(kind, option)
+        if field in seen:
+            error(option, f"duplicate option '{option[0]}' (already given at column {seen[field].start() + 1})")
+        seen.setdefault(field, option)
         if i == len(tokens) or tokens[i][0] in _OPTIONS:
             error(option, f"option '{option[0]}' needs a value")
             continue
         value = tokens[i]
         i += 1
         try:
-            fields[_FIELDS[kind]] = _VALUE_PARSERS[kind](value[0])
+            fields[field] = _VALUE_PARSERS[field](value[0])
         except _Bad as bad:
             error(value, str(bad))
     if "target" not in seen:

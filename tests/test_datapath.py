@@ -1,0 +1,244 @@
+"""The accelerator on the real kernel: bytes delivered intact, really redirected, maps kept clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mdatui.core import loader, snapshot
+
+from . import peers
+
+pytestmark = pytest.mark.kernel
+
+MB50 = 50_000_000
+CHUNK = 1 << 16
+
+
+def lo_packets(netns: str) -> int:
+    out = subprocess.run(["ip", "-n", netns, "-s", "-j", "link", "show", "lo"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]["stats64"]["rx"]["packets"]
+
+
+def ends(inst) -> dict[tuple[str, str], snapshot.Connection]:
+    return {(c.end.local, c.end.remote): c for c in snapshot.read(inst).connections}
+
+
+def wait_maps_empty(inst, seconds: float = 5) -> dict[str, int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        counts = {name: inst.maps[name].count()
+                  for name in ("sock_ops_map", "sock_proxy_map", "sock_helper_map")}
+        if not any(counts.values()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+def test_loopback_echo_bypasses_the_stack(lab, accel):
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7000, ns)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(MB50),
+                       "--chunk", str(CHUNK), "--echo", hold=True)
+    local = peers.report(cli)["local"]
+
+    found = ends(accel)
+    mine, theirs = found[(local, "127.0.0.1:7000")], found[("127.0.0.1:7000", local)]
+    assert mine.state == theirs.state == "accelerated"
+    assert mine.in_sockhash and theirs.in_sockhash
+    assert mine.peer == theirs.end and theirs.peer == mine.end
+    assert mine.end.netns and mine.end.netns == theirs.end.netns  # loopback: keyed by netns
+
+    before = lo_packets(ns)
+    peers.proceed(cli)
+    done = peers.report(cli, timeout=120)
+    lo_moved = lo_packets(ns) - before
+    assert done["received"] == MB50
+    assert done["sha256_received"] == done["sha256_sent"]
+    # Over the stack 50 MB each way is well over 1,500 packets on lo; redirected, none.
+    assert lo_moved < 50, f"{lo_moved} packets crossed lo"
+
+    found = ends(accel)
+    mine, theirs = found[(local, "127.0.0.1:7000")], found[("127.0.0.1:7000", local)]
+    assert (mine.bytes, mine.msgs, mine.passed) == (MB50, -(-MB50 // CHUNK), 0)
+    assert (theirs.bytes, theirs.passed) == (MB50, 0)
+
+    peers.proceed(cli)
+    cli.wait(10)
+    assert wait_maps_empty(accel) == {"sock_ops_map": 0, "sock_proxy_map": 0, "sock_helper_map": 0}
+    assert accel.stats()["closed_bytes"] == 2 * MB50
+
+
+def test_connection_outside_the_cgroup_is_never_in_the_maps(lab, accel):
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7001, ns, False)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7001", "--bytes", "100000", "--echo",
+                       inside=False, hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    assert done["sha256_received"] == done["sha256_sent"]
+    assert not any(local in key for key in ends(accel))
+    assert accel.maps["sock_ops_map"].count() == 0
+
+
+def test_client_whose_server_is_outside_leaves_the_sockhash(lab, accel):
+    ns = lab.add_netns("pod")
+    sink = peers.server(lab, "sink", 7002, ns, False)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7002", "--bytes", "1000000", hold=True)
+    local = peers.report(cli)["local"]
+    assert ends(accel)[(local, "127.0.0.1:7002")].state == "pending"
+    peers.proceed(cli)
+    done = peers.report(cli)
+    # Its first acknowledged data took it out: it no longer runs the sk_msg program.
+    assert (local, "127.0.0.1:7002") not in ends(accel)
+    assert accel.maps["sock_ops_map"].count() == 0
+    assert accel.stats()["unpaired_removed"] == 1
+    peers.proceed(cli)
+    assert peers.report(sink)["sha256"] == done["sha256_sent"]
+
+
+def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel):
+    ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
+    # The pod's address, and an outbound port-80 REDIRECT to its sidecar, as Istio sets up.
+    lab.link(ns, "198.18.0.1/24", elsewhere, "198.18.0.2/24")
+    lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
+                 "-j", "REDIRECT", "--to-ports", "15001")
+    peers.server(lab, "echo", 7000, ns)
+    peers.server(lab, "proxy", 15001, ns, True, "--to", "127.0.0.1:7000")
+
+    cli = peers.client(lab, ns, "send", "--to", "198.18.0.2:80", "--bytes", "5000000",
+                       "--echo", hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    assert done["sha256_received"] == done["sha256_sent"]
+
+    found = ends(accel)
+    app = found[(local, "198.18.0.2:80")]       # the app still sees its original destination
+    sidecar = found[("127.0.0.1:15001", local)]  # the proxy sees the REDIRECTed address
+    assert app.state == sidecar.state == "accelerated"
+    assert app.peer == sidecar.end and sidecar.peer == app.end
+    assert app.bytes == 5_000_000 and sidecar.bytes == 5_000_000
+    upstream = [c for c in found.values() if c.end.remote == "127.0.0.1:7000"]
+    assert len(upstream) == 1 and upstream[0].state == "accelerated"
+    assert upstream[0].bytes == 5_000_000
+    peers.proceed(cli)
+
+
+def test_two_pods_with_the_same_loopback_address_do_not_cross(lab, accel):
+    pods = [lab.add_netns("a"), lab.add_netns("b")]
+    for ns in pods:
+        peers.server(lab, "echo", 7000, ns)
+    sizes = [3_000_000, 7_000_000]
+    clients = [peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(n),
+                            "--echo", hold=True) for ns, n in zip(pods, sizes)]
+    locals_ = [peers.report(c)["local"] for c in clients]
+    for c in clients:
+        peers.proceed(c)
+    results = [peers.report(c) for c in clients]
+    for r, n in zip(results, sizes):
+        assert r["received"] == n and r["sha256_received"] == r["sha256_sent"]
+    found = ends(accel)
+    cookies = set()
+    for local, n in zip(locals_, sizes):
+        mine = found[(local, "127.0.0.1:7000")]
+        assert mine.state == "accelerated" and mine.bytes == n
+        assert mine.peer.netns == mine.end.netns
+        cookies.add(mine.end.netns)
+    assert len(cookies) == 2
+    for c in clients:
+        peers.proceed(c)
+
+
+def test_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
+    a, b = lab.add_netns("a"), lab.add_netns("b")
+    lab.link(a, "198.18.1.1/24", b, "198.18.1.2/24")
+    peers.server(lab, "echo", 7000, b)
+    cli = peers.client(lab, a, "send", "--to", "198.18.1.2:7000", "--bytes", "8000000", "--echo",
+                       hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    assert done["sha256_received"] == done["sha256_sent"]
+    found = ends(accel)
+    mine, theirs = found[(local, "198.18.1.2:7000")], found[("198.18.1.2:7000", local)]
+    assert mine.state == theirs.state == "accelerated"
+    assert mine.end.netns == 0 and theirs.end.netns == 0  # distinct addresses need no netns
+    assert mine.bytes == theirs.bytes == 8_000_000
+    peers.proceed(cli)
+
+
+def test_ten_thousand_connections_leave_every_map_empty(lab, accel):
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7000, ns)
+    churn = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "10000")
+    assert peers.report(churn, timeout=240) == {"connections": 10000, "echoed": 10000}
+    assert wait_maps_empty(accel) == {"sock_ops_map": 0, "sock_proxy_map": 0, "sock_helper_map": 0}
+    stats = accel.stats()
+    assert stats["accelerated"] == 10000
+    assert stats["sockhash_full"] == stats["proxy_full"] == stats["helper_full"] == 0
+
+
+def test_disable_during_a_transfer_loses_no_byte(lab, pin_dir):
+    ns = lab.add_netns("pod")
+    inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance
+    sink = peers.server(lab, "sink", 7000, ns)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "100000000",
+                       "--pause", "0.001")
+    deadline = time.monotonic() + 10
+    while snapshot.read(inst).redirected_bytes == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    moved = snapshot.read(inst).redirected_bytes
+    inst.close()
+    loader.disable(pin_dir)
+    done = peers.report(cli, timeout=120)
+    got = peers.report(sink)
+    assert 0 < moved < 100_000_000, "the transfer was accelerated when disable came"
+    assert (got["bytes"], got["sha256"]) == (100_000_000, done["sha256_sent"])
+
+
+def mdatui(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
+    prefix = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"] if user else []
+    return subprocess.run([*prefix, sys.executable, "-m", "mdatui.cli.main", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_enable_and_disable_twice_say_what_they_did(lab, pin_dir):
+    scope = ["--cgroup", lab.cgroup, "--pin-dir", pin_dir]
+    first, second = mdatui("enable", *scope), mdatui("enable", *scope)
+    assert first.returncode == 0 and first.stdout.startswith(f"enabled on {lab.cgroup}")
+    assert second.returncode == 0
+    assert second.stdout.startswith(f"already enabled on {lab.cgroup} (nothing attached twice)")
+
+    q = json.loads(mdatui("query", "--json", "--connections", "--pin-dir", pin_dir).stdout)
+    assert q["enabled"] is True and q["cgroup"] == lab.cgroup
+    assert q["maps"]["sock_ops_map"] == {"entries": 0, "capacity": 262144}
+    assert q["connections"] == [] and q["totals"]["redirected_msgs"] == 0
+
+    other = mdatui("enable", "--cgroup", lab.outside, "--pin-dir", pin_dir)
+    assert other.returncode == 1
+    assert f"{pin_dir} already holds an accelerator for cgroup {lab.cgroup}" in other.stderr
+
+    off, again = mdatui("disable", "--pin-dir", pin_dir), mdatui("disable", "--pin-dir", pin_dir)
+    assert off.returncode == 0 and off.stdout.startswith(f"disabled on {lab.cgroup}")
+    assert again.returncode == 0 and again.stdout.strip() == f"not enabled: nothing pinned at {pin_dir}"
+    assert json.loads(mdatui("query", "--json", "--pin-dir", pin_dir).stdout)["enabled"] is False
+
+
+def test_enable_without_root_explains_and_attaches_nothing(lab, pin_dir):
+    res = mdatui("enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir, user="nobody")
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("mdatui: enable needs root (it loads BPF programs and pins maps): "
+                                  "run it with sudo")
+    assert mdatui("query", "--json", "--pin-dir", pin_dir).stdout.count('"enabled": false') == 1
+
+
+def test_enable_on_a_missing_cgroup_names_it(lab, pin_dir):
+    res = mdatui("enable", "--cgroup", lab.cgroup + "-nope", "--pin-dir", pin_dir)
+    assert res.returncode == 1
+    assert f"cgroup {lab.cgroup}-nope does not exist" in res.stderr

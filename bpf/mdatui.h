@@ -146,6 +146,8 @@ struct mda_dump_event {
 	struct mda_sock_key key;
 	__u32 len;      /* bytes of the whole message */
 	__u32 caplen;   /* bytes copied into data */
+	__u32 active;   /* 1: sent by the connecting end (client to server) */
+	__u32 pad;
 	__u8 data[MDA_MAX_SNAPLEN];
 };
 

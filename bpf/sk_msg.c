@@ -15,7 +15,8 @@ static __always_inline int mda_dump_wanted(struct mda_control *ctl, struct mda_s
 	return 1;
 }
 
-static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_key *self)
+static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_key *self,
+					 __u32 active)
 {
 	__u32 zero = 0;
 	struct mda_control *ctl = mda_control.lookup(&zero);
@@ -43,6 +44,7 @@ static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_
 	ev->key = *self;
 	ev->len = msg->size;
 	ev->caplen = len;
+	ev->active = active;
 	if (len)
 		bpf_probe_read_kernel(ev->data, len, data);
 	if (mda_dump.perf_submit(msg, ev, sizeof(*ev) - MDA_MAX_SNAPLEN + len))
@@ -78,7 +80,7 @@ int mda_sk_msg(struct sk_msg_md *msg)
 		if (verdict == SK_PASS) {
 			lock_xadd(&c->msgs, 1);
 			lock_xadd(&c->bytes, size);
-			mda_dump_msg(msg, &self);
+			mda_dump_msg(msg, &self, c->active);
 			return SK_PASS;
 		}
 		/* The peer left the sockhash (closed, or taken off the fast path): from now on this

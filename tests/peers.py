@@ -27,10 +27,11 @@ def server(lab, kind: str, port: int, netns: str, inside: bool = True, *extra: s
     return proc
 
 
-def client(lab, netns: str, *args: str, inside: bool = True, hold: bool = False) -> subprocess.Popen:
+def client(lab, netns: str, *args: str, inside: bool = True, hold: bool = False,
+           **ids) -> subprocess.Popen:
     extra = {"stdin": subprocess.PIPE} if hold else {}
     return lab.python([TRAFFIC, *args, *(["--hold"] if hold else [])], netns=netns, inside=inside,
-                      **extra)
+                      **ids, **extra)
 
 
 def report(proc: subprocess.Popen, timeout: float = 60) -> dict:

@@ -9,10 +9,7 @@ import sys
 from ..core import loader, snapshot, system
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from . import format as fmt
-
-
-class CliError(Exception):
-    """A message for the user; main() prints it as one line and exits non-zero."""
+from .errors import CliError
 
 
 def _pin_arg(p: argparse.ArgumentParser) -> None:
@@ -50,7 +47,7 @@ def cmd_query(a) -> int:
     except NotEnabled:
         snap = snapshot.disabled(a.pin_dir)
     except PermissionError:
-        raise CliError("query needs root to open the pinned maps: run it with sudo")
+        raise CliError("mdatui: query needs root to open the pinned maps: run it with sudo")
     else:
         with inst:
             snap = snapshot.read(inst)
@@ -112,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             from ..ui.app import run_console
             return run_console(a.pin_dir)
         return a.func(a)
-    except (CliError, system.SetupError, NotEnabled) as e:
+    except CliError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except (system.SetupError, NotEnabled) as e:
         print(f"mdatui: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

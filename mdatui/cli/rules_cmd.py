@@ -1,11 +1,169 @@
-"""`mdatui rules ...` and the rules `enable --config` loads."""
+"""`mdatui rules list|check|add|delete|apply`, and the rules `enable --config` loads."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+
+from ..core import apply as live
+from ..core import rules
+from ..core.instance import Instance, NotEnabled
+from .errors import CliError as RulesError
+
+
+def _load(path: str) -> rules.Config:
+    try:
+        return rules.load(path)
+    except FileNotFoundError:
+        raise RulesError(f"{path}: no such file")
+    except rules.ParseError as e:
+        raise RulesError(str(e))
+
 
 def ruleset_for_enable(config: str | None):
-    return None, config or ""
+    """(kernel rule set, absolute path) for `enable --config`; (None, "") without one."""
+    if not config:
+        return None, ""
+    return rules.to_ruleset(_load(config).rules), os.path.abspath(config)
+
+
+def _running(pin_dir: str) -> Instance | None:
+    try:
+        return Instance(pin_dir)
+    except NotEnabled:
+        return None
+
+
+def _commit(inst: Instance | None, config: rules.Config, path: str) -> str:
+    """Kernel first when it runs, then the file; report what changed."""
+    if inst is None:
+        rules.save(config, path)
+        return f"saved {path} (mdatui is not enabled: nothing loaded into the kernel)"
+    done = live.apply(inst, config, path)
+    return (f"saved {path}; loaded {done.rules} rules into the kernel; " + _effect(done))
+
+
+def _effect(done: live.Applied) -> str:
+    return (f"{done.taken_off} accelerated connections taken off the fast path; "
+            "newly accepted traffic is accelerated from its next connection on")
+
+
+def _rule_json(i: int, r: rules.Rule) -> dict:
+    return {
+        "number": i + 1,
+        "rule": rules.format_rule(r),
+        "target": r.target.value,
+        "ip": str(r.net) if r.net else None,
+        "ports": list(r.ports) if r.ports else None,
+        "uid": r.uid.id if r.uid else None,
+        "gid": r.gid.id if r.gid else None,
+    }
+
+
+def cmd_list(a) -> int:
+    inst = _running(a.pin_dir)
+    try:
+        path = a.config or live.default_config(inst)
+        config = _load(path)
+        in_kernel = None
+        if inst is not None:
+            in_kernel = bytes(inst.active_rules()) == bytes(rules.to_ruleset(config.rules))
+    finally:
+        if inst:
+            inst.close()
+    if a.json:
+        print(json.dumps({"config": path, "in_kernel": in_kernel,
+                          "rules": [_rule_json(i, r) for i, r in enumerate(config.rules)]}, indent=2))
+        return 0
+    state = {None: "mdatui not enabled", True: "loaded in the kernel",
+             False: "differs from the kernel: run `mdatui rules apply`"}[in_kernel]
+    print(f"{path}: {len(config.rules)} rules ({state})")
+    if not config.rules:
+        print("  (no rules: every connection is accelerated)")
+    for i, r in enumerate(config.rules):
+        print(f"  {i + 1:>3}  {rules.format_rule(r)}")
+    return 0
+
+
+def cmd_check(a) -> int:
+    path = a.file or live.default_config()
+    config = _load(path)
+    print(f"{path}: {len(config.rules)} rules, no errors")
+    return 0
+
+
+def _edit(a, change) -> int:
+    inst = _running(a.pin_dir)
+    try:
+        path = a.config or live.default_config(inst)
+        config = _load(path)
+        said = change(config, path)
+        print(said)
+        print(_commit(inst, config, path))
+    finally:
+        if inst:
+            inst.close()
+    return 0
+
+
+def cmd_add(a) -> int:
+    try:
+        rule = rules.parse_rule(a.rule, path="<rule>")
+    except rules.ParseError as e:
+        raise RulesError(str(e))
+
+    def change(config: rules.Config, path: str) -> str:
+        try:
+            n = config.add(rule)
+        except ValueError as e:
+            raise RulesError(f"{path}: {e}")
+        return f"rule {n + 1}: {rules.format_rule(rule)}"
+    return _edit(a, change)
+
+
+def cmd_delete(a) -> int:
+    def change(config: rules.Config, path: str) -> str:
+        count = len(config.rules)
+        if not 1 <= a.number <= count:
+            raise RulesError(f"{path}: there is no rule {a.number} (it has {count})")
+        gone = config.delete(a.number - 1)
+        return f"deleted rule {a.number}: {rules.format_rule(gone)}"
+    return _edit(a, change)
+
+
+def cmd_apply(a) -> int:
+    inst = _running(a.pin_dir)
+    if inst is None:
+        raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config FILE`")
+    with inst:
+        path = a.file or live.default_config(inst)
+        done = live.apply(inst, _load(path), None)
+    print(f"applied {done.rules} rules from {path}; " + _effect(done))
+    return 0
 
 
 def add_parser(sub, pin_arg) -> None:
-    pass
+    top = sub.add_parser("rules", help="list, check, edit and apply chain rules")
+    rsub = top.add_subparsers(dest="rules_cmd", required=True)
+
+    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = rsub.add_parser(name, help=help)
+        pin_arg(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = cmd("list", cmd_list, "show the rules of the config file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--config", help="rules file (default: the one enable loaded)")
+    p = cmd("check", cmd_check, "validate a rules file; every error is listed")
+    p.add_argument("file", nargs="?")
+    p = cmd("add", cmd_add, "append a rule (applied live when enabled), e.g. 'chain --port 80 -j RETURN'")
+    p.add_argument("rule")
+    p.add_argument("--config")
+    p = cmd("delete", cmd_delete, "delete rule N (as numbered by `rules list`)")
+    p.add_argument("number", type=int)
+    p.add_argument("--config")
+    p = cmd("apply", cmd_apply, "load a rules file into the running kernel")
+    p.add_argument("file", nargs="?")
+

@@ -141,6 +141,8 @@ class DumpEvent(ct.Structure):
         ("key", SockKey),
         ("len", ct.c_uint32),
         ("caplen", ct.c_uint32),
+        ("active", ct.c_uint32),
+        ("pad", ct.c_uint32),
         ("data", ct.c_uint8 * MAX_SNAPLEN),
     ]
 

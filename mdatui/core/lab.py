@@ -30,8 +30,8 @@ def run(*argv: str) -> str:
     return done.stdout
 
 
-def _enter(cgroup: str | None, netns: str | None) -> None:
-    """Runs in the child between fork and exec."""
+def _enter(cgroup: str | None, netns: str | None, uid: int | None, gid: int | None) -> None:
+    """Runs in the child between fork and exec; ids are dropped last, after the root-only steps."""
     if cgroup:
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
@@ -40,6 +40,11 @@ def _enter(cgroup: str | None, netns: str | None) -> None:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             os._exit(127)
         os.close(fd)
+    if gid is not None:
+        os.setgroups([])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
 
 
 class Lab:
@@ -81,12 +86,13 @@ class Lab:
         run("ip", "netns", "exec", netns, "iptables", "-w", *rule)
 
     def spawn(self, argv: list[str], netns: str | None = None, inside: bool = True,
-              **popen) -> subprocess.Popen:
-        """Start argv in a namespace, in the lab's cgroup (inside) or in its sibling (not)."""
+              uid: int | None = None, gid: int | None = None, **popen) -> subprocess.Popen:
+        """Start argv in a namespace, in the lab's cgroup (inside) or in its sibling (not),
+        optionally as another uid/gid."""
         cg = self.cgroup if inside else self.outside
         popen.setdefault("stdout", subprocess.PIPE)
         popen.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(argv, preexec_fn=lambda: _enter(cg, netns), **popen)
+        p = subprocess.Popen(argv, preexec_fn=lambda: _enter(cg, netns, uid, gid), **popen)
         self.procs.append(p)
         return p
 

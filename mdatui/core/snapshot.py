@@ -51,6 +51,7 @@ class Connection:
     age_s: float
     owner: Owner
     in_sockhash: bool
+    active: bool = False        # True for the end that called connect()
 
     def to_json(self) -> dict:
         return {
@@ -59,6 +60,7 @@ class Connection:
             "netns": self.end.netns,
             "peer": {"local": self.peer.local, "remote": self.peer.remote} if self.peer else None,
             "state": self.state,
+            "role": "connecting" if self.active else "accepting",
             "msgs": self.msgs,
             "bytes": self.bytes,
             "passed": self.passed,
@@ -160,6 +162,7 @@ def read(inst: Instance) -> Snapshot:
             age_s=max(0, now - c.since_ns) / 1e9,
             owner=Owner.of(c.owner),
             in_sockhash=key.ident() in in_hash,
+            active=bool(c.active),
         ))
     names = ("sock_ops_map", "sock_proxy_map", "sock_helper_map")
     counts = {"sock_ops_map": len(in_hash), "sock_proxy_map": len(conns),

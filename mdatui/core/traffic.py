@@ -107,8 +107,9 @@ def _payload(total: int, chunk: int):
         sent += n
 
 
-def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pause: float) -> None:
-    s = socket.create_connection(to)
+def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pause: float,
+         source_port: int = 0) -> None:
+    s = socket.create_connection(to, source_address=("", source_port) if source_port else None)
     local = "%s:%d" % s.getsockname()
     if hold:  # let the caller look at the maps before any byte moves
         _say(local=local, state="connected")
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--echo", action="store_true")
     p.add_argument("--hold", action="store_true")
     p.add_argument("--pause", type=float, default=0.0, help="seconds between chunks")
+    p.add_argument("--source-port", type=int, default=0)
     p = sub.add_parser("churn")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         handle = {"echo": _echo, "sink": lambda c: _sink(c, a.delay)}.get(a.cmd) or _proxy(a.to)
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":
-        send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause)
+        send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause, a.source_port)
     elif a.cmd == "churn":
         churn(a.to, a.count)
     else:

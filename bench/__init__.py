@@ -1,0 +1,1 @@
+"""Benchmarks that run real traffic in private labs (see bench/README.md)."""

@@ -1,0 +1,159 @@
+"""Capture what accelerated connections send: the first snaplen bytes of each redirected message.
+
+Redirected bytes never reach a network device, so tcpdump sees nothing of them; sk_msg copies
+them to the perf array `mda_dump` while an operator has dump switched on in mda_control.
+
+    with DumpSession(inst, ip="10.0.0.0/8", port=80, snaplen=256) as dump:
+        for rec in dump.poll(0.5):
+            ...
+
+The session switches dump on once its rings are ready and off again when closed, which `with`
+also does on an exception or Ctrl-C. Copying costs the data path only while dump is on.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import abi
+from .instance import Instance
+from .perfbuf import PerfReader, wall_ns
+
+DEFAULT_SNAPLEN = 128
+MAX_SNAPLEN = abi.MAX_SNAPLEN
+
+
+def parse_ip(value: str | ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """An address or CIDR; host bits are dropped (10.1.2.3/8 is 10.0.0.0/8)."""
+    if isinstance(value, ipaddress.IPv4Network):
+        return value
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address or CIDR such as 10.0.0.0/8 "
+                         "(only IPv4 is accelerated)") from None
+
+
+def check_port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return port
+
+
+def check_snaplen(snaplen: int) -> int:
+    if not 1 <= snaplen <= MAX_SNAPLEN:
+        raise ValueError(f"snaplen {snaplen} is outside 1-{MAX_SNAPLEN} bytes")
+    return snaplen
+
+
+class Direction(enum.StrEnum):
+    TO_SERVER = "to-server"   # sent by the end that called connect()
+    TO_CLIENT = "to-client"
+
+
+@dataclass(frozen=True)
+class DumpRecord:
+    """One message as its sender sent it: src is the sending end, dst its peer's address."""
+
+    ts_ns: int                # unix time of the send
+    src: str                  # ip:port
+    dst: str
+    netns: int                # namespace cookie when an address is loopback, else 0
+    len: int                  # bytes of the whole message
+    data: bytes               # its first snaplen bytes
+    direction: Direction
+
+    @property
+    def ts(self) -> float:
+        return self.ts_ns / 1e9
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.data) < self.len
+
+    def to_json(self) -> dict:
+        return {"ts": round(self.ts, 6), "src": self.src, "dst": self.dst, "netns": self.netns,
+                "len": self.len, "caplen": len(self.data), "direction": str(self.direction),
+                "data": self.data.hex()}
+
+
+def decode(raw: bytes) -> DumpRecord:
+    head = abi.DumpEvent.from_buffer_copy(raw[: abi.DUMP_HEADER_SIZE].ljust(
+        abi.DUMP_HEADER_SIZE + 0, b"\0") + bytes(MAX_SNAPLEN))
+    if len(raw) < abi.DUMP_HEADER_SIZE + head.caplen:
+        raise ValueError(f"dump record of {len(raw)} bytes is shorter than its caplen {head.caplen}")
+    start = abi.DUMP_HEADER_SIZE
+    return DumpRecord(
+        ts_ns=wall_ns(head.ts_ns), src=head.key.local, dst=head.key.remote, netns=head.key.netns,
+        len=head.len, data=raw[start:start + head.caplen],
+        direction=Direction.TO_SERVER if head.active else Direction.TO_CLIENT)
+
+
+class DumpSession:
+    """Dump switched on with one filter, and the records it yields. One session at a time."""
+
+    def __init__(self, inst: Instance, ip: str | ipaddress.IPv4Network | None = None,
+                 port: int | None = None, snaplen: int = DEFAULT_SNAPLEN, page_cnt: int = 256):
+        self.ip = parse_ip(ip) if ip is not None else None
+        self.port = check_port(port) if port is not None else None
+        self.snaplen = check_snaplen(snaplen)
+        self._inst = inst
+        self._reader = PerfReader(os.path.join(inst.pin_dir, "mda_dump"), page_cnt)
+        self._on = False
+        try:
+            self._failed_before = inst.stats()["dump_lost"]
+            self._switch(on=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "DumpSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _switch(self, on: bool) -> None:
+        ctl = self._inst.control()
+        ctl.dump_on = int(on)
+        ctl.dump_ip = abi.ip_be(self.ip.network_address) if on and self.ip else 0
+        ctl.dump_mask = abi.ip_be(self.ip.netmask) if on and self.ip else 0
+        ctl.dump_port = self.port or 0 if on else 0
+        if on:
+            ctl.snaplen = self.snaplen
+        self._inst.set_control(ctl)
+        self._on = on
+
+    @property
+    def lost_in_ring(self) -> int:
+        """Records dropped because this reader fell behind and a ring filled up."""
+        return self._reader.lost
+
+    @property
+    def failed_submits(self) -> int:
+        """Copies sk_msg could not hand over since the session began (mda_stats DUMP_LOST)."""
+        return self._inst.stats()["dump_lost"] - self._failed_before
+
+    @property
+    def lost(self) -> int:
+        """Messages that matched but were not captured. A full ring is counted by both sides."""
+        return max(self.lost_in_ring, self.failed_submits)
+
+    def poll(self, timeout_s: float) -> list[DumpRecord]:
+        """Records that arrived, in time order; waits at most timeout_s for the first one."""
+        return [decode(raw) for raw in self._reader.poll(timeout_s)]
+
+    def __iter__(self) -> Iterator[DumpRecord]:
+        """Every record until the caller stops iterating."""
+        while True:
+            yield from self.poll(0.5)
+
+    def close(self) -> None:
+        """Switch dump off first, so that nothing is copied for a reader that is gone."""
+        if self._on:
+            self._switch(on=False)
+        self._reader.close()

@@ -1,0 +1,59 @@
+"""Short forms of numbers for table cells and status lines, where every column counts."""
+
+from __future__ import annotations
+
+import time
+
+from ..core.snapshot import Owner
+
+
+def count(n: float) -> str:
+    """1234 -> 1.2k: decimal, as counts of messages are."""
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def size(n: float) -> str:
+    """Bytes in binary units, one decimal: 1.5Mi."""
+    for unit in ("B", "Ki", "Mi", "Gi", "Ti"):
+        if abs(n) < 1024 or unit == "Ti":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def rate(bytes_per_s: float) -> str:
+    return f"{size(bytes_per_s)}/s"
+
+
+def duration(seconds: float) -> str:
+    """The two largest units: 45s, 3m12s, 2h05m, 4d03h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def clock(unix_s: float) -> str:
+    """Time of day with milliseconds, local time."""
+    return time.strftime("%H:%M:%S", time.localtime(unix_s)) + f".{int(unix_s * 1000) % 1000:03d}"
+
+
+def ident(v: int | None) -> str:
+    return "?" if v is None else str(v)
+
+
+def owner(o: Owner) -> str:
+    return f"pid {ident(o.pid)} uid {ident(o.uid)} gid {ident(o.gid)}"
+
+
+def netns(cookie: int) -> str:
+    """0 means keyed without a namespace (addresses that are not loopback)."""
+    return str(cookie) if cookie else "-"

@@ -1,0 +1,1 @@
+"""Screens: the main tabbed screen and the modal ones pushed over it."""

@@ -13,6 +13,7 @@ also does on an exception or Ctrl-C. Copying costs the data path only while dump
 
 from __future__ import annotations
 
+import ctypes as ct
 import enum
 import ipaddress
 import os
@@ -82,8 +83,7 @@ class DumpRecord:
 
 
 def decode(raw: bytes) -> DumpRecord:
-    head = abi.DumpEvent.from_buffer_copy(raw[: abi.DUMP_HEADER_SIZE].ljust(
-        abi.DUMP_HEADER_SIZE + 0, b"\0") + bytes(MAX_SNAPLEN))
+    head = abi.DumpEvent.from_buffer_copy(raw.ljust(ct.sizeof(abi.DumpEvent), b"\0"))
     if len(raw) < abi.DUMP_HEADER_SIZE + head.caplen:
         raise ValueError(f"dump record of {len(raw)} bytes is shorter than its caplen {head.caplen}")
     start = abi.DUMP_HEADER_SIZE
@@ -122,7 +122,7 @@ class DumpSession:
         ctl.dump_on = int(on)
         ctl.dump_ip = abi.ip_be(self.ip.network_address) if on and self.ip else 0
         ctl.dump_mask = abi.ip_be(self.ip.netmask) if on and self.ip else 0
-        ctl.dump_port = self.port or 0 if on else 0
+        ctl.dump_port = (self.port or 0) if on else 0
         if on:
             ctl.snaplen = self.snaplen
         self._inst.set_control(ctl)
@@ -154,6 +154,8 @@ class DumpSession:
 
     def close(self) -> None:
         """Switch dump off first, so that nothing is copied for a reader that is gone."""
-        if self._on:
-            self._switch(on=False)
-        self._reader.close()
+        try:
+            if self._on:
+                self._switch(on=False)
+        finally:
+            self._reader.close()

@@ -75,6 +75,21 @@ def cmd_query(a) -> int:
     return 0
 
 
+def cmd_demo(a) -> int:
+    from ..core import demo
+    system.require_root("demo")
+    print("demo: building pods, sidecars and traffic in a private cgroup ...", file=sys.stderr)
+    with demo.running(clients=a.clients, seconds=a.seconds) as d:
+        if a.no_console:
+            import time
+            time.sleep(a.seconds)
+            snap = snapshot.read(d.instance)
+            print(json.dumps(snap.to_json(connections=True), indent=2))
+            return 0
+        from ..ui.app import run_console
+        return run_console(d.pin_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
     _pin_arg(ap)
@@ -95,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", action="store_true", help="list every accelerated end")
     _pin_arg(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("demo", help="build a small mesh in private namespaces and watch it")
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=1800, help="traffic stops after this long")
+    p.add_argument("--no-console", action="store_true",
+                   help="print the accelerator's state after --seconds instead of opening the console")
+    p.set_defaults(func=cmd_demo)
 
     from . import rules_cmd
     rules_cmd.add_parser(sub, _pin_arg)

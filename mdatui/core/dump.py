@@ -17,7 +17,6 @@ import ctypes as ct
 import enum
 import ipaddress
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import abi
@@ -146,11 +145,6 @@ class DumpSession:
     def poll(self, timeout_s: float) -> list[DumpRecord]:
         """Records that arrived, in time order; waits at most timeout_s for the first one."""
         return [decode(raw) for raw in self._reader.poll(timeout_s)]
-
-    def __iter__(self) -> Iterator[DumpRecord]:
-        """Every record until the caller stops iterating."""
-        while True:
-            yield from self.poll(0.5)
 
     def close(self) -> None:
         """Switch dump off first, so that nothing is copied for a reader that is gone."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -122,11 +121,6 @@ class EventStream:
     def poll(self, timeout_s: float) -> list[Event]:
         """Events that arrived, in time order; waits at most timeout_s for the first one."""
         return [ev for raw in self._reader.poll(timeout_s) if (ev := decode(raw)) is not None]
-
-    def __iter__(self) -> Iterator[Event]:
-        """Every event until the caller stops iterating."""
-        while True:
-            yield from self.poll(0.5)
 
     def close(self) -> None:
         self._reader.close()

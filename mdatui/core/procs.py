@@ -1,8 +1,9 @@
 """Who a socket belongs to, by name: the process behind an owner pid the kernel recorded.
 
-The kernel records pid, uid and gid when a socket is created (bpf/sock_owner.c). The command is
-looked up now, so it is only shown while that process still runs with the same start time; a pid
-that is unknown, gone or reused stays unknown (None) rather than being pinned on a stranger.
+The kernel records pid, uid and gid when a socket is created (bpf/sock_owner.c); the command is
+looked up now. A pid that is unknown or gone stays unknown (None). A pid reused by a process
+that started after the socket existed is recognised by its start time and also shown as unknown,
+rather than pinning the socket on a stranger.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import psutil
 # Long enough that a console redrawing every second looks each process up rarely; short enough
 # that a command that exec()s something else is shown as that soon after.
 CACHE_SECONDS = 10.0
+# psutil derives start times from the boot time, which /proc/stat gives in whole seconds.
+START_TIME_SLACK = 2.0
 
 
 @dataclass(frozen=True)
 class ProcessInfo:
     pid: int
-    command: str | None   # None: the process is gone (or was never visible)
-    user: str | None      # of the socket's uid as recorded by the kernel; None: not recorded
+    command: str | None   # None: the process is gone, or its pid now belongs to another one
+    user: str | None      # of the socket's uid as the kernel recorded it; None: not recorded
 
 
 def user_name(uid: int | None) -> str | None:
@@ -35,9 +38,22 @@ def user_name(uid: int | None) -> str | None:
         return str(uid)
 
 
-def _command(proc: psutil.Process) -> str:
-    cmdline = proc.cmdline()
-    return " ".join(cmdline) if cmdline else f"[{proc.name()}]"  # kernel threads have no argv
+@dataclass(frozen=True)
+class _Seen:
+    at: float                 # monotonic time of the lookup
+    command: str | None
+    started: float            # unix time; 0 when gone
+
+
+def _look(pid: int, now: float) -> _Seen:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            cmdline = proc.cmdline()
+            command = " ".join(cmdline) if cmdline else f"[{proc.name()}]"  # kernel threads
+            return _Seen(now, command, proc.create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return _Seen(now, None, 0.0)
 
 
 class Processes:
@@ -45,24 +61,25 @@ class Processes:
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
-        self._cache: dict[int, tuple[float, str | None]] = {}
+        self._cache: dict[int, _Seen] = {}
 
-    def command(self, pid: int) -> str | None:
+    def _seen(self, pid: int) -> _Seen:
         now = self._clock()
-        cached = self._cache.get(pid)
-        if cached and now - cached[0] < CACHE_SECONDS:
-            return cached[1]
-        try:
-            command = _command(psutil.Process(pid))
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            command = None
-        self._cache[pid] = (now, command)
-        if len(self._cache) > 4096:
-            self._cache = {p: c for p, c in self._cache.items() if now - c[0] < CACHE_SECONDS}
-        return command
+        seen = self._cache.get(pid)
+        if seen is None or now - seen.at >= CACHE_SECONDS:
+            if len(self._cache) > 4096:
+                self._cache = {p: s for p, s in self._cache.items() if now - s.at < CACHE_SECONDS}
+            seen = self._cache[pid] = _look(pid, now)
+        return seen
 
-    def info(self, pid: int | None, uid: int | None = None) -> ProcessInfo | None:
-        """None when the kernel did not know the pid (socket made before `enable`)."""
+    def info(self, pid: int | None, uid: int | None = None,
+             socket_since: float | None = None) -> ProcessInfo | None:
+        """pid and uid as the kernel recorded them (None: socket made before `enable`);
+        socket_since: unix time the socket is known to have existed at, to detect pid reuse."""
         if pid is None:
             return None
-        return ProcessInfo(pid, self.command(pid), user_name(uid))
+        seen = self._seen(pid)
+        command = seen.command
+        if command and socket_since is not None and seen.started > socket_since + START_TIME_SLACK:
+            command = None
+        return ProcessInfo(pid, command, user_name(uid))

@@ -1,0 +1,128 @@
+"""The console App: one backend, the refresh loop off the UI thread, the screens over them.
+
+Views never poll: a thread worker reads a snapshot every `interval` seconds and sets
+`MdaConsole.frame`; every view watches that attribute and renders what it needs from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import var
+from textual.screen import Screen
+from textual.worker import get_current_worker
+
+from ..core.console import ConsoleBackend, Frame, LiveBackend, Unavailable
+from .screens.help import HelpScreen
+from .screens.main import TABS, MainScreen
+from .screens.not_running import NotRunningScreen
+
+# Refresh periods the +/- keys step through, in seconds.
+INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class MdaConsole(App[int]):
+    TITLE = "mdatui"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("plus,equals_sign", "refresh_interval(-1)", "Faster", key_display="+", show=False),
+        Binding("minus", "refresh_interval(1)", "Slower", key_display="-", show=False),
+        Binding("ctrl+r", "refresh_now", "Refresh now", show=False),
+    ]
+
+    frame: var[Frame | None] = var(None, always_update=True)
+    interval: var[float] = var(1.0)
+    problem: var[str | None] = var(None)  # why the accelerator cannot be read at all
+
+    def __init__(self, backend: ConsoleBackend, interval: float = 1.0):
+        super().__init__()
+        self.backend = backend
+        self.set_reactive(MdaConsole.interval, interval)
+        self.frames = 0  # frames shown so far; tests wait on it
+        self._wake = threading.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def on_mount(self) -> None:
+        self.push_screen(MainScreen())
+        self._poll()
+
+    def on_unmount(self) -> None:
+        self.workers.cancel_all()
+        self._wake.set()
+        self.backend.close()
+
+    @work(thread=True, exclusive=True, group="poll")
+    def _poll(self) -> None:
+        """Reads a snapshot, hands it to the UI thread, sleeps; until the app exits."""
+        worker = get_current_worker()
+        prev: Frame | None = None
+        while not worker.is_cancelled:
+            try:
+                snap = self.backend.snapshot()
+            except Unavailable as e:
+                self.call_from_thread(self._show_problem, str(e))
+            else:
+                prev = Frame.next(prev, snap, self.backend.now())
+                self.call_from_thread(self._show_frame, prev)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def _show_frame(self, frame: Frame) -> None:
+        self.problem = None
+        self.frame = frame
+        self.frames += 1
+        self._sync_not_running(frame.snapshot.enabled)
+
+    def _show_problem(self, message: str) -> None:
+        self.problem = message
+        self._sync_not_running(False)
+
+    def _sync_not_running(self, enabled: bool) -> None:
+        showing = isinstance(self.screen, NotRunningScreen)
+        if not enabled and not showing:
+            self.push_screen(NotRunningScreen())
+        elif enabled and showing:
+            self.pop_screen()
+
+    # ------------------------------------------------------------ actions
+
+    def action_refresh_now(self) -> None:
+        self._wake.set()
+
+    def action_refresh_interval(self, step: int) -> None:
+        index = min(range(len(INTERVALS)), key=lambda i: abs(INTERVALS[i] - self.interval))
+        self.interval = INTERVALS[max(0, min(len(INTERVALS) - 1, index + step))]
+        self.notify(f"refreshing every {self.interval:g}s", timeout=2)
+
+    def watch_interval(self) -> None:
+        self._wake.set()  # the new period starts now, not after the old one ends
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if isinstance(screen, MainScreen):
+            for tab_id, title in TABS:
+                yield SystemCommand(f"Show {title}", f"Switch to the {title} tab",
+                                    lambda tab_id=tab_id: screen.action_show_tab(tab_id))
+            yield from screen.commands()
+        yield SystemCommand("Refresh now", "Read the maps again at once", self.action_refresh_now)
+        for seconds in INTERVALS:
+            yield SystemCommand(f"Refresh every {seconds:g}s", "Change how often the maps are read",
+                                lambda seconds=seconds: setattr(self, "interval", seconds))
+
+
+def run_console(pin_dir: str, interval: float = 1.0, config: str | None = None,
+                cgroup: str | None = None) -> int:
+    """`mdatui` with no subcommand. config and cgroup are what `enable` gets when offered."""
+    app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval)
+    return app.run() or 0

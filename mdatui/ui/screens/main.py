@@ -1,0 +1,70 @@
+"""The main screen: a status line, one tab per view, the keys in the footer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, TabbedContent, TabPane
+
+from ..views.base import View
+from ..views.connections import ConnectionsView
+from ..views.dump import DumpView
+from ..views.events import EventsView
+from ..views.overview import OverviewView
+from ..views.pairs import PairsView
+from ..views.rules import RulesView
+from ..widgets.status_bar import StatusBar
+
+# (tab id, title), in the order of the tabs and of their number keys.
+TABS = (
+    ("overview", "Overview"),
+    ("connections", "Connections"),
+    ("pairs", "Pairs"),
+    ("dump", "Dump"),
+    ("rules", "Rules"),
+    ("events", "Events"),
+)
+_VIEWS: dict[str, type[View]] = {
+    "overview": OverviewView,
+    "connections": ConnectionsView,
+    "pairs": PairsView,
+    "dump": DumpView,
+    "rules": RulesView,
+    "events": EventsView,
+}
+
+
+class MainScreen(Screen):
+    CSS_PATH = ["main.tcss", *(f"../views/{tab_id}.tcss" for tab_id, _ in TABS)]
+    # Wide terminals put detail panes beside their tables instead of under them.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding(str(n), f"show_tab('{tab_id}')", title, show=False)
+        for n, (tab_id, title) in enumerate(TABS, 1)
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar()
+        with TabbedContent(initial="overview"):
+            for n, (tab_id, title) in enumerate(TABS, 1):
+                with TabPane(f"[dim]{n}[/] {title}", id=tab_id):
+                    yield _VIEWS[tab_id](id=f"{tab_id}-view")
+        yield Footer()
+
+    def view(self, tab_id: str) -> View:
+        return self.query_one(f"#{tab_id}-view", View)
+
+    def action_show_tab(self, tab_id: str) -> None:
+        self.query_one(TabbedContent).active = tab_id
+        self.view(tab_id).focus_main()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.view(event.pane.id).focus_main()
+
+    def commands(self) -> Iterable[SystemCommand]:
+        """What the views offer the command palette."""
+        for tab_id, _ in TABS:
+            yield from self.view(tab_id).commands()

@@ -1,0 +1,100 @@
+"""Overview: the accelerator at a glance, with the traffic of the last minutes."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid, Vertical
+from textual.widgets import Label, Sparkline, Static
+
+from ...core.console import Frame
+from .. import format as fmt
+from .base import View
+
+HISTORY = 300  # frames kept for the sparklines: five minutes at the default 1 Hz
+
+# Counters that mean something fell back to the normal stack or was lost.
+FALLBACKS = ("sockhash_full", "proxy_full", "helper_full", "redirect_failed", "tainted",
+             "refused", "unpaired_removed", "dump_lost")
+
+
+def _grid(rows: list[tuple[str, str | Text]]) -> Table:
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+class OverviewView(View):
+    MAIN = "#ov-accelerator"
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._msgs: deque[float] = deque(maxlen=HISTORY)
+        self._bytes: deque[float] = deque(maxlen=HISTORY)
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="ov-grid"):
+            yield Static(id="ov-accelerator", classes="panel")
+            with Vertical(id="ov-traffic", classes="panel"):
+                yield Static(id="ov-rates")
+                yield Label("msgs/s", classes="spark-label")
+                yield Sparkline([], id="ov-msgs-spark")
+                yield Label("bytes/s", classes="spark-label")
+                yield Sparkline([], id="ov-bytes-spark")
+            yield Static(id="ov-maps", classes="panel")
+            yield Static(id="ov-health", classes="panel")
+
+    def on_mount(self) -> None:
+        titles = {"#ov-accelerator": "Accelerator", "#ov-traffic": "Traffic",
+                  "#ov-maps": "Maps", "#ov-health": "Fallbacks and losses"}
+        for selector, title in titles.items():
+            self.query_one(selector).border_title = title
+        self.query_one("#ov-accelerator").can_focus = True
+        super().on_mount()
+
+    def show_frame(self, frame: Frame) -> None:
+        snap = frame.snapshot
+        self._msgs.append(frame.total.msgs_per_s)
+        self._bytes.append(frame.total.bytes_per_s)
+        dump = snap.dump
+        dump_text = "off"
+        if dump and dump.on:
+            dump_text = (f"on  ip {dump.ip or 'any'}  port {dump.port or 'any'}  "
+                         f"snaplen {dump.snaplen}")
+        self.query_one("#ov-accelerator", Static).update(_grid([
+            ("state", Text("enabled", style="bold green")),
+            ("cgroup", snap.cgroup),
+            ("pinned at", snap.pin_dir),
+            ("uptime", fmt.duration(frame.uptime_s)),
+            ("rules", f"{snap.rules_active} active, from {snap.config or '(no file)'}"),
+            ("programs", ", ".join(f"{name} #{pid}" for name, pid in snap.programs.items())),
+            ("dump", dump_text),
+        ]))
+        states = {"accelerated": 0, "pending": 0, "normal": 0}
+        for c in snap.connections:
+            states[c.state] = states.get(c.state, 0) + 1
+        self.query_one("#ov-rates", Static).update(_grid([
+            ("pairs", Text(str(snap.pairs), style="bold")),
+            ("ends", f"{states['accelerated']} accelerated, {states['pending']} pending, "
+                     f"{states['normal']} normal"),
+            ("now", Text(f"{fmt.count(frame.total.msgs_per_s)} msg/s  "
+                         f"{fmt.rate(frame.total.bytes_per_s)}", style="bold")),
+            ("redirected", f"{fmt.count(snap.redirected_msgs)} msgs, "
+                           f"{fmt.size(snap.redirected_bytes)} since enabled"),
+        ]))
+        self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)
+        self.query_one("#ov-bytes-spark", Sparkline).data = list(self._bytes)
+        self.query_one("#ov-maps", Static).update(_grid([
+            (name, f"{m['entries']} / {m['capacity']}") for name, m in snap.maps.items()
+        ]))
+        self.query_one("#ov-health", Static).update(_grid([
+            (name.replace("_", " "),
+             Text(str(snap.stats.get(name, 0)), style="bold red" if snap.stats.get(name) else ""))
+            for name in FALLBACKS
+        ]))

@@ -1,0 +1,38 @@
+"""The line at the top of the main screen: is it running, on what, how busy, how fresh."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ...core.console import Frame
+from .. import format as fmt
+
+
+class StatusBar(Static):
+    def on_mount(self) -> None:
+        self.watch(self.app, "frame", self._render_status, init=True)
+        self.watch(self.app, "interval", lambda _: self._render_status(self.app.frame), init=False)
+
+    def _render_status(self, frame: Frame | None) -> None:
+        self.update(status_line(frame, self.app.interval))
+
+
+def status_line(frame: Frame | None, interval: float) -> Text:
+    if frame is None:
+        return Text(" reading the maps…", style="dim")
+    snap = frame.snapshot
+    if not snap.enabled:
+        return Text.assemble((" ○ OFF ", "bold reverse red"), f"  nothing pinned at {snap.pin_dir}")
+    sep = (" │ ", "dim")
+    dump = snap.dump
+    return Text.assemble(
+        (" ● ON ", "bold reverse green"), " ", (snap.cgroup, "bold"),
+        f"  up {fmt.duration(frame.uptime_s)}", sep,
+        f"{snap.pairs} pairs", sep,
+        (f"{fmt.count(frame.total.msgs_per_s)} msg/s", "bold"), "  ",
+        (fmt.rate(frame.total.bytes_per_s), "bold"), sep,
+        ("dump ON" if dump and dump.on else "dump off", "bold yellow" if dump and dump.on else "dim"),
+        sep, (f"⟳ {interval:g}s", "dim"),
+        no_wrap=True, overflow="ellipsis",
+    )

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import rules_cmd
     rules_cmd.add_parser(sub, _pin_arg)
+    from . import dump_cmd
+    dump_cmd.add_parser(sub, _pin_arg)
     return ap
 
 

@@ -1,0 +1,202 @@
+"""`mdatui dump` (what accelerated connections send) and `mdatui events` (what the programs did).
+
+Both run until Ctrl-C, SIGTERM/SIGHUP or --count. dump always switches capture back off: the
+copy costs every redirected message while it is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import signal
+import sys
+
+from ..core import dump, events, pcap, system
+from ..core.instance import Instance
+from ..core.perfbuf import ReaderBusy
+from ..core.snapshot import Owner
+from . import format as fmt
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+POLL_SECONDS = 0.5
+PREVIEW_CHARS = 80
+
+
+def _checked(check, convert=int):
+    """An argparse type from a core validator, so that the error names the argument."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        try:
+            return check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _positive(n: int) -> int:
+    if n < 1:
+        raise ValueError(f"{n} is not a positive number")
+    return n
+
+
+def add_parser(sub, pin_arg) -> None:
+    p = sub.add_parser("dump", help="print what accelerated connections send (tcpdump cannot see it)")
+    p.add_argument("--ip", type=_checked(dump.parse_ip, str),
+                   help="only connections with an end in this address or CIDR")
+    p.add_argument("--port", type=_checked(dump.check_port), help="only connections with an end on this port")
+    p.add_argument("--snaplen", type=_checked(dump.check_snaplen), default=dump.DEFAULT_SNAPLEN,
+                   help=f"bytes captured of each message (default {dump.DEFAULT_SNAPLEN}, "
+                        f"at most {dump.MAX_SNAPLEN})")
+    p.add_argument("--count", type=_checked(_positive), help="stop after this many messages")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per message (data in hex)")
+    out.add_argument("--pcap", metavar="FILE", help="write a pcap file for Wireshark ('-': stdout)")
+    pin_arg(p)
+    p.set_defaults(func=cmd_dump)
+
+    p = sub.add_parser("events", help="stream what the accelerator does: pairs made, refused, closed")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--count", type=_checked(_positive), help="stop after this many events")
+    pin_arg(p)
+    p.set_defaults(func=cmd_events)
+
+
+def _fail(message: str) -> int:
+    print(f"mdatui: {message}", file=sys.stderr)
+    return 1
+
+
+def _open(pin_dir: str, action: str) -> Instance:
+    system.require_root(action)
+    return Instance(pin_dir)
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """SIGTERM and SIGHUP end the command as Ctrl-C does, so that the cleanup runs."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    old = {s: signal.signal(s, stop) for s in _STOP_SIGNALS[1:]}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """A second Ctrl-C must not cut the cleanup short; it is delivered once cleanup is done."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _clock(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")
+
+
+def _preview(data: bytes) -> str:
+    return "".join(chr(b) if 32 <= b < 127 else "." for b in data[:PREVIEW_CHARS])
+
+
+def _dump_line(rec: dump.DumpRecord) -> str:
+    cut = f", captured {len(rec.data)}" if rec.truncated else ""
+    return f"{_clock(rec.ts)} {rec.src} > {rec.dst}: {rec.direction}, length {rec.len}{cut}: {_preview(rec.data)}"
+
+
+def _filter_text(a) -> str:
+    parts = [f"ip {a.ip}" if a.ip else "", f"port {a.port}" if a.port else ""]
+    return " and ".join(p for p in parts if p) or "all connections"
+
+
+def cmd_dump(a) -> int:
+    with contextlib.ExitStack() as stack:
+        inst = stack.enter_context(_open(a.pin_dir, "dump"))
+        if a.pcap == "-":
+            out = sys.stdout.buffer
+        elif a.pcap:
+            try:
+                out = stack.enter_context(open(a.pcap, "wb"))
+            except OSError as e:
+                return _fail(f"cannot write --pcap {a.pcap}: {e.strerror}")
+        writer = pcap.PcapWriter(out, a.snaplen) if a.pcap else None
+        stack.enter_context(_stop_signals_interrupt())
+        try:
+            session = dump.DumpSession(inst, ip=a.ip, port=a.port, snaplen=a.snaplen)
+        except ReaderBusy as e:
+            return _fail(str(e))
+        captured = 0
+        try:
+            print(f"dumping redirected messages on {a.pin_dir} ({_filter_text(a)}, snaplen {a.snaplen});"
+                  " Ctrl-C to stop", file=sys.stderr, flush=True)
+            while a.count is None or captured < a.count:
+                batch = session.poll(POLL_SECONDS)[: None if a.count is None else a.count - captured]
+                for rec in batch:
+                    if writer:
+                        writer.write(rec)
+                    else:
+                        print(json.dumps(rec.to_json()) if a.json else _dump_line(rec))
+                captured += len(batch)
+                (out if writer else sys.stdout).flush()
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:
+            # The reader of our output went away (`| head`); nothing more can be printed there.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        finally:
+            with _signals_deferred():
+                lost = session.lost
+                session.close()
+        print(f"{captured} messages captured, {lost} lost; dump switched off", file=sys.stderr)
+    return 0
+
+
+def _who(owner: Owner) -> str:
+    return f"pid {owner.pid if owner.pid is not None else '?'}"
+
+
+def _event_line(ev: events.Event) -> str:
+    head = f"{_clock(ev.ts)} {ev.kind.upper():<15}"
+    if isinstance(ev, (events.Accelerated, events.Refused)):
+        line = f"{head} {ev.end.local} > {ev.end.remote} ({_who(ev.owner)} > {_who(ev.peer_owner)})"
+        if isinstance(ev, events.Refused):
+            line += f" by rule {ev.rule}" if ev.rule is not None else ": no ACCEPT rule matched"
+        return line
+    peer = f"peer {ev.peer.local}" if ev.peer else "never paired"
+    return (f"{head} {ev.end.local} > {ev.end.remote} ({_who(ev.owner)}, {peer}): "
+            f"{ev.msgs} msgs, {fmt.size(ev.bytes)} redirected, {ev.passed} passed")
+
+
+def cmd_events(a) -> int:
+    with contextlib.ExitStack() as stack:
+        inst = stack.enter_context(_open(a.pin_dir, "events"))
+        stack.enter_context(_stop_signals_interrupt())
+        try:
+            stream = stack.enter_context(events.EventStream(inst))
+        except ReaderBusy as e:
+            return _fail(str(e))
+        print(f"events of {a.pin_dir}; Ctrl-C to stop", file=sys.stderr, flush=True)
+        seen = 0
+        try:
+            while a.count is None or seen < a.count:
+                batch = stream.poll(POLL_SECONDS)[: None if a.count is None else a.count - seen]
+                for ev in batch:
+                    print(json.dumps(ev.to_json()) if a.json else _event_line(ev))
+                seen += len(batch)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if stream.lost:
+            print(f"{stream.lost} events lost (the reader fell behind)", file=sys.stderr)
+    return 0

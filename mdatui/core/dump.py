@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import abi
 from .instance import Instance
-from .perfbuf import PerfReader, wall_ns
+from .perfbuf import PerfReader, wall_offset_ns
 
 DEFAULT_SNAPLEN = 128
 MAX_SNAPLEN = abi.MAX_SNAPLEN
@@ -32,10 +32,12 @@ def parse_ip(value: str | ipaddress.IPv4Network) -> ipaddress.IPv4Network:
     if isinstance(value, ipaddress.IPv4Network):
         return value
     try:
-        return ipaddress.IPv4Network(value, strict=False)
+        net = ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address or CIDR such as 10.0.0.0/8 "
-                         "(only IPv4 is accelerated)") from None
+        raise ValueError(f"{value!r} is not an IPv4 address or CIDR such as 10.0.0.0/8") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r} is IPv6; only IPv4 connections are accelerated")
+    return net
 
 
 def check_port(port: int) -> int:
@@ -81,14 +83,17 @@ class DumpRecord:
                 "data": self.data.hex()}
 
 
-def decode(raw: bytes) -> DumpRecord:
+def decode(raw: bytes, wall_offset: int | None = None) -> DumpRecord:
+    """One perf record; wall_offset as perfbuf.wall_offset_ns() gives it (taken now if None)."""
     head = abi.DumpEvent.from_buffer_copy(raw.ljust(ct.sizeof(abi.DumpEvent), b"\0"))
-    if len(raw) < abi.DUMP_HEADER_SIZE + head.caplen:
-        raise ValueError(f"dump record of {len(raw)} bytes is shorter than its caplen {head.caplen}")
     start = abi.DUMP_HEADER_SIZE
+    if len(raw) < start + head.caplen:
+        raise ValueError(f"dump record of {len(raw)} bytes is shorter than its caplen {head.caplen}")
+    if wall_offset is None:
+        wall_offset = wall_offset_ns()
     return DumpRecord(
-        ts_ns=wall_ns(head.ts_ns), src=head.key.local, dst=head.key.remote, netns=head.key.netns,
-        len=head.len, data=raw[start:start + head.caplen],
+        ts_ns=head.ts_ns + wall_offset, src=head.key.local, dst=head.key.remote,
+        netns=head.key.netns, len=head.len, data=raw[start:start + head.caplen],
         direction=Direction.TO_SERVER if head.active else Direction.TO_CLIENT)
 
 
@@ -144,7 +149,9 @@ class DumpSession:
 
     def poll(self, timeout_s: float) -> list[DumpRecord]:
         """Records that arrived, in time order; waits at most timeout_s for the first one."""
-        return [decode(raw) for raw in self._reader.poll(timeout_s)]
+        raws = self._reader.poll(timeout_s)
+        offset = wall_offset_ns()
+        return [decode(raw, offset) for raw in raws]
 
     def close(self) -> None:
         """Switch dump off first, so that nothing is copied for a reader that is gone."""

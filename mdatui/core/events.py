@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from . import abi
 from .instance import Instance
-from .perfbuf import PerfReader, wall_ns
+from .perfbuf import PerfReader, wall_offset_ns
 from .snapshot import Endpoint, Owner
 
 
@@ -81,12 +81,15 @@ def _peer(key: abi.SockKey) -> Endpoint | None:
     return Endpoint.of(key) if key.local_port or key.remote_port else None
 
 
-def decode(raw: bytes) -> Event | None:
-    """One perf record; None for a type this version does not know (newer BPF programs)."""
+def decode(raw: bytes, wall_offset: int | None = None) -> Event | None:
+    """One perf record; None for a type this version does not know (newer BPF programs).
+    wall_offset as perfbuf.wall_offset_ns() gives it; taken now if None."""
     if len(raw) < ct.sizeof(abi.Event):
         raise ValueError(f"event record of {len(raw)} bytes, expected {ct.sizeof(abi.Event)}")
     ev = abi.Event.from_buffer_copy(raw[: ct.sizeof(abi.Event)])
-    common = dict(ts_ns=wall_ns(ev.ts_ns), end=Endpoint.of(ev.key), peer=_peer(ev.peer),
+    if wall_offset is None:
+        wall_offset = wall_offset_ns()
+    common = dict(ts_ns=ev.ts_ns + wall_offset, end=Endpoint.of(ev.key), peer=_peer(ev.peer),
                   owner=Owner.of(ev.owner))
     if ev.type == abi.EventType.ACCELERATED:
         return Accelerated(**common, peer_owner=Owner.of(ev.peer_owner))
@@ -120,7 +123,9 @@ class EventStream:
 
     def poll(self, timeout_s: float) -> list[Event]:
         """Events that arrived, in time order; waits at most timeout_s for the first one."""
-        return [ev for raw in self._reader.poll(timeout_s) if (ev := decode(raw)) is not None]
+        raws = self._reader.poll(timeout_s)
+        offset = wall_offset_ns()
+        return [ev for raw in raws if (ev := decode(raw, offset)) is not None]
 
     def close(self) -> None:
         self._reader.close()

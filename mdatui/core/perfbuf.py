@@ -41,9 +41,10 @@ class ReaderBusy(RuntimeError):
     """Another process already reads this perf array."""
 
 
-def wall_ns(ktime_ns: int) -> int:
-    """A bpf_ktime_get_ns() stamp (CLOCK_MONOTONIC) as unix time in nanoseconds."""
-    return ktime_ns + time.time_ns() - time.monotonic_ns()
+def wall_offset_ns() -> int:
+    """What to add to a bpf_ktime_get_ns() stamp (CLOCK_MONOTONIC) to get unix time in ns.
+    Taken once per batch, so that records of one batch keep their order and spacing."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 def _lock(path: str) -> int:

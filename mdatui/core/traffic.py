@@ -6,6 +6,7 @@
     python -m mdatui.core.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
     python -m mdatui.core.traffic churn --to 127.0.0.1:7000 --count 10000
     python -m mdatui.core.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
+    python -m mdatui.core.traffic msgs  --to 127.0.0.1:7000 --sizes 10,3000,1 [--hold]
 
 Servers print READY once listening; every command reports on stdout as one JSON line.
 Every loop is bounded by a count or a time.
@@ -145,6 +146,36 @@ def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pa
         _say(**result)
 
 
+def messages(sizes: list[int]) -> list[bytes]:
+    """What `msgs` sends: consecutive slices of the BLOCK stream, so every byte can be checked."""
+    stream = b"".join(_payload(sum(sizes), 1 << 16))
+    out, at = [], 0
+    for n in sizes:
+        out.append(stream[at:at + n])
+        at += n
+    return out
+
+
+def msgs(to: tuple[str, int], sizes: list[int], hold: bool) -> None:
+    """One send() per size, each one message for sk_msg: counters and dumps can be checked."""
+    s = socket.create_connection(to)
+    local = "%s:%d" % s.getsockname()
+    if hold:
+        _say(local=local, state="connected")
+        sys.stdin.readline()
+    for piece in messages(sizes):
+        s.sendall(piece)
+    result = dict(local=local, msgs=len(sizes), bytes=sum(sizes))
+    if hold:
+        _say(state="done", **result)
+        sys.stdin.readline()
+    s.shutdown(socket.SHUT_WR)
+    _recv(s, 1)  # wait for the server's close so that its counts are final
+    s.close()
+    if not hold:
+        _say(**result)
+
+
 def churn(to: tuple[str, int], count: int) -> None:
     ok = 0
     for i in range(count):
@@ -191,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hold", action="store_true")
     p.add_argument("--pause", type=float, default=0.0, help="seconds between chunks")
     p.add_argument("--source-port", type=int, default=0)
+    p = sub.add_parser("msgs")
+    p.add_argument("--to", type=_addr, required=True)
+    p.add_argument("--sizes", type=lambda t: [int(n) for n in t.split(",")], required=True,
+                   help="bytes of each message, comma-separated")
+    p.add_argument("--hold", action="store_true")
     p = sub.add_parser("churn")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -205,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":
         send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause, a.source_port)
+    elif a.cmd == "msgs":
+        msgs(a.to, a.sizes, a.hold)
     elif a.cmd == "churn":
         churn(a.to, a.count)
     else:

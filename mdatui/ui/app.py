@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
@@ -20,6 +21,15 @@ from ..core.console import ConsoleBackend, Frame, LiveBackend, Unavailable
 from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen
 from .screens.not_running import NotRunningScreen
+
+class Polled(Message):
+    """A refresh from the poll worker: a frame, or why there is none."""
+
+    def __init__(self, frame: Frame | None, problem: str | None) -> None:
+        super().__init__()
+        self.frame = frame
+        self.problem = problem
+
 
 # Refresh periods the +/- keys step through, in seconds.
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -60,29 +70,30 @@ class MdaConsole(App[int]):
 
     @work(thread=True, exclusive=True, group="poll")
     def _poll(self) -> None:
-        """Reads a snapshot, hands it to the UI thread, sleeps; until the app exits."""
+        """Reads a snapshot and who owns its ends, hands them over, sleeps; until the app exits.
+
+        It posts messages rather than call_from_thread: a worker must never wait on a UI thread
+        that may be shutting down."""
         worker = get_current_worker()
         prev: Frame | None = None
         while not worker.is_cancelled:
             try:
                 snap = self.backend.snapshot()
             except Unavailable as e:
-                self.call_from_thread(self._show_problem, str(e))
+                self.post_message(Polled(None, str(e)))
             else:
-                prev = Frame.next(prev, snap, self.backend.now())
-                self.call_from_thread(self._show_frame, prev)
+                now = self.backend.now()
+                prev = Frame.next(prev, snap, now, self.backend.attribute(snap, now))
+                self.post_message(Polled(prev, None))
             self._wake.wait(self.interval)
             self._wake.clear()
 
-    def _show_frame(self, frame: Frame) -> None:
-        self.problem = None
-        self.frame = frame
-        self.frames += 1
-        self._sync_not_running(frame.snapshot.enabled)
-
-    def _show_problem(self, message: str) -> None:
-        self.problem = message
-        self._sync_not_running(False)
+    def on_polled(self, message: Polled) -> None:
+        self.problem = message.problem
+        if message.frame is not None:
+            self.frame = message.frame
+            self.frames += 1
+        self._sync_not_running(message.frame is not None and message.frame.snapshot.enabled)
 
     def _sync_not_running(self, enabled: bool) -> None:
         showing = isinstance(self.screen, NotRunningScreen)

@@ -8,6 +8,7 @@ from textual.app import SystemCommand
 from textual.containers import Vertical
 
 from ...core.console import Frame
+from ..widgets.filter_input import FilterInput
 
 
 class View(Vertical):
@@ -28,6 +29,9 @@ class View(Vertical):
     def focus_main(self) -> None:
         """Focus what the keys of this view act on (its table, usually)."""
         self.query_one(self.MAIN).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one(FilterInput).focus()
 
     def commands(self) -> Iterable[SystemCommand]:
         """Command palette entries; none unless a view has some."""

@@ -12,8 +12,10 @@
 #include <linux/socket.h>
 
 /* Two ends per accelerated connection, plus headroom for ends that are still waiting for a peer:
- * 100,000 connections fit. */
+ * 100,000 connections fit. `enable --max-sockets` overrides it. */
+#ifndef MDA_MAX_SOCKS
 #define MDA_MAX_SOCKS 262144
+#endif
 #define MDA_MAX_RULES 128
 #define MDA_MAX_SNAPLEN 4096
 #define MDA_UNKNOWN_ID 0xffffffff

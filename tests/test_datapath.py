@@ -242,3 +242,26 @@ def test_enable_on_a_missing_cgroup_names_it(lab, pin_dir):
     res = mdatui("enable", "--cgroup", lab.cgroup + "-nope", "--pin-dir", pin_dir)
     assert res.returncode == 1
     assert f"cgroup {lab.cgroup}-nope does not exist" in res.stderr
+
+
+def test_a_full_map_falls_back_to_the_stack_and_is_counted(lab, pin_dir):
+    ns = lab.add_netns("pod")
+    inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=6).instance
+    try:
+        peers.server(lab, "echo", 7000, ns)
+        clients = [peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "2000000",
+                                "--echo", hold=True) for _ in range(5)]
+        locals_ = [peers.report(c)["local"] for c in clients]
+        for c in clients:
+            peers.proceed(c)
+        for c in clients:
+            done = peers.report(c)
+            assert done["sha256_received"] == done["sha256_sent"]
+        states = {c.end.local: c.state for c in snapshot.read(inst).connections}
+        # Three connections fill six sockets; the other two were never in the maps.
+        assert sorted(str(states.get(local)) for local in locals_) == ["None"] * 2 + ["accelerated"] * 3
+        assert inst.stats()["sockhash_full"] == 2
+        for c in clients:
+            peers.proceed(c)
+    finally:
+        inst.close()

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..core import loader, snapshot, system
+from ..core import abi, loader, snapshot, system
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from . import format as fmt
 from .errors import CliError
@@ -20,7 +20,8 @@ def _pin_arg(p: argparse.ArgumentParser) -> None:
 def cmd_enable(a) -> int:
     from . import rules_cmd
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
-    res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset)
+    res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
+                        max_sockets=a.max_sockets)
     with res.instance as inst:
         ids = ", ".join(f"{k}={v}" for k, v in inst.program_ids().items())
         if res.already:
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enable", help="load and attach the accelerator, then exit")
     p.add_argument("--config", help="chain rules file to load (default: none, accelerate all)")
     p.add_argument("--cgroup", help="cgroup v2 directory to attach to (default: the cgroup2 root)")
+    p.add_argument("--max-sockets", type=int, default=abi.MAX_SOCKS,
+                   help=f"sockets the maps hold, two per connection (default {abi.MAX_SOCKS})")
     _pin_arg(p)
     p.set_defaults(func=cmd_enable)
 

@@ -40,14 +40,14 @@ def resolve_cgroup(cgroup: str | None) -> str:
     return str(path)
 
 
-def _compile():
+def _compile(max_sockets: int):
     from bcc import BPF  # imported here: query and the console never need the compiler
 
     # One text, not #includes: BCC loads as programs, and rewrites map calls in, only what is in
     # its main file. The header goes first; its include guard makes the files' #include no-ops.
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
     try:
-        return BPF(text=text, cflags=[f"-I{BPF_DIR}", "-Wno-macro-redefined"])
+        return BPF(text=text, cflags=[f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"])
     except Exception as e:  # BCC raises bare Exception on compile or load failure
         raise system.SetupError(
             f"could not load the BPF programs ({e}); the kernel needs CONFIG_BPF_SYSCALL, "
@@ -55,7 +55,7 @@ def _compile():
 
 
 def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
-           ruleset: abi.RuleSet | None = None) -> EnableResult:
+           ruleset: abi.RuleSet | None = None, max_sockets: int = abi.MAX_SOCKS) -> EnableResult:
     """Load and attach, or find what is already running there (and load the new rules into it)."""
     system.require_root("enable")
     cg = resolve_cgroup(cgroup)
@@ -75,7 +75,9 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
             inst.load_rules(ruleset)
         return EnableResult(inst, already=True)
 
-    b = _compile()
+    if not 2 <= max_sockets <= 1 << 24:
+        raise system.SetupError(f"--max-sockets {max_sockets} is out of range 2-16777216")
+    b = _compile(max_sockets)
     from bcc import BPF, BPFAttachType
     from bcc.libbcc import lib
 

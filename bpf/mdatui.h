@@ -82,8 +82,9 @@ struct mda_rule {
 	__u32 gid;
 };
 
-/* sock_param_map holds two rule sets; mda_control.active_set says which one is live. User space
- * fills the idle set and then flips the index, so each connection is judged by one whole set. */
+/* sock_param_map holds two rule sets; mda_active_set (a map of its own, so that dump settings
+ * written meanwhile cannot undo a flip) says which one is live. User space fills the idle set and
+ * then flips the index, so each connection is judged by one whole set. */
 struct mda_ruleset {
 	__u32 count;
 	__u32 n_accept;
@@ -91,7 +92,6 @@ struct mda_ruleset {
 };
 
 struct mda_control {
-	__u32 active_set;
 	__u32 dump_on;
 	__u32 dump_ip;    /* network byte order; with dump_mask 0 any address */
 	__u32 dump_mask;
@@ -157,6 +157,7 @@ BPF_SOCKHASH(sock_ops_map, struct mda_sock_key, MDA_MAX_SOCKS);
 BPF_F_TABLE("hash", struct mda_sock_key, struct mda_conn, sock_proxy_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct mda_sock_key, struct mda_pending, sock_helper_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_ARRAY(sock_param_map, struct mda_ruleset, 2);
+BPF_ARRAY(mda_active_set, __u32, 1);
 BPF_ARRAY(mda_control, struct mda_control, 1);
 BPF_PERCPU_ARRAY(mda_stats, __u64, MDA_STAT_MAX);
 BPF_PERCPU_ARRAY(mda_dump_scratch, struct mda_dump_event, 1);

@@ -59,10 +59,10 @@ static __always_inline int mda_rule_matches(struct mda_rule *r, struct mda_view 
 static __always_inline int mda_judge(struct mda_view *v, __u32 *rule)
 {
 	__u32 zero = 0;
-	struct mda_control *ctl = mda_control.lookup(&zero);
-	if (!ctl)
+	__u32 *active = mda_active_set.lookup(&zero);
+	if (!active)
 		return 1;
-	__u32 set = ctl->active_set & 1;
+	__u32 set = *active & 1;
 	struct mda_ruleset *rs = sock_param_map.lookup(&set);
 	if (!rs)
 		return 1;

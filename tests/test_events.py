@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes as ct
 import json
 import select
 import subprocess

@@ -110,7 +110,8 @@ def _preview(data: bytes) -> str:
 
 def _dump_line(rec: dump.DumpRecord) -> str:
     cut = f", captured {len(rec.data)}" if rec.truncated else ""
-    return f"{_clock(rec.ts)} {rec.src} > {rec.dst}: {rec.direction}, length {rec.len}{cut}: {_preview(rec.data)}"
+    return (f"{_clock(rec.ts)} {rec.src} > {rec.dst}: {rec.direction}, length {rec.len}{cut}: "
+            f"{_preview(rec.data)}")
 
 
 def _filter_text(a) -> str:
@@ -118,12 +119,31 @@ def _filter_text(a) -> str:
     return " and ".join(p for p in parts if p) or "all connections"
 
 
+def _pump(poll, emit, count: int | None, out) -> int:
+    """Emit what poll() returns until count items or a stop signal; returns how many went out."""
+    done = 0
+    try:
+        while count is None or done < count:
+            batch = poll(POLL_SECONDS)[: None if count is None else count - done]
+            # A stop signal between writing an item and counting it would misreport.
+            with _signals_deferred():
+                for item in batch:
+                    emit(item)
+                    done += 1
+                out.flush()
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`); nothing more can be printed there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return done
+
+
 def cmd_dump(a) -> int:
     with contextlib.ExitStack() as stack:
         inst = stack.enter_context(_open(a.pin_dir, "dump"))
-        if a.pcap == "-":
-            out = sys.stdout.buffer
-        elif a.pcap:
+        out = sys.stdout.buffer if a.pcap == "-" else sys.stdout
+        if a.pcap and a.pcap != "-":
             try:
                 out = stack.enter_context(open(a.pcap, "wb"))
             except OSError as e:
@@ -134,24 +154,16 @@ def cmd_dump(a) -> int:
             session = dump.DumpSession(inst, ip=a.ip, port=a.port, snaplen=a.snaplen)
         except ReaderBusy as e:
             return _fail(str(e))
-        captured = 0
         try:
-            print(f"dumping redirected messages on {a.pin_dir} ({_filter_text(a)}, snaplen {a.snaplen});"
-                  " Ctrl-C to stop", file=sys.stderr, flush=True)
-            while a.count is None or captured < a.count:
-                batch = session.poll(POLL_SECONDS)[: None if a.count is None else a.count - captured]
-                for rec in batch:
-                    if writer:
-                        writer.write(rec)
-                    else:
-                        print(json.dumps(rec.to_json()) if a.json else _dump_line(rec))
-                captured += len(batch)
-                (out if writer else sys.stdout).flush()
-        except KeyboardInterrupt:
-            pass
-        except BrokenPipeError:
-            # The reader of our output went away (`| head`); nothing more can be printed there.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print(f"dumping redirected messages on {a.pin_dir} ({_filter_text(a)}, "
+                  f"snaplen {a.snaplen}); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+            def emit(rec) -> None:
+                if writer:
+                    writer.write(rec)
+                else:
+                    print(json.dumps(rec.to_json()) if a.json else _dump_line(rec))
+            captured = _pump(session.poll, emit, a.count, out)
         finally:
             with _signals_deferred():
                 lost = session.lost
@@ -185,18 +197,8 @@ def cmd_events(a) -> int:
         except ReaderBusy as e:
             return _fail(str(e))
         print(f"events of {a.pin_dir}; Ctrl-C to stop", file=sys.stderr, flush=True)
-        seen = 0
-        try:
-            while a.count is None or seen < a.count:
-                batch = stream.poll(POLL_SECONDS)[: None if a.count is None else a.count - seen]
-                for ev in batch:
-                    print(json.dumps(ev.to_json()) if a.json else _event_line(ev))
-                seen += len(batch)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _pump(stream.poll, lambda ev: print(json.dumps(ev.to_json()) if a.json else _event_line(ev)),
+              a.count, sys.stdout)
         if stream.lost:
             print(f"{stream.lost} events lost (the reader fell behind)", file=sys.stderr)
     return 0

@@ -83,7 +83,6 @@ class RuleSet(ct.Structure):
 
 class Control(ct.Structure):
     _fields_ = [
-        ("active_set", ct.c_uint32),
         ("dump_on", ct.c_uint32),
         ("dump_ip", ct.c_uint32),
         ("dump_mask", ct.c_uint32),

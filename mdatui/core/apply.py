@@ -108,15 +108,13 @@ def apply(inst: Instance, config: rules.Config, path: str | None) -> Applied:
     new_rules = config.rules
     ruleset = rules.to_ruleset(new_rules)
     before = preview(snapshot.read(inst), new_rules)
-    old_active = inst.control().active_set
+    old_active = inst.active_set
     inst.load_rules(ruleset)
     if path is not None:
         try:
             rules.save(config, path)
         except BaseException:
-            ctl = inst.control()
-            ctl.active_set = old_active
-            inst.set_control(ctl)
+            inst.active_set = old_active
             raise
     # Connections made after the flip were judged by the new set already; the ones before it
     # that it refuses leave the fast path now.

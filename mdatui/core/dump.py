@@ -134,7 +134,8 @@ class DumpSession:
 
     @property
     def lost_in_ring(self) -> int:
-        """Records dropped because this reader fell behind and a ring filled up."""
+        """Records dropped because this reader fell behind and a ring filled up. The ring
+        reports a drop only along with its next record, so this can lag failed_submits."""
         return self._reader.lost
 
     @property
@@ -144,7 +145,8 @@ class DumpSession:
 
     @property
     def lost(self) -> int:
-        """Messages that matched but were not captured. A full ring is counted by both sides."""
+        """Messages that matched but were not captured: a full ring counts on both sides, a
+        CPU without a ring only in failed_submits."""
         return max(self.lost_in_ring, self.failed_submits)
 
     def poll(self, timeout_s: float) -> list[DumpRecord]:

@@ -17,6 +17,7 @@ MAPS = {
     "sock_proxy_map": (abi.SockKey, abi.Conn),
     "sock_helper_map": (abi.SockKey, abi.Pending),
     "sock_param_map": (ct.c_uint32, abi.RuleSet),
+    "mda_active_set": (ct.c_uint32, ct.c_uint32),
     "mda_control": (ct.c_uint32, abi.Control),
     "mda_stats": (ct.c_uint32, None),
     "mda_meta": (ct.c_uint32, abi.Meta),
@@ -112,16 +113,22 @@ class Instance:
     def map_capacity(self, name: str) -> int:
         return bpfsys.map_info(self.maps[name].fd).max_entries
 
+    @property
+    def active_set(self) -> int:
+        return self.maps["mda_active_set"].lookup(ct.c_uint32(0)).value & 1
+
+    @active_set.setter
+    def active_set(self, index: int) -> None:
+        self.maps["mda_active_set"].update(ct.c_uint32(0), ct.c_uint32(index))
+
     def active_rules(self) -> abi.RuleSet:
-        return self.maps["sock_param_map"].lookup(ct.c_uint32(self.control().active_set & 1))
+        return self.maps["sock_param_map"].lookup(ct.c_uint32(self.active_set))
 
     def load_rules(self, ruleset: abi.RuleSet) -> None:
         """Fill the idle rule set, then make it live with one write of the index."""
-        ctl = self.control()
-        idle = (ctl.active_set & 1) ^ 1
+        idle = self.active_set ^ 1
         self.maps["sock_param_map"].update(ct.c_uint32(idle), ruleset)
-        ctl.active_set = idle
-        self.set_control(ctl)
+        self.active_set = idle
 
 
 def _possible_cpus() -> list[int]:

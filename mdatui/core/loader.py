@@ -105,7 +105,7 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
 
         meta = abi.Meta(cgroup=cg.encode(), config=config.encode(), enabled_at=int(time.time()))
         b[b"mda_meta"][ct.c_int(0)] = meta
-        ctl = abi.Control(active_set=0, snaplen=128)
+        ctl = abi.Control(snaplen=128)
         b[b"mda_control"][ct.c_int(0)] = ctl
         if ruleset is not None:
             b[b"sock_param_map"][ct.c_int(0)] = ruleset

@@ -17,16 +17,12 @@ order; records are therefore released sorted by that stamp, once no earlier one 
 from __future__ import annotations
 
 import ctypes as ct
-import errno
 import fcntl
 import hashlib
 import math
 import os
 import struct
 import time
-
-from bcc.libbcc import _LOST_CB_TYPE, _RAW_CB_TYPE, lib
-from bcc.utils import get_online_cpus
 
 from . import bpfsys
 
@@ -47,22 +43,35 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def _lock(path: str) -> int:
+def _lock(path: str) -> tuple[int, str]:
+    """An exclusive lock file for the array at path; removed again by _unlock."""
     os.makedirs(LOCK_DIR, exist_ok=True)
     name = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:16] + ".lock"
-    fd = os.open(os.path.join(LOCK_DIR, name), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+    lock_path = os.path.join(LOCK_DIR, name)
+    for _ in range(3):  # a holder may remove the file between our open and our flock
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
             raise ReaderBusy(f"{path} is already being read by process {holder}; "
                              "a perf array has one reader at a time: stop that one first") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        try:
+            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd, lock_path
+        os.close(fd)
+    raise ReaderBusy(f"{path}: its lock file {lock_path} keeps changing hands; try again")
+
+
+def _unlock(fd: int, lock_path: str) -> None:
+    os.unlink(lock_path)  # while still holding it, so nobody else can be holding this file
+    os.close(fd)
 
 
 class PerfReader:
@@ -76,19 +85,25 @@ class PerfReader:
         self._batch: list[bytes] = []
         self._held: list[tuple[int, bytes]] = []
         self._readers: list[int] = []
+        # Loaded here, not at import: commands that read no perf array start without libbcc.
+        from bcc import libbcc
+        from bcc.utils import get_online_cpus
+        self._lib = libbcc.lib
+        self._cpus = get_online_cpus()
         # ctypes callbacks must outlive the readers that call them.
-        self._raw_cb = _RAW_CB_TYPE(self._on_raw)
-        self._lost_cb = _LOST_CB_TYPE(self._on_lost)
-        self._lock_fd = _lock(path)
+        self._raw_cb = libbcc._RAW_CB_TYPE(self._on_raw)
+        self._lost_cb = libbcc._LOST_CB_TYPE(self._on_lost)
+        self._lock = _lock(path)
         self._map: bpfsys.Map | None = None
         try:
             self._map = bpfsys.Map.open(path, ct.c_int32, ct.c_int32)
-            for cpu in get_online_cpus():
-                reader = lib.bpf_open_perf_buffer(self._raw_cb, self._lost_cb, None, -1, cpu, page_cnt)
+            for cpu in self._cpus:
+                reader = self._lib.bpf_open_perf_buffer(self._raw_cb, self._lost_cb, None, -1, cpu,
+                                                        page_cnt)
                 if not reader:
                     raise OSError(f"could not open a perf ring on CPU {cpu} for {path}")
                 self._readers.append(reader)
-                self._map.update(ct.c_int32(cpu), ct.c_int32(lib.perf_reader_fd(reader)))
+                self._map.update(ct.c_int32(cpu), ct.c_int32(self._lib.perf_reader_fd(reader)))
         except BaseException:
             self.close()
             raise
@@ -113,9 +128,9 @@ class PerfReader:
         if self._held:
             settle = (self._held[0][0] + REORDER_WINDOW_NS - time.monotonic_ns()) / 1e9
             timeout_s = min(timeout_s, max(settle, 0.0))
-        lib.perf_reader_poll(len(self._readers), self._array, math.ceil(timeout_s * 1000))
+        self._lib.perf_reader_poll(len(self._readers), self._array, math.ceil(timeout_s * 1000))
         drain_started = time.monotonic_ns()
-        lib.perf_reader_consume(len(self._readers), self._array)
+        self._lib.perf_reader_consume(len(self._readers), self._array)
         batch, self._batch = self._batch, []
         self._held.extend((struct.unpack_from("=Q", raw)[0], raw) for raw in batch)
         self._held.sort(key=lambda held: held[0])
@@ -127,15 +142,18 @@ class PerfReader:
         return [raw for _, raw in ready]
 
     def close(self) -> None:
-        if self._map is not None:
-            for cpu in get_online_cpus():
-                self._map.delete(ct.c_int32(cpu))
-            self._map.close()
-            self._map = None
-        for reader in self._readers:
-            lib.perf_reader_free(reader)
-        self._readers.clear()
-        self._held.clear()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        try:
+            if self._map is not None:
+                for cpu in self._cpus:
+                    self._map.delete(ct.c_int32(cpu))
+        finally:
+            if self._map is not None:
+                self._map.close()  # the kernel also empties the slots we filled through this fd
+                self._map = None
+            for reader in self._readers:
+                self._lib.perf_reader_free(reader)
+            self._readers.clear()
+            self._held.clear()
+            if self._lock:
+                _unlock(*self._lock)
+                self._lock = None

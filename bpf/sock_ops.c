@@ -4,8 +4,10 @@
  * enters the sockhash at once and leaves its key in sock_helper_map; the accepting end looks it
  * up there by its own remote address and, if the rules agree, completes the pair. A connecting
  * end whose peer never shows up (remote server, server outside the cgroup, refused by a rule) is
- * taken out of the sockhash at its first RTT sample, so it stops paying for the sk_msg program
- * after its first flight of data.
+ * taken out of the sockhash when the first segment after the handshake reaches it (an ACK of its
+ * data, or data of a server that speaks first), so it stops paying for the sk_msg program after
+ * its first flight. A local peer in the cgroup is always paired by then: it is established by
+ * the handshake's last ACK, before it can send anything.
  */
 #include "mdatui.h"
 
@@ -146,7 +148,8 @@ static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 		mda_count(MDA_STAT_HELPER_FULL);
 		return;
 	}
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
+					 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
 }
 
 static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
@@ -229,7 +232,7 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 	sock_ops_map.delete(&self);
 }
 
-static __always_inline void mda_first_rtt(struct bpf_sock_ops *skops)
+static __always_inline void mda_first_segment(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {};
 	MDA_KEY_FROM_CTX(&self, skops);
@@ -238,7 +241,7 @@ static __always_inline void mda_first_rtt(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		return;
 	}
-	/* Acknowledged data means the handshake is long over: the peer will never pair. Nothing
+	/* The peer would have been paired before it could send this: it never will be. Nothing
 	 * was redirected into this end, so leaving the sockhash loses nothing. */
 	mda_forget(skops, 0);
 	mda_count(MDA_STAT_UNPAIRED_REMOVED);
@@ -256,8 +259,8 @@ int mda_sock_ops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		mda_passive_established(skops);
 		break;
-	case BPF_SOCK_OPS_RTT_CB:
-		mda_first_rtt(skops);
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		mda_first_segment(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)

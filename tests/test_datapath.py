@@ -265,3 +265,17 @@ def test_a_full_map_falls_back_to_the_stack_and_is_counted(lab, pin_dir):
             peers.proceed(c)
     finally:
         inst.close()
+
+
+def test_receive_only_client_whose_server_is_outside_leaves_the_sockhash(lab, accel):
+    """A server that speaks first: the client never sends, and must not stay in the maps."""
+    ns = lab.add_netns("pod")
+    peers.server(lab, "push", 7003, ns, False, "--bytes", "3000000")
+    cli = peers.client(lab, ns, "recv", "--from", "127.0.0.1:7003", "--bytes", "3000000",
+                       hold=True)
+    assert peers.report(cli)["bytes"] == 3_000_000
+    # Still connected, and already out of every map.
+    assert accel.maps["sock_ops_map"].count() == 0
+    assert accel.maps["sock_proxy_map"].count() == 0
+    assert accel.stats()["unpaired_removed"] == 1
+    peers.proceed(cli)

@@ -3,6 +3,8 @@
     python -m mdatui.core.traffic echo  --port 7000
     python -m mdatui.core.traffic sink  --port 7000 [--delay 2]
     python -m mdatui.core.traffic proxy --port 15001 --to 127.0.0.1:7000
+    python -m mdatui.core.traffic push  --port 7000 --bytes 3000000
+    python -m mdatui.core.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
     python -m mdatui.core.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
     python -m mdatui.core.traffic churn --to 127.0.0.1:7000 --count 10000
     python -m mdatui.core.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
@@ -75,6 +77,28 @@ def _sink(conn: socket.socket, delay: float = 0.0) -> None:
             h.update(data)
             n += len(data)
         _say(bytes=n, sha256=h.hexdigest(), peer="%s:%d" % conn.getpeername())
+
+
+def _push(conn: socket.socket, total: int) -> None:
+    """A server that speaks first, then waits for the client to hang up."""
+    with conn:
+        for piece in _payload(total, 1 << 16):
+            conn.sendall(piece)
+        while _recv(conn, 1 << 16):
+            pass
+
+
+def recv(peer: tuple[str, int], total: int, hold: bool) -> None:
+    """A client that never sends: it reads what the server pushes."""
+    s = socket.create_connection(peer)
+    h, got = hashlib.sha256(), 0
+    while got < total and (data := _recv(s, 1 << 16)):
+        h.update(data)
+        got += len(data)
+    _say(local="%s:%d" % s.getsockname(), bytes=got, sha256=h.hexdigest())
+    if hold:
+        sys.stdin.readline()
+    s.close()
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -206,7 +230,7 @@ def chat(to: tuple[str, int], seconds: float, rate: float, size: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="mdatui.core.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("echo", "sink", "proxy"):
+    for name in ("echo", "sink", "proxy", "push"):
         p = sub.add_parser(name)
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--host", default="0.0.0.0")
@@ -214,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--to", type=_addr, required=True)
         if name == "sink":
             p.add_argument("--delay", type=float, default=0.0, help="seconds before reading")
+        if name == "push":
+            p.add_argument("--bytes", type=int, default=1 << 20, help="sent to each client")
     p = sub.add_parser("send")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--bytes", type=int, default=1 << 20)
@@ -227,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", type=lambda t: [int(n) for n in t.split(",")], required=True,
                    help="bytes of each message, comma-separated")
     p.add_argument("--hold", action="store_true")
+    p = sub.add_parser("recv")
+    p.add_argument("--from", dest="peer", type=_addr, required=True)
+    p.add_argument("--bytes", type=int, default=1 << 20)
+    p.add_argument("--hold", action="store_true")
     p = sub.add_parser("churn")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--count", type=int, default=1000)
@@ -236,13 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--size", type=int, default=256)
     a = ap.parse_args(argv)
-    if a.cmd in ("echo", "sink", "proxy"):
-        handle = {"echo": _echo, "sink": lambda c: _sink(c, a.delay)}.get(a.cmd) or _proxy(a.to)
+    if a.cmd in ("echo", "sink", "proxy", "push"):
+        handle = {"echo": _echo,
+                  "sink": lambda c: _sink(c, a.delay),
+                  "push": lambda c: _push(c, a.bytes)}.get(a.cmd) or _proxy(a.to)
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":
         send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause, a.source_port)
     elif a.cmd == "msgs":
         msgs(a.to, a.sizes, a.hold)
+    elif a.cmd == "recv":
+        recv(a.peer, a.bytes, a.hold)
     elif a.cmd == "churn":
         churn(a.to, a.count)
     else:

@@ -51,13 +51,12 @@ static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_
 		mda_count(MDA_STAT_DUMP_LOST);
 }
 
-static __always_inline void mda_report_redirect_failure(struct sk_msg_md *msg,
-							 struct mda_sock_key *self,
-							 struct mda_conn *c)
+static __always_inline void mda_report(struct sk_msg_md *msg, __u32 type,
+					struct mda_sock_key *self, struct mda_conn *c)
 {
 	struct mda_event ev = {};
 	ev.ts_ns = bpf_ktime_get_ns();
-	ev.type = MDA_EV_REDIRECT_FAILED;
+	ev.type = type;
 	ev.key = *self;
 	ev.peer = c->peer;
 	ev.owner = c->owner;
@@ -65,6 +64,33 @@ static __always_inline void mda_report_redirect_failure(struct sk_msg_md *msg,
 	ev.bytes = c->bytes;
 	ev.passed = c->passed;
 	mda_events.perf_submit(msg, &ev, sizeof(ev));
+}
+
+/* See MDA_STREAM_RUN: send a loopback stream of small writes back to the stack. */
+static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
+					     struct mda_conn *c, __u32 size)
+{
+	struct mda_conn *peer = sock_proxy_map.lookup(&c->peer);
+	if (peer && peer->run) {
+		peer->run = 0;
+		peer->run_bytes = 0;
+	}
+	c->run++;
+	c->run_bytes += size;
+	if (c->run < MDA_STREAM_RUN)
+		return;
+	if (c->run_bytes >= (__u64)MDA_STREAM_RUN * MDA_STREAM_SMALL) {
+		c->run = 0; /* large writes: the fast path is faster; look again later */
+		c->run_bytes = 0;
+		return;
+	}
+	/* The peer reads what was redirected before what now comes through the stack, so the
+	 * order of the bytes holds (the same as a live RETURN rule). */
+	c->tainted = 1;
+	if (peer)
+		peer->tainted = 1;
+	mda_count(MDA_STAT_DEMOTED);
+	mda_report(msg, MDA_EV_DEMOTED, self, c);
 }
 
 int mda_sk_msg(struct sk_msg_md *msg)
@@ -81,13 +107,15 @@ int mda_sk_msg(struct sk_msg_md *msg)
 			lock_xadd(&c->msgs, 1);
 			lock_xadd(&c->bytes, size);
 			mda_dump_msg(msg, &self, c->active);
+			if (self.netns)
+				mda_watch_stream(msg, &self, c, size);
 			return SK_PASS;
 		}
 		/* The peer left the sockhash (closed, or taken off the fast path): from now on this
 		 * end talks through the stack, and says so once. */
 		c->tainted = 1;
 		mda_count(MDA_STAT_REDIRECT_FAILED);
-		mda_report_redirect_failure(msg, &self, c);
+		mda_report(msg, MDA_EV_REDIRECT_FAILED, &self, c);
 	} else if (!c->tainted) {
 		c->tainted = 1;
 		mda_count(MDA_STAT_TAINTED);

@@ -279,3 +279,34 @@ def test_receive_only_client_whose_server_is_outside_leaves_the_sockhash(lab, ac
     assert accel.maps["sock_proxy_map"].count() == 0
     assert accel.stats()["unpaired_removed"] == 1
     peers.proceed(cli)
+
+
+def test_loopback_stream_of_small_writes_goes_back_to_the_stack(lab, accel):
+    """Where the stack is faster (it coalesces small writes), the connection is handed back."""
+    ns = lab.add_netns("pod")
+    sink = peers.server(lab, "sink", 7000, ns)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "1000000",
+                       "--chunk", "100", hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    mine = ends(accel)[(local, "127.0.0.1:7000")]
+    assert mine.state == "normal"
+    assert mine.msgs == 64 and mine.passed == 10_000 - 64   # MDA_STREAM_RUN, then the stack
+    assert accel.stats()["demoted"] == 1
+    peers.proceed(cli)
+    assert peers.report(sink)["sha256"] == done["sha256_sent"]
+
+
+def test_request_response_with_small_messages_keeps_the_fast_path(lab, accel):
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7000, ns)
+    chat = peers.client(lab, ns, "chat", "--to", "127.0.0.1:7000", "--seconds", "1",
+                        "--rate", "1000", "--size", "64")
+    requests = peers.report(chat)["requests"]
+    assert requests > 100
+    deadline = time.monotonic() + 5
+    while accel.stats()["closed_msgs"] < 2 * requests and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server closes its end once it has read the client's FIN
+    assert accel.stats()["closed_msgs"] == 2 * requests  # every request and reply redirected
+    assert accel.stats()["demoted"] == 0

@@ -57,7 +57,8 @@ class Conn(ct.Structure):
         ("paired", ct.c_uint32),
         ("tainted", ct.c_uint32),
         ("active", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("run", ct.c_uint32),
+        ("run_bytes", ct.c_uint64),
     ]
 
 
@@ -107,6 +108,7 @@ class Stat(enum.IntEnum):
     ACCELERATED = 8
     CLOSED_MSGS = 9
     CLOSED_BYTES = 10
+    DEMOTED = 11
 
 
 STAT_MAX = len(Stat)
@@ -117,6 +119,7 @@ class EventType(enum.IntEnum):
     REFUSED = 2
     CLOSED = 3
     REDIRECT_FAILED = 4
+    DEMOTED = 5
 
 
 class Event(ct.Structure):

@@ -73,6 +73,14 @@ class RedirectFailed(Event):
     kind: ClassVar[str] = "redirect_failed"
 
 
+@dataclass(frozen=True)
+class Demoted(Event):
+    msgs: int                   # counts when a loopback stream of small writes went back to the stack
+    bytes: int
+    passed: int
+    kind: ClassVar[str] = "demoted"
+
+
 def _owner_json(o: Owner) -> dict:
     return {"pid": o.pid, "uid": o.uid, "gid": o.gid}
 
@@ -101,6 +109,8 @@ def decode(raw: bytes, wall_offset: int | None = None) -> Event | None:
         return Closed(**common, **counts)
     if ev.type == abi.EventType.REDIRECT_FAILED:
         return RedirectFailed(**common, **counts)
+    if ev.type == abi.EventType.DEMOTED:
+        return Demoted(**common, **counts)
     return None
 
 

@@ -88,12 +88,27 @@ def cmd_demo(a) -> int:
             print(json.dumps(snap.to_json(connections=True), indent=2))
             return 0
         from ..ui.app import run_console
-        return run_console(d.pin_dir)
+        return run_console(d.pin_dir, interval=a.refresh)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+    if not 0.1 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{text} is out of range 0.1-60 seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
     _pin_arg(ap)
+    ap.add_argument("--refresh", type=_seconds, default=1.0, metavar="SECONDS",
+                    help="how often the console reads the maps (default 1)")
+    ap.add_argument("--config", help="rules the console's enable offer loads")
+    ap.add_argument("--cgroup", help="cgroup the console's enable offer attaches to "
+                    "(default: the cgroup2 root, every TCP connection of the host)")
     sub = ap.add_subparsers(dest="cmd")
 
     p = sub.add_parser("enable", help="load and attach the accelerator, then exit")
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd is None:
             from ..ui.app import run_console
-            return run_console(a.pin_dir)
+            return run_console(a.pin_dir, interval=a.refresh, config=a.config, cgroup=a.cgroup)
         return a.func(a)
     except CliError as e:
         print(e, file=sys.stderr)

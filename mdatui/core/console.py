@@ -202,6 +202,22 @@ class ConsoleBackend(Protocol):
     def close(self) -> None: ...
 
 
+class _OwnInstance:
+    """A dump session and the Instance only it uses, closed together."""
+
+    def __init__(self, session: DumpSession, inst: Instance):
+        self._session, self._inst = session, inst
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def close(self) -> None:
+        try:
+            self._session.close()
+        finally:
+            self._inst.close()
+
+
 class LiveBackend:
     """The accelerator pinned at pin_dir."""
 
@@ -279,10 +295,18 @@ class LiveBackend:
             raise Unavailable(str(e)) from None
 
     def start_dump(self, ip: str | None, port: int | None, snaplen: int) -> DumpSource:
+        self._running()
+        # The session gets an Instance of its own: the shared one is closed by the poll thread
+        # when the accelerator goes away, and the session must still switch dump off after that.
+        inst = Instance(self.pin_dir)
         try:
-            return DumpSession(self._running(), ip=ip, port=port, snaplen=snaplen)
+            return _OwnInstance(DumpSession(inst, ip=ip, port=port, snaplen=snaplen), inst)
         except ReaderBusy as e:
+            inst.close()
             raise Unavailable(str(e)) from None
+        except BaseException:
+            inst.close()
+            raise
 
     def load_rules(self) -> RulesDoc:
         path = apply.default_config(self._instance())

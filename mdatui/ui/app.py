@@ -22,6 +22,7 @@ from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen
 from .screens.not_running import NotRunningScreen
 
+
 class Polled(Message):
     """A refresh from the poll worker: a frame, or why there is none."""
 
@@ -49,6 +50,7 @@ class MdaConsole(App[int]):
     frame: var[Frame | None] = var(None, always_update=True)
     interval: var[float] = var(1.0)
     problem: var[str | None] = var(None)  # why the accelerator cannot be read at all
+    events_lost: var[int] = var(0)        # events the event log's reader fell behind on
 
     def __init__(self, backend: ConsoleBackend, interval: float = 1.0):
         super().__init__()
@@ -60,8 +62,13 @@ class MdaConsole(App[int]):
     # ------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
-        self.push_screen(MainScreen())
+        self.main_screen = MainScreen()
+        self.push_screen(self.main_screen)
         self._poll()
+
+    def note(self, text: str, severity: str = "console") -> None:
+        """Log what the console did in the Events tab ("console", "warning" or "error")."""
+        self.main_screen.view("events").add_note(text, severity)
 
     def on_unmount(self) -> None:
         self.workers.cancel_all()

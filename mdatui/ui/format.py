@@ -43,7 +43,16 @@ def duration(seconds: float) -> str:
 
 def clock(unix_s: float) -> str:
     """Time of day with milliseconds, local time."""
-    return time.strftime("%H:%M:%S", time.localtime(unix_s)) + f".{int(unix_s * 1000) % 1000:03d}"
+    ms = round(unix_s * 1000)
+    return time.strftime("%H:%M:%S", time.localtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def command(cmdline: str) -> str:
+    """A command line with its program's directory dropped: /usr/bin/python3 -m x -> python3 -m x."""
+    program, sep, args = cmdline.partition(" ")
+    if program.startswith("["):  # a kernel thread, [kworker/0:1]
+        return cmdline
+    return program.rsplit("/", 1)[-1] + sep + args
 
 
 def ident(v: int | None) -> str:

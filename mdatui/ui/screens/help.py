@@ -13,7 +13,7 @@ from textual.widgets import Static
 # Moving around tables and fields works as everywhere else; listing it would bury the rest.
 _NAVIGATION = {"up", "down", "left", "right", "pageup", "pagedown", "home", "end", "enter",
                "tab", "shift+tab", "ctrl+home", "ctrl+end", "shift+up", "shift+down",
-               "shift+left", "shift+right", "ctrl+pageup", "ctrl+pagedown", "escape"}
+               "shift+left", "shift+right", "ctrl+pageup", "ctrl+pagedown", "escape", "ctrl+c"}
 
 ABOUT = """\
 [b]Tabs[/b] (number keys, a click, or the command palette with ctrl+p)

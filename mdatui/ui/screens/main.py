@@ -39,8 +39,9 @@ _VIEWS: dict[str, type[View]] = {
 
 class MainScreen(Screen):
     CSS_PATH = ["main.tcss", *(f"../views/{tab_id}.tcss" for tab_id, _ in TABS)]
-    # Wide terminals put detail panes beside their tables instead of under them.
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    # Medium terminals get two columns of panels; wide ones put detail panes beside their
+    # tables instead of under them (the tables need about 100 columns of their own).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-medium"), (160, "-wide")]
     BINDINGS = [
         Binding(str(n), f"show_tab('{tab_id}')", title, show=False)
         for n, (tab_id, title) in enumerate(TABS, 1)
@@ -62,7 +63,9 @@ class MainScreen(Screen):
         self.view(tab_id).focus_main()
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.view(event.pane.id).focus_main()
+        view = self.view(event.pane.id)
+        view.catch_up()
+        view.focus_main()
 
     def commands(self) -> Iterable[SystemCommand]:
         """What the views offer the command palette."""

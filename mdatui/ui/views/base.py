@@ -12,19 +12,36 @@ from ..widgets.filter_input import FilterInput
 
 
 class View(Vertical):
-    """A tab's content. Subclasses implement show_frame; it runs on the UI thread."""
+    """A tab's content. show_frame runs on the UI thread."""
 
     MAIN = "DataTable"  # selector of the widget that gets the focus when the tab opens
+    # Hidden tabs skip frames (tables of many thousand rows cost), and catch up when shown;
+    # a view that keeps a history of frames needs every one.
+    EVERY_FRAME = False
 
     def on_mount(self) -> None:
+        self._latest: Frame | None = None
         self.watch(self.app, "frame", self._frame_changed, init=True)
 
+    @property
+    def shown(self) -> bool:
+        return self.parent is not None and self.parent.display  # the TabPane the tabs switch
+
     def _frame_changed(self, frame: Frame | None) -> None:
-        if frame is not None and frame.snapshot.enabled:
+        if frame is None or not frame.snapshot.enabled:
+            return
+        self._latest = frame
+        if self.EVERY_FRAME or self.shown:
             self.show_frame(frame)
 
+    def catch_up(self) -> None:
+        """The tab was opened: render the newest frame it skipped."""
+        if self._latest is not None and not self.EVERY_FRAME:
+            self.show_frame(self._latest)
+
     def show_frame(self, frame: Frame) -> None:
-        raise NotImplementedError(f"{type(self).__name__} does not render frames")
+        """Render a frame of a running accelerator. Views fed by a stream of their own
+        (events, dump) leave this alone and watch the app's frame for starts and stops."""
 
     def focus_main(self) -> None:
         """Focus what the keys of this view act on (its table, usually)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -34,7 +33,7 @@ class ConnRow:
 
 
 def _command(row: ConnRow) -> str | None:
-    return row.process.command if row.process else None
+    return fmt.command(row.process.command) if row.process and row.process.command else None
 
 
 def _user(row: ConnRow) -> str | None:
@@ -48,7 +47,7 @@ COLUMNS: list[Column[ConnRow]] = [
     Column("state", "State", lambda r: r.conn.state, lambda r: styled(r.conn.state)),
     Column("pid", "PID", lambda r: r.conn.owner.pid, lambda r: fmt.ident(r.conn.owner.pid),
            numeric=True),
-    Column("command", "Command", _command, lambda r: _command(r) or "?", width=28),
+    Column("command", "Command", _command, lambda r: _command(r) or "?", width=24),
     Column("user", "User", _user, lambda r: _user(r) or "?"),
     Column("msgs", "Msgs", lambda r: r.conn.msgs, lambda r: fmt.count(r.conn.msgs), numeric=True),
     Column("bytes", "Bytes", lambda r: r.conn.bytes, lambda r: fmt.size(r.conn.bytes), numeric=True),
@@ -58,45 +57,43 @@ COLUMNS: list[Column[ConnRow]] = [
 ]
 
 
-def _end_lines(title: str, c: Connection, rate: Rates, process: ProcessInfo | None) -> Table:
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(style="bold", no_wrap=True, width=9)
-    grid.add_column(overflow="fold")
+def _end_lines(title: str, c: Connection, rate: Rates, process: ProcessInfo | None,
+               compact: bool) -> list[Text]:
+    """Three lines per end where the pane is wide (under the table, both ends fit at 80x24),
+    four where it is narrow (beside the table on wide terminals)."""
     role = "connecting" if c.active else "accepting"
-    where = "in sockhash" if c.in_sockhash else "not in sockhash"
-    grid.add_row(title, Text.assemble((c.end.local, "bold"), " → ", c.end.remote))
-    grid.add_row("", Text.assemble(styled(c.state), f", {role}, {where}, netns {fmt.netns(c.end.netns)}"))
-    command = process.command if process and process.command else "?"
+    command = fmt.command(process.command) if process and process.command else "?"
     user = process.user if process and process.user else fmt.ident(c.owner.uid)
-    grid.add_row("", f"pid {fmt.ident(c.owner.pid)} ({command}), user {user}, gid {fmt.ident(c.owner.gid)}")
-    grid.add_row("", f"sent {fmt.count(c.msgs)} msgs, {fmt.size(c.bytes)} redirected; "
-                     f"{fmt.count(c.passed)} msgs through the stack")
-    grid.add_row("", Text(f"now {fmt.count(rate.msgs_per_s)} msg/s, {fmt.rate(rate.bytes_per_s)}",
-                          style="bold"))
-    grid.add_row("", f"age {fmt.duration(c.age_s)}")
-    return grid
+    pad = " " * 9
+    where = Text.assemble((f"{title:<9}", "bold"), (c.end.local, "bold"), " → ", c.end.remote)
+    state = Text.assemble(styled(c.state), f", {role}")
+    now = Text(f"{fmt.count(rate.msgs_per_s)} msg/s {fmt.rate(rate.bytes_per_s)}", style="bold")
+    who = Text(f"{pad}age {fmt.duration(c.age_s)} · pid {fmt.ident(c.owner.pid)} ({user}) {command}")
+    sent = Text(f"{fmt.count(c.msgs)} msgs {fmt.size(c.bytes)}, {fmt.count(c.passed)} via stack"
+                + ("" if c.in_sockhash else " · not in sockhash"))
+    if compact:
+        return [Text.assemble(where, "  ", state), who, Text.assemble(pad, "sent ", sent, " · ", now)]
+    return [where, Text.assemble(pad, state, " · ", now), who, Text.assemble(pad, "sent ", sent)]
 
 
-def detail(frame: Frame, pair: Pair | None, conn: Connection | None) -> Table | Text:
+def detail(frame: Frame, pair: Pair | None, conn: Connection | None, compact: bool) -> Text:
     if conn is None:
         return Text("No connection selected.", style="dim")
-    out = Table.grid()
-    out.add_column()
-    out.add_row(_end_lines("This end", conn, frame.rate(conn.end), frame.processes.get(conn.end)))
+    lines = _end_lines("This end", conn, frame.rate(conn.end), frame.processes.get(conn.end), compact)
     peer = None
-    if pair is not None:
+    if pair is not None and pair.b is not None:
         peer = pair.b if pair.a.end == conn.end else pair.a
     if peer is not None:
-        out.add_row("")
-        out.add_row(_end_lines("Peer", peer, frame.rate(peer.end), frame.processes.get(peer.end)))
+        lines += _end_lines("Peer", peer, frame.rate(peer.end), frame.processes.get(peer.end), compact)
     elif conn.peer is not None:
-        out.add_row(Text(f"\nPeer {conn.peer.local} → {conn.peer.remote} has no entry in the map.",
-                         style="bold red"))
+        lines.append(Text(f"Peer     {conn.peer.local} → {conn.peer.remote} has no entry in the map",
+                          style="bold red"))
     else:
-        out.add_row(Text("\nNo peer yet: the accepting end has not paired.", style="yellow"))
+        lines.append(Text("Peer     none yet: the accepting end has not paired", style="yellow"))
     if pair is not None:
-        out.add_row(Text.assemble("\nPair: ", styled(pair.health)))
-    return out
+        lines.append(Text.assemble(("Pair     ", "bold"), styled(pair.health),
+                                   f"  netns {fmt.netns(conn.end.netns)}"))
+    return Text("\n").join(lines)
 
 
 class ConnectionsView(View):
@@ -118,7 +115,6 @@ class ConnectionsView(View):
 
     def on_mount(self) -> None:
         self.query_one("#conn-detail").border_title = "Selected"
-        super().on_mount()
 
     @property
     def table(self) -> SortableTable[ConnRow]:
@@ -146,5 +142,7 @@ class ConnectionsView(View):
         row: ConnRow | None = event.item
         conn = row.conn if row else None
         pane = self.query_one("#conn-detail", Static)
-        pane.update(detail(self._frame, self._pair_of.get(conn.end) if conn else None, conn))
+        # The compact form needs about 72 columns; narrower panes get a line more per end.
+        pane.update(detail(self._frame, self._pair_of.get(conn.end) if conn else None, conn,
+                           compact=pane.content_size.width >= 72))
         self._summarize()

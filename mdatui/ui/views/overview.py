@@ -7,7 +7,7 @@ from collections import deque
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from ...core.console import Frame
@@ -31,7 +31,8 @@ def _grid(rows: list[tuple[str, str | Text]]) -> Table:
 
 
 class OverviewView(View):
-    MAIN = "#ov-accelerator"
+    MAIN = "#ov-scroll"
+    EVERY_FRAME = True  # the sparklines' history
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -39,14 +40,16 @@ class OverviewView(View):
         self._bytes: deque[float] = deque(maxlen=HISTORY)
 
     def compose(self) -> ComposeResult:
-        with Grid(id="ov-grid"):
-            yield Static(id="ov-accelerator", classes="panel")
+        with VerticalScroll(id="ov-scroll"), Grid(id="ov-grid"):
             with Vertical(id="ov-traffic", classes="panel"):
                 yield Static(id="ov-rates")
-                yield Label("msgs/s", classes="spark-label")
-                yield Sparkline([], id="ov-msgs-spark")
-                yield Label("bytes/s", classes="spark-label")
-                yield Sparkline([], id="ov-bytes-spark")
+                with Horizontal(classes="spark-row"):
+                    yield Label("msgs/s")
+                    yield Sparkline([], id="ov-msgs-spark")
+                with Horizontal(classes="spark-row"):
+                    yield Label("bytes/s")
+                    yield Sparkline([], id="ov-bytes-spark")
+            yield Static(id="ov-accelerator", classes="panel")
             yield Static(id="ov-maps", classes="panel")
             yield Static(id="ov-health", classes="panel")
 
@@ -55,8 +58,6 @@ class OverviewView(View):
                   "#ov-maps": "Maps", "#ov-health": "Fallbacks and losses"}
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
-        self.query_one("#ov-accelerator").can_focus = True
-        super().on_mount()
 
     def show_frame(self, frame: Frame) -> None:
         snap = frame.snapshot
@@ -93,8 +94,8 @@ class OverviewView(View):
         self.query_one("#ov-maps", Static).update(_grid([
             (name, f"{m['entries']} / {m['capacity']}") for name, m in snap.maps.items()
         ]))
+        counts = [(name.replace("_", " "), snap.stats.get(name, 0)) for name in FALLBACKS]
+        counts.append(("events lost", self.app.events_lost))  # by this console's event reader
         self.query_one("#ov-health", Static).update(_grid([
-            (name.replace("_", " "),
-             Text(str(snap.stats.get(name, 0)), style="bold red" if snap.stats.get(name) else ""))
-            for name in FALLBACKS
+            (name, Text(str(n), style="bold red" if n else "")) for name, n in counts
         ]))

@@ -42,12 +42,15 @@ def _size(v: int | None) -> str:
     return "—" if v is None else fmt.size(v)
 
 
+# Sorting by health puts what needs a look first.
+HEALTH_ORDER = {"one-sided": 0, "stale": 1, "pending": 2, "ok": 3}
+
 COLUMNS: list[Column[PairRow]] = [
     Column("a", "Key (connecting end)", lambda r: address_key(r.pair.a.end.local),
            lambda r: _end(r.pair.a)),
     Column("b", "Peer", lambda r: address_key(r.pair.b.end.local) if r.pair.b else None,
            lambda r: _end(r.pair.b)),
-    Column("health", "Health", lambda r: r.pair.health, lambda r: styled(r.pair.health)),
+    Column("health", "Health", lambda r: HEALTH_ORDER[r.pair.health], lambda r: styled(r.pair.health)),
     Column("state", "State", lambda r: r.pair.a.state, lambda r: styled(r.pair.a.state)),
     Column("ab_msgs", "→ msgs", lambda r: r.pair.a.msgs, lambda r: fmt.count(r.pair.a.msgs),
            numeric=True),

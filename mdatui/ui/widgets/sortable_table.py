@@ -119,9 +119,7 @@ class SortableTable(DataTable, Generic[T]):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
-        key = event.row_key.value if event.row_key is not None else None
-        if key != self._selected:
-            self._selected = key
+        self._selected = event.row_key.value if event.row_key is not None else None
         self.post_message(self.Selected(self, self.selected))
 
     # ------------------------------------------------------------ internals
@@ -141,7 +139,8 @@ class SortableTable(DataTable, Generic[T]):
 
     def _render_rows(self) -> None:
         column = self._column(self.sort_column)
-        ordered = sorted(self._all, key=lambda item: _sort_key(column.value(item)),
+        # Ties are broken by row key: maps iterate in no stable order, rows must not hop about.
+        ordered = sorted(self._all, key=lambda item: (_sort_key(column.value(item)), self._row_key(item)),
                          reverse=self.sort_reverse)
         items: dict[str, T] = {}
         cells: dict[str, list[str | Text]] = {}
@@ -158,7 +157,7 @@ class SortableTable(DataTable, Generic[T]):
             for key in keys:
                 for column_def, old, new in zip(self._columns, self._cells[key], cells[key]):
                     if str(old) != str(new) or (isinstance(new, Text) and old != new):
-                        self.update_cell(key, column_def.key, new)
+                        self.update_cell(key, column_def.key, new, update_width=True)
         else:
             self._rebuild(keys, cells)
         self._items, self._cells = items, cells

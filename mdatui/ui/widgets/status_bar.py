@@ -15,10 +15,12 @@ class StatusBar(Static):
         self.watch(self.app, "interval", lambda _: self._render_status(self.app.frame), init=False)
 
     def _render_status(self, frame: Frame | None) -> None:
-        self.update(status_line(frame, self.app.interval))
+        self.update(status_line(frame, self.app.interval, self.app.events_lost))
 
 
-def status_line(frame: Frame | None, interval: float) -> Text:
+def status_line(frame: Frame | None, interval: float, events_lost: int) -> Text:
+    """The line; `lost` counts dump copies the kernel could not hand over and events this
+    console's reader fell behind on."""
     if frame is None:
         return Text(" reading the maps…", style="dim")
     snap = frame.snapshot
@@ -26,7 +28,7 @@ def status_line(frame: Frame | None, interval: float) -> Text:
         return Text.assemble((" ○ OFF ", "bold reverse red"), f"  nothing pinned at {snap.pin_dir}")
     sep = (" │ ", "dim")
     dump = snap.dump
-    return Text.assemble(
+    line = Text.assemble(
         (" ● ON ", "bold reverse green"), " ", (snap.cgroup, "bold"),
         f"  up {fmt.duration(frame.uptime_s)}", sep,
         f"{snap.pairs} pairs", sep,
@@ -36,3 +38,7 @@ def status_line(frame: Frame | None, interval: float) -> Text:
         sep, (f"⟳ {interval:g}s", "dim"),
         no_wrap=True, overflow="ellipsis",
     )
+    lost = snap.stats.get("dump_lost", 0) + events_lost
+    if lost:
+        line.append_text(Text.assemble(sep, (f"{lost} lost", "bold red")))
+    return line

@@ -1,0 +1,303 @@
+"""Dump: the messages accelerated connections send, live; paused to scroll back; saved as pcap.
+
+Redirected bytes never reach a network device, so this is the only place to see them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from ...core.console import DumpSource, Frame, Unavailable, write_pcap
+from ...core.dump import DEFAULT_SNAPLEN, DumpRecord
+from .. import format as fmt
+from ..screens.prompt import PromptScreen
+from ..widgets.hexview import hexdump, printable
+from .base import View
+
+MAX_RECORDS = 10_000   # kept for scrolling back and saving; the oldest go first
+POLL_S = 0.2
+PREVIEW_BYTES = 40
+
+
+class DumpView(View):
+    MAIN = "#dump-table"
+    BINDINGS = [
+        Binding("s", "toggle_capture", "Start/stop"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("w", "save", "Save pcap"),
+        Binding("c", "clear", "Clear"),
+        Binding("f", "focus_filter", "Filter"),
+    ]
+
+    class Started(Message):
+        def __init__(self, snaplen: int) -> None:
+            super().__init__()
+            self.snaplen = snaplen
+
+    class Stopped(Message):
+        """The session is closed: dump is off in the kernel again."""
+
+    class Captured(Message):
+        def __init__(self, records: list[DumpRecord], lost: int) -> None:
+            super().__init__()
+            self.records = records
+            self.lost = lost
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._records: list[DumpRecord] = []
+        self._first = 0          # sequence number of self._records[0]
+        self._shown = 0          # records appended to the table so far (by sequence number)
+        self._lost = 0
+        self._snaplen = DEFAULT_SNAPLEN
+        self._worker: Worker | None = None
+        self._error: str | None = None  # why the last start or save failed
+        self.capturing = False
+        self.paused = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="dump-controls"):
+            yield Label("ip")
+            yield Input(placeholder="any", id="dump-ip", compact=True)
+            yield Label("port")
+            yield Input(placeholder="any", id="dump-port", compact=True, type="integer")
+            yield Label("snaplen")
+            yield Input(str(DEFAULT_SNAPLEN), id="dump-snaplen", compact=True, type="integer")
+            yield Button("Start", id="dump-start", compact=True, variant="success")
+        yield Static(id="dump-status")
+        with Horizontal(id="dump-body"):
+            yield DataTable(id="dump-table", cursor_type="row", zebra_stripes=True)
+            with VerticalScroll(id="dump-hex-box"):
+                yield Static(id="dump-hex")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#dump-table", DataTable)
+        for label, key in (("#", "n"), ("Time", "time"), ("From → To", "flow"), ("Dir", "dir"),
+                           ("Len", "len"), ("Cap", "cap"), ("Data", "data")):
+            table.add_column(label, key=key)
+        self.query_one("#dump-hex-box").border_title = "Message"
+        self._summarize()
+        self.watch(self.app, "frame", self._stop_when_gone, init=False)
+
+    def _stop_when_gone(self, frame: Frame | None) -> None:
+        if frame is not None and not frame.snapshot.enabled and self.capturing:
+            self.stop()
+
+    # ------------------------------------------------------------ capture
+
+    def action_toggle_capture(self) -> None:
+        if self.capturing:
+            self.stop()
+        else:
+            self.start()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "dump-start":
+            self.action_toggle_capture()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not self.capturing:
+            self.start()
+
+    def _filter(self) -> tuple[str | None, int | None, int]:
+        """The fields as the backend takes them; ValueError says which one is wrong."""
+        ip = self.query_one("#dump-ip", Input).value.strip() or None
+        port_text = self.query_one("#dump-port", Input).value.strip()
+        snap_text = self.query_one("#dump-snaplen", Input).value.strip()
+        try:
+            port = int(port_text) if port_text else None
+            snaplen = int(snap_text) if snap_text else DEFAULT_SNAPLEN
+        except ValueError:
+            raise ValueError("port and snaplen are whole numbers") from None
+        return ip, port, snaplen
+
+    def start(self) -> None:
+        try:
+            ip, port, snaplen = self._filter()
+        except ValueError as e:
+            self._complain(str(e))
+            return
+        self._lost = 0
+        self._error = None
+        self.capturing = True
+        self._worker = self._capture(ip, port, snaplen)
+        self._set_button()
+        self._summarize()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()  # the worker closes the session, which switches dump off
+
+    @work(thread=True, exclusive=True, group="dump", exit_on_error=False)
+    def _capture(self, ip: str | None, port: int | None, snaplen: int) -> None:
+        """Owns the dump session from start to close: perf rings are read by one thread."""
+        worker = get_current_worker()
+        source: DumpSource = self.app.backend.start_dump(ip, port, snaplen)
+        try:
+            self.post_message(self.Started(source.snaplen))
+            while not worker.is_cancelled:
+                got = source.poll(POLL_S)
+                if got or source.lost != self._lost:
+                    self.post_message(self.Captured(got, source.lost))
+        finally:
+            source.close()
+            self.post_message(self.Stopped())
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state is not WorkerState.ERROR:
+            if event.worker.group == "pcap" and event.state is WorkerState.SUCCESS:
+                self._note(event.worker.result)
+            return
+        error = event.worker.error
+        known = isinstance(error, (ValueError, OSError, Unavailable))
+        self._complain(str(error) if known else repr(error))
+        if event.worker is self._worker:  # it failed to start: there is no session to stop
+            self._stopped()
+
+    def on_dump_view_stopped(self, message: Stopped) -> None:
+        self._note(f"dump stopped: {len(self._records)} messages kept, {self._lost} lost")
+        self._stopped()
+
+    def _stopped(self) -> None:
+        self.capturing = False
+        self._worker = None
+        self._set_button()
+        self._summarize()
+
+    def on_dump_view_started(self, message: Started) -> None:
+        self._snaplen = message.snaplen
+        ip, port, _ = self._filter()
+        self._note(f"dump started: ip {ip or 'any'}, port {port or 'any'}, snaplen {message.snaplen}")
+
+    def on_dump_view_captured(self, message: Captured) -> None:
+        self._records.extend(message.records)
+        self._lost = message.lost
+        excess = len(self._records) - MAX_RECORDS
+        if excess > 0:
+            self._drop_oldest(excess)
+        if not self.paused:
+            self._append_rows()
+        self._summarize()
+
+    # ------------------------------------------------------------ the table
+
+    def _drop_oldest(self, n: int) -> None:
+        table = self.query_one("#dump-table", DataTable)
+        for seq in range(self._first, self._first + n):
+            if seq < self._shown:
+                table.remove_row(str(seq))
+        del self._records[:n]
+        self._first += n
+        self._shown = max(self._shown, self._first)
+
+    def _append_rows(self) -> None:
+        table = self.query_one("#dump-table", DataTable)
+        end = self._first + len(self._records)
+        for seq in range(self._shown, end):
+            rec = self._records[seq - self._first]
+            table.add_row(
+                Text(str(seq + 1), justify="right"), fmt.clock(rec.ts), f"{rec.src} → {rec.dst}",
+                "→srv" if rec.direction == "to-server" else "←srv",
+                Text(str(rec.len), justify="right"),
+                Text(str(len(rec.data)), justify="right", style="yellow" if rec.truncated else ""),
+                printable(rec.data[:PREVIEW_BYTES]), key=str(seq))
+        self._shown = end
+        if table.row_count:  # live: the cursor follows the newest message, and the hex pane with it
+            table.move_cursor(row=table.row_count - 1, animate=False)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        seq = int(event.row_key.value)
+        hex_pane = self.query_one("#dump-hex", Static)
+        if seq < self._first:
+            hex_pane.update("")
+            return
+        rec = self._records[seq - self._first]
+        head = Text(f"{rec.src} → {rec.dst}  {rec.direction}\n{rec.len} bytes sent, "
+                    f"{len(rec.data)} captured{' (cut at snaplen)' if rec.truncated else ''}\n\n",
+                    style="bold")
+        hex_pane.update(head + hexdump(rec.data))
+
+    # ------------------------------------------------------------ keys
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self._append_rows()
+        self._summarize()
+
+    def action_clear(self) -> None:
+        self.query_one("#dump-table", DataTable).clear()
+        self._first += len(self._records)
+        self._shown = self._first
+        self._records.clear()
+        self.query_one("#dump-hex", Static).update("")
+        self._summarize()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#dump-ip", Input).focus()
+
+    def action_save(self) -> None:
+        if not self._records:
+            self._complain("nothing captured to save yet")
+            return
+        default = time.strftime("/tmp/mdatui-%Y%m%d-%H%M%S.pcap", time.localtime(self.app.backend.now()))
+        self.app.push_screen(PromptScreen("Save pcap", f"Save {len(self._records)} messages to:",
+                                          default), self._save_to)
+
+    def _save_to(self, path: str | None) -> None:
+        if path:
+            self._write_pcap(list(self._records), path, self._snaplen)
+
+    @work(thread=True, group="pcap", exit_on_error=False)
+    def _write_pcap(self, records: list[DumpRecord], path: str, snaplen: int) -> str:
+        packets = write_pcap(records, path, snaplen)
+        return f"saved {len(records)} messages ({packets} packets) to {path}"
+
+    def commands(self):
+        yield SystemCommand("Dump: start or stop", "Capture what accelerated connections send",
+                            self.action_toggle_capture)
+        yield SystemCommand("Dump: save as pcap", "Write the captured messages to a pcap file",
+                            self.action_save)
+
+    # ------------------------------------------------------------ status
+
+    def _set_button(self) -> None:
+        button = self.query_one("#dump-start", Button)
+        button.label = "Stop" if self.capturing else "Start"
+        button.variant = "error" if self.capturing else "success"
+        for field in ("#dump-ip", "#dump-port", "#dump-snaplen"):
+            self.query_one(field, Input).disabled = self.capturing
+
+    def _summarize(self) -> None:
+        if self.capturing:
+            text = Text("● capturing", style="bold green")
+        else:
+            text = Text("○ stopped", style="dim")
+        text.append(f"  {len(self._records)} kept")
+        if self._lost:
+            text.append(f"  {self._lost} lost", style="bold red")
+        if self._error:
+            text.append(f"  {self._error}", style="bold red")
+        if self.paused:
+            behind = self._first + len(self._records) - self._shown
+            text.append(f"  paused, {behind} not shown (space resumes)", style="yellow")
+        self.query_one("#dump-status", Static).update(text)
+
+    def _complain(self, text: str) -> None:
+        self._error = text
+        self._summarize()
+        self.app.notify(text, title="Dump", severity="error")
+        self._note(f"dump: {text}", "error")
+
+    def _note(self, text: str, severity: str = "console") -> None:
+        self.app.note(text, severity)

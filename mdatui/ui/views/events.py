@@ -1,0 +1,155 @@
+"""Events: what the kernel reports as it happens, and what the console did, newest last."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import RichLog, Static
+from textual.worker import get_current_worker
+
+from ...core import events as ev
+from ...core.console import EventSource, Frame, Unavailable
+from .. import format as fmt
+from .base import View
+
+MAX_LINES = 5000
+POLL_S = 0.25
+RETRY_S = 3.0  # between attempts to attach while the accelerator is off or another reader holds it
+
+KIND_STYLES = {"accelerated": "green", "refused": "yellow", "closed": "dim",
+               "redirect_failed": "bold red", "console": "cyan", "warning": "bold yellow",
+               "error": "bold red"}
+
+
+def describe(event: ev.Event) -> Text:
+    """One line per event; the time first, so the log reads as a timeline."""
+    line = Text.assemble((fmt.clock(event.ts), "dim"), "  ",
+                         (f"{event.kind.replace('_', ' '):<15}", KIND_STYLES.get(event.kind, "")), " ",
+                         f"{event.end.local} → {event.end.remote}")
+    if isinstance(event, ev.Accelerated):
+        line.append(f"  pid {fmt.ident(event.owner.pid)} ↔ pid {fmt.ident(event.peer_owner.pid)}")
+    elif isinstance(event, ev.Refused):
+        why = "no ACCEPT rule matched" if event.rule is None else f"by rule {event.rule}"
+        line.append(f"  {why}", style="yellow")
+    else:  # Closed, RedirectFailed: what the end's sends did
+        line.append(f"  sent {fmt.count(event.msgs)} msgs, {fmt.size(event.bytes)}, "
+                    f"{fmt.count(event.passed)} through the stack")
+        if isinstance(event, ev.RedirectFailed):
+            line.append("; its peer left the sockhash, later sends go through the stack")
+    return line
+
+
+class EventsView(View):
+    MAIN = "#events-log"
+    BINDINGS = [
+        Binding("f", "toggle_follow", "Follow"),
+        Binding("c", "clear", "Clear"),
+    ]
+
+    class Arrived(Message):
+        def __init__(self, events: list[ev.Event], lost: int) -> None:
+            super().__init__()
+            self.events = events
+            self.lost = lost
+
+    class Trouble(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="events-summary")
+        yield RichLog(id="events-log", max_lines=MAX_LINES, wrap=False, auto_scroll=True)
+
+    def on_mount(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lost = 0
+        self._trouble: str | None = None
+        self._reading: int | None = None  # enabled_at of the accelerator being read
+        self._summarize()
+        self.watch(self.app, "frame", self._follow_accelerator, init=True)
+
+    def _follow_accelerator(self, frame: Frame | None) -> None:
+        """One reader per accelerator: a new one after disable + enable, none while it is off
+        (an open reader would keep the old perf array alive)."""
+        if frame is None:
+            return
+        running = frame.snapshot.enabled_at if frame.snapshot.enabled else None
+        if running == self._reading:
+            return
+        self._reading = running
+        self.workers.cancel_group(self, "events")
+        if running is not None:
+            self._read_events()
+
+    @property
+    def log_widget(self) -> RichLog:
+        return self.query_one("#events-log", RichLog)
+
+    @work(thread=True, exclusive=True, group="events")
+    def _read_events(self) -> None:
+        """Owns the event stream from open to close: perf rings are read by one thread."""
+        worker = get_current_worker()
+        source: EventSource | None = None
+        try:
+            while not worker.is_cancelled:
+                if source is None:
+                    try:
+                        source = self.app.backend.open_events()
+                    except Unavailable as e:
+                        self.post_message(self.Trouble(str(e)))
+                        worker.cancelled_event.wait(RETRY_S)
+                        continue
+                    self.post_message(self.Trouble(""))
+                got = source.poll(POLL_S)
+                if got or source.lost != self._lost:
+                    self.post_message(self.Arrived(got, source.lost))
+        finally:
+            if source is not None:
+                source.close()
+
+    def on_events_view_arrived(self, message: Arrived) -> None:
+        for event in message.events:
+            self._counts[event.kind] = self._counts.get(event.kind, 0) + 1
+            self.log_widget.write(describe(event))
+        self._lost = message.lost
+        self.app.events_lost = message.lost
+        self._summarize()
+
+    def on_events_view_trouble(self, message: Trouble) -> None:
+        if message.text and message.text != self._trouble:
+            self.add_note(f"event log unavailable: {message.text}", "warning")
+        self._trouble = message.text or None
+        self._summarize()
+
+    def add_note(self, text: str, severity: str = "console") -> None:
+        """A line from the console itself: what an operator did and how it went."""
+        self.log_widget.write(Text.assemble((fmt.clock(self.app.backend.now()), "dim"), "  ",
+                                            (f"{severity:<15}", KIND_STYLES.get(severity, "")),
+                                            " ", text))
+
+    def _summarize(self) -> None:
+        parts = [f"{self._counts.get(k, 0)} {k.replace('_', ' ')}"
+                 for k in ("accelerated", "refused", "closed", "redirect_failed")]
+        text = Text(", ".join(parts), style="dim")
+        if self._lost:
+            text.append(f"; {self._lost} lost (the reader fell behind)", style="bold red")
+        if self._trouble:
+            text.append("; not attached, retrying", style="yellow")
+        if not self.log_widget.auto_scroll:
+            text.append("; paused (f follows again)", style="yellow")
+        self.query_one("#events-summary", Static).update(text)
+
+    def action_toggle_follow(self) -> None:
+        self.log_widget.auto_scroll = not self.log_widget.auto_scroll
+        if self.log_widget.auto_scroll:
+            self.log_widget.scroll_end(animate=False)
+        self._summarize()
+
+    def action_clear(self) -> None:
+        self.log_widget.clear()
+        self._counts.clear()
+        self._summarize()

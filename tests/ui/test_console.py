@@ -1,0 +1,358 @@
+"""The console driven by keys and clicks (Textual Pilot) against the fixed data of fake.py."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Button, DataTable, Input, RichLog, TabbedContent
+
+from mdatui.ui.app import MdaConsole
+from mdatui.ui.screens.help import HelpScreen
+from mdatui.ui.screens.not_running import NotRunningScreen
+from mdatui.ui.screens.prompt import PromptScreen
+from mdatui.ui.screens.rule_form import RuleFormScreen
+from mdatui.ui.widgets.sortable_table import SortableTable
+
+from .fake import FakeBackend, wait_frames
+from .fake import shown as text
+
+SIZE = (100, 30)
+
+
+def console(backend: FakeBackend | None = None) -> MdaConsole:
+    # A refresh period longer than any test: frames come only when a test asks for one.
+    return MdaConsole(backend or FakeBackend(), interval=3600)
+
+
+async def two_frames(pilot) -> None:
+    """The first frame has no rates (nothing to compare with); the second has steady ones."""
+    await wait_frames(pilot, 1)
+    pilot.app.action_refresh_now()
+    await wait_frames(pilot, 2)
+
+
+def keys(table: DataTable) -> list[str]:
+    return [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
+
+
+async def test_status_line_shows_state_and_rates():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        line = text(pilot.app.screen.query_one("StatusBar"))
+        assert "/sys/fs/cgroup/mesh" in line and "up 1m40s" in line
+        assert "2 pairs" in line and "500 msg/s" in line and "1.5Mi/s" in line
+
+
+async def test_number_keys_switch_tabs_and_question_mark_opens_help():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        tabs = pilot.app.screen.query_one(TabbedContent)
+        for key, tab in (("2", "connections"), ("3", "pairs"), ("4", "dump"), ("5", "rules"),
+                         ("6", "events"), ("1", "overview")):
+            await pilot.press(key)
+            assert tabs.active == tab
+        await pilot.press("2", "question_mark")
+        assert isinstance(pilot.app.screen, HelpScreen)
+        assert "Filter" in text(pilot.app.screen.query_one("#help-keys"))  # the view's own keys
+        await pilot.press("escape")
+        assert not isinstance(pilot.app.screen, HelpScreen)
+
+
+async def test_tabs_respond_to_the_mouse():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.click("#--content-tab-pairs")
+        assert pilot.app.screen.query_one(TabbedContent).active == "pairs"
+
+
+async def test_command_palette_switches_tabs():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Show Pairs")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert pilot.app.screen.query_one(TabbedContent).active == "pairs"
+
+
+async def test_plus_and_minus_change_the_refresh_period():
+    app = MdaConsole(FakeBackend(), interval=1.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("minus")
+        assert app.interval == 2.0
+        await pilot.press("plus", "plus")
+        assert app.interval == 0.5
+        assert "⟳ 0.5s" in text(app.screen.query_one("StatusBar"))
+
+
+async def test_connections_sort_by_key_and_by_header_click():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        assert keys(table)[0].startswith("198.18.0.1:41000>")      # most bytes first
+        await pilot.press("s")                                      # next column: rate
+        assert table.sort_column == "rate"
+        assert keys(table)[0].startswith("198.18.0.1:41000>")
+        await pilot.press("S")
+        assert table.sort_reverse is False
+        await pilot.click("#conn-table", offset=(3, 0))             # the Local header
+        assert table.sort_column == "local" and table.sort_reverse is False
+        assert [k.split(">")[0] for k in keys(table)][:3] == [
+            "127.0.0.1:15001", "127.0.0.1:40000", "127.0.0.1:43000"]
+
+
+async def test_connections_filter_as_you_type():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2", "slash", *"envoy")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        assert table.row_count == 3
+        assert "3 of 8 ends" in text(pilot.app.screen.query_one("#conn-summary"))
+        await pilot.press("backspace", "backspace", "backspace", "backspace", "backspace", *"pending")
+        assert keys(table) == ["127.0.0.1:43000>127.0.0.1:7000@4026531993"]
+        await pilot.press("escape")
+        assert table.row_count == 8 and table.has_focus
+        # Survives a refresh: the filter and the cursor stay put.
+        await pilot.press("down", "down")
+        before = table.selected.key
+        pilot.app.action_refresh_now()
+        await wait_frames(pilot, 3)
+        assert table.selected.key == before
+
+
+async def test_connection_detail_shows_the_peer_with_live_counters():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        table.move_cursor(row=keys(table).index("127.0.0.1:40000>198.18.0.2:80@4026531993"))
+        await pilot.pause()
+        pane = text(pilot.app.screen.query_one("#conn-detail"))
+        assert "This end 127.0.0.1:40000 → 198.18.0.2:80" in pane
+        assert "Peer     127.0.0.1:15001 → 127.0.0.1:40000" in pane
+        assert "(istio-proxy) envoy --config sidecar-out.yaml" in pane
+        assert "50 msg/s" in pane and "Pair     ok" in pane
+        table.move_cursor(row=keys(table).index("198.18.0.1:44000>198.18.0.2:8080@0"))
+        await pilot.pause()
+        assert "has no entry in the map" in text(pilot.app.screen.query_one("#conn-detail"))
+
+
+async def test_pairs_put_broken_pairs_first():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("3")
+        table = pilot.app.screen.query_one("#pairs-table", SortableTable)
+        healths = [table.get_row_at(i)[2].plain for i in range(table.row_count)]
+        assert healths == ["one-sided", "pending", "ok", "ok", "ok"]
+        assert "1 one-sided or stale" in text(pilot.app.screen.query_one("#pairs-summary"))
+        row = table.get_row_at(2)
+        assert "→" in row[1]  # a complete pair shows its peer, both directions counted
+
+
+async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4")
+        view = pilot.app.screen.query_one("#dump-view")
+        await pilot.click("#dump-port")
+        await pilot.press(*"80")
+        await pilot.press("escape")
+        view.query_one("#dump-table").focus()
+        await pilot.press("s")
+        table = view.query_one("#dump-table", DataTable)
+        for _ in range(100):
+            if table.row_count == 6:
+                break
+            await pilot.pause(0.02)
+        assert table.row_count == 6 and backend.dumps_started == [(None, 80, 128)]
+        await pilot.press("down")
+        hex_pane = text(view.query_one("#dump-hex"))
+        assert "48 54 54 50 2f 31 2e 31" in hex_pane and "HTTP/1.1 200 OK" in hex_pane
+        await pilot.press("space")
+        assert view.paused and "paused" in text(view.query_one("#dump-status"))
+        await pilot.press("space", "s")
+        for _ in range(100):
+            if not view.capturing:
+                break
+            await pilot.pause(0.02)
+        assert not view.capturing and not backend.dump_open
+        path = tmp_path / "x.pcap"
+        await pilot.press("w")
+        assert isinstance(pilot.app.screen, PromptScreen)
+        pilot.app.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        for _ in range(100):
+            if path.exists() and path.stat().st_size:
+                break
+            await pilot.pause(0.02)
+        data = path.read_bytes()
+        assert data[:4] == (0xA1B23C4D).to_bytes(4, "little") and len(data) > 6 * 40
+
+
+async def test_dump_refuses_a_bad_filter_and_starts_nothing():
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4", "f", *"10.0.0.300", "enter")
+        await pilot.pause(0.2)
+        view = pilot.app.screen.query_one("#dump-view")
+        assert not view.capturing and not backend.dump_open
+        status = text(view.query_one("#dump-status"))
+        assert "stopped" in status and "'10.0.0.300' is not an IPv4 address or CIDR" in status
+
+
+async def test_rule_editor_bad_cidr_shows_the_parser_error_and_applies_nothing():
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("5", "a")
+        form = pilot.app.screen
+        assert isinstance(form, RuleFormScreen)
+        await pilot.press(*"10.0.0.1/8")
+        error = text(form.query_one("#rf-ip-error"))
+        assert error == "'10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8"
+        assert form.query_one("#rf-ok", Button).disabled
+        await pilot.press("enter")
+        assert pilot.app.screen is form           # still open: nothing to accept
+        await pilot.press("escape")
+        await pilot.press("A")                    # applying now applies the unchanged table
+        view = pilot.app.screen.query_one("#rules-view")
+        assert len(view.edited.rules) == 3
+        assert all(rules == view.applied for rules in backend.applied)
+        assert backend.saved == []
+
+
+async def test_rule_editor_errors_follow_the_field_they_are_about():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("5", "a", "tab", *"80-20")
+        form = pilot.app.screen
+        assert text(form.query_one("#rf-port-error")) == "port range '80-20' is reversed; did you mean 20-80"
+        assert text(form.query_one("#rf-ip-error")) == ""
+        await pilot.press("tab", *"no-such-user-here")
+        assert text(form.query_one("#rf-uid-error")) == "unknown user 'no-such-user-here'"
+
+
+async def test_rule_add_preview_apply_save_revert():
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("5", "a", "tab", *"15006", "enter")
+        view = pilot.app.screen.query_one("#rules-view")
+        assert str(view.edited.rules[-1]) == "chain --port 15006 -j RETURN"
+        preview = text(view.query_one("#rules-preview"))
+        assert "1 open connections leave the fast path" in preview
+        assert "198.18.0.1:41000 → 198.18.0.2:15006  (rule 3)" in preview
+        assert "not applied and not saved" in text(view.query_one("#rules-status"))
+        await pilot.press("A")
+        for _ in range(100):
+            if backend.applied:
+                break
+            await pilot.pause(0.02)
+        assert [str(r) for r in backend.applied[-1]][-1] == "chain --port 15006 -j RETURN"
+        await pilot.pause()
+        assert "edited, not saved" in text(view.query_one("#rules-status"))
+        await pilot.press("S")
+        assert backend.saved[-1][1].endswith("chain --port 15006 -j RETURN\n")
+        assert backend.saved[-1][1].startswith("# accelerate the mesh")  # comments kept
+        await pilot.press("x")                                             # delete it again
+        assert len(view.edited.rules) == 3
+        await pilot.press("R")                                             # back to the file
+        assert len(view.edited.rules) == 4
+
+
+async def test_rule_edit_and_move():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("5", "down", "e")
+        form = pilot.app.screen
+        assert isinstance(form, RuleFormScreen)
+        assert form.query_one("#rf-ip", Input).value == "127.0.0.0/8"
+        form.query_one("#rf-ip", Input).value = "127.0.0.0/16"
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        view = pilot.app.screen.query_one("#rules-view")
+        assert str(view.edited.rules[1]) == "chain --ip 127.0.0.0/16 -j ACCEPT"
+        await pilot.press("K")
+        assert str(view.edited.rules[0]) == "chain --ip 127.0.0.0/16 -j ACCEPT"
+        assert view.query_one("#rules-table", DataTable).cursor_row == 0
+
+
+async def test_events_are_listed_as_they_arrive():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("6")
+        log = pilot.app.screen.query_one("#events-log", RichLog)
+        for _ in range(100):
+            if len(log.lines) >= 4:
+                break
+            await pilot.pause(0.02)
+        lines = [line.text for line in log.lines]
+        assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
+        assert any("refused" in l and "by rule 2" in l for l in lines)
+        assert "1 redirect failed" in text(pilot.app.screen.query_one("#events-summary"))
+
+
+async def test_not_running_offers_enable_and_then_shows_the_console():
+    backend = FakeBackend(enabled=False)
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        screen = pilot.app.screen
+        assert isinstance(screen, NotRunningScreen)
+        assert "nothing is pinned at /sys/fs/bpf/mdatui" in text(screen.query_one("#nr-what"))
+        await pilot.press("e")
+        for _ in range(100):
+            if backend.enable_calls and pilot.app.frames >= 2:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+        assert backend.enable_calls == 1
+        assert not isinstance(pilot.app.screen, NotRunningScreen)
+
+
+@pytest.mark.parametrize("backend, says", [
+    (FakeBackend(enabled=False, can_enable=False), "needs root"),
+    (FakeBackend(problem="reading the accelerator's maps needs root"), "needs root"),
+])
+async def test_without_root_it_explains_and_offers_only_quit(backend, says):
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        screen = pilot.app.screen
+        assert isinstance(screen, NotRunningScreen)
+        said = text(screen.query_one("#nr-what")) + text(screen.query_one("#nr-offer"))
+        assert says in said
+        assert screen.query_one("#nr-enable", Button).disabled
+        await pilot.press("e")
+        assert backend.enable_calls == 0
+        await pilot.press("q")
+    assert pilot.app.return_code == 0
+
+
+@pytest.mark.parametrize("size, beside", [((80, 24), False), ((200, 50), True)])
+async def test_layout_uses_the_room_it_has(size, beside):
+    async with console().run_test(size=size) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table").region
+        pane = pilot.app.screen.query_one("#conn-detail").region
+        assert pane.height >= 9 and table.height >= 5
+        assert (pane.x > table.x) is beside
+        assert pane.bottom <= size[1] - 1  # above the footer
+
+
+async def test_disable_behind_its_back_shows_the_offer_and_enable_brings_it_back():
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        assert backend.events.closed is False
+        backend.enabled = False
+        pilot.app.action_refresh_now()
+        await wait_frames(pilot, 2)
+        assert isinstance(pilot.app.screen, NotRunningScreen)
+        for _ in range(100):  # the event reader lets go of the old accelerator
+            if backend.events.closed:
+                break
+            await pilot.pause(0.02)
+        assert backend.events.closed

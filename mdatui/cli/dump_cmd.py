@@ -18,7 +18,7 @@ from ..core import dump, events, pcap, system
 from ..core.instance import Instance
 from ..core.perfbuf import ReaderBusy
 from ..core.snapshot import Owner
-from . import format as fmt
+from ..core import units
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 0.5
@@ -185,7 +185,7 @@ def _event_line(ev: events.Event) -> str:
         return line
     peer = f"peer {ev.peer.local}" if ev.peer else "never paired"
     return (f"{head} {ev.end.local} > {ev.end.remote} ({_who(ev.owner)}, {peer}): "
-            f"{ev.msgs} msgs, {fmt.size(ev.bytes)} redirected, {ev.passed} passed")
+            f"{ev.msgs} msgs, {units.size(ev.bytes)} redirected, {ev.passed} passed")
 
 
 def cmd_events(a) -> int:

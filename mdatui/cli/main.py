@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
-from ..core import abi, loader, snapshot, system
+from ..core import abi, loader, snapshot, system, units
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
-from . import format as fmt
 from .errors import CliError
 
 
@@ -63,7 +62,7 @@ def cmd_query(a) -> int:
     for name, m in snap.maps.items():
         print(f"  {name}: {m['entries']} entries (of {m['capacity']})")
     print(f"  rules: {snap.rules_active} active; config {snap.config or '(none)'}")
-    print(f"  redirected: {snap.redirected_msgs} msgs, {fmt.size(snap.redirected_bytes)}; "
+    print(f"  redirected: {snap.redirected_msgs} msgs, {units.size(snap.redirected_bytes)}; "
           f"{snap.pairs} pairs now")
     noisy = {k: v for k, v in snap.stats.items() if v and k.endswith(("full", "failed", "lost"))}
     if noisy:

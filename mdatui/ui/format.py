@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import time
 
+from ..core import units
 from ..core.snapshot import Owner
 
 
 def count(n: float) -> str:
     """1234 -> 1.2k: decimal, as counts of messages are."""
-    for unit in ("", "k", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    return units.scaled(n, 1000, units.DECIMAL)
 
 
 def size(n: float) -> str:
     """Bytes in binary units, one decimal: 1.5Mi."""
-    for unit in ("B", "Ki", "Mi", "Gi", "Ti"):
-        if abs(n) < 1024 or unit == "Ti":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return units.scaled(n, 1024, units.BINARY_SHORT)
 
 
 def rate(bytes_per_s: float) -> str:

@@ -47,7 +47,7 @@ def _compile(max_sockets: int):
     # its main file. The header goes first; its include guard makes the files' #include no-ops.
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
     try:
-        return BPF(text=text, cflags=[f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"])
+        return BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"])
     except Exception as e:  # BCC raises bare Exception on compile or load failure
         raise system.SetupError(
             f"could not load the BPF programs ({e}); the kernel needs CONFIG_BPF_SYSCALL, "

@@ -107,7 +107,9 @@ int mda_sk_msg(struct sk_msg_md *msg)
 			lock_xadd(&c->msgs, 1);
 			lock_xadd(&c->bytes, size);
 			mda_dump_msg(msg, &self, c->active);
-			if (self.netns)
+			/* Either key carries a netns cookie when the connection runs over loopback;
+			 * behind a REDIRECT only the sidecar's end has a loopback address. */
+			if (self.netns || c->peer.netns)
 				mda_watch_stream(msg, &self, c, size);
 			return SK_PASS;
 		}

@@ -310,3 +310,16 @@ def test_request_response_with_small_messages_keeps_the_fast_path(lab, accel):
         time.sleep(0.05)  # the server closes its end once it has read the client's FIN
     assert accel.stats()["closed_msgs"] == 2 * requests  # every request and reply redirected
     assert accel.stats()["demoted"] == 0
+
+
+def test_request_response_through_a_redirected_sidecar_keeps_the_fast_path(lab, accel):
+    """Only the sidecar's end is on a loopback address; the app's replies must still count."""
+    ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
+    lab.link(ns, "198.18.0.1/24", elsewhere, "198.18.0.2/24")
+    lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
+                 "-j", "REDIRECT", "--to-ports", "15001")
+    peers.server(lab, "echo", 15001, ns)
+    chat = peers.client(lab, ns, "chat", "--to", "198.18.0.2:80", "--seconds", "1",
+                        "--rate", "1000", "--size", "64")
+    assert peers.report(chat)["requests"] > 100
+    assert accel.stats()["demoted"] == 0

@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("demo", help="build a small mesh in private namespaces and watch it")
+    p.add_argument("--refresh", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                   help="how often the console reads the maps (default 1)")
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--seconds", type=float, default=1800, help="traffic stops after this long")
     p.add_argument("--no-console", action="store_true",

@@ -143,4 +143,6 @@ def run_console(pin_dir: str, interval: float = 1.0, config: str | None = None,
                 cgroup: str | None = None) -> int:
     """`mdatui` with no subcommand. config and cgroup are what `enable` gets when offered."""
     app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval)
-    return app.run() or 0
+    result = app.run()
+    # run() gives None when the app died of an exception; return_code is then non-zero.
+    return result if result is not None else (app.return_code or 0)

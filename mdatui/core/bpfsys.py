@@ -27,7 +27,7 @@ BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_MAP_LOOKUP_BATCH = 24
 
-_ENOTSUPP = 524  # the kernel's own "operation not supported", not in Python's errno
+ENOTSUPP = 524  # the kernel's own "operation not supported", not in Python's errno
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -187,21 +187,37 @@ class Map:
             raise
         return True
 
+    def next_keys_into(self, out: int, after: int, count: int) -> tuple[int, bool]:
+        """Up to count keys in the map's order, written one after another at address out, from
+        the key after the one at address `after` (0: from the first): how many, and whether the
+        walk has ended. One syscall a key: what a map without batch lookups (the sockhash) needs.
+        A key deleted meanwhile makes the kernel start again from the first."""
+        size = ct.sizeof(self.key_type)
+        attr = _MapElemAttr(map_fd=self.fd, key=after)
+        ref, attr_size, syscall = ct.byref(attr), ct.sizeof(attr), _libc.syscall
+        for n in range(count):
+            attr.value = out + n * size
+            if syscall(_SYS_BPF, BPF_MAP_GET_NEXT_KEY, ref, attr_size) < 0:
+                err = ct.get_errno()
+                if err == errno.ENOENT:
+                    return n, True
+                raise BpfError(err, f"bpf cmd {BPF_MAP_GET_NEXT_KEY}: {os.strerror(err)}")
+            attr.key = attr.value
+        return count, False
+
     def keys(self) -> Iterator:
-        """Every key, each a fresh object; keys deleted meanwhile may restart the walk (kernel rule)."""
-        prev = None
+        """Every key, each a fresh object."""
+        chunk = (self.key_type * 256)()
+        last = self.key_type()
+        after = 0
         while True:
-            nxt = self.key_type()
-            attr = _MapElemAttr(map_fd=self.fd, key=ct.addressof(prev) if prev is not None else 0,
-                                value=ct.addressof(nxt))
-            try:
-                _sys(BPF_MAP_GET_NEXT_KEY, attr)
-            except BpfError as e:
-                if e.errno == errno.ENOENT:
-                    return
-                raise
-            yield nxt
-            prev = nxt
+            n, done = self.next_keys_into(ct.addressof(chunk), after, len(chunk))
+            for i in range(n):
+                yield self.key_type.from_buffer_copy(chunk[i])
+            if done:
+                return
+            ct.memmove(ct.addressof(last), ct.addressof(chunk[n - 1]), ct.sizeof(last))
+            after = ct.addressof(last)
 
     def items(self) -> Iterator[tuple]:
         for key in self.keys():
@@ -212,33 +228,20 @@ class Map:
     def count(self) -> int:
         return sum(1 for _ in self.keys())
 
-    def items_batch(self, chunk: int = 4096) -> list[tuple]:
-        """Every (key, value) of a hash map in a few syscalls: what a 100,000-entry map needs.
-
-        Falls back to one lookup per key where the map type has no batch operation.
-        """
-        out: list[tuple] = []
-        keys = (self.key_type * chunk)()
-        values = (self.value_type * chunk)()
-        token = ct.c_uint64()  # opaque position; hash maps use a u32 bucket index
-        first = True
-        while True:
-            attr = _BatchAttr(in_batch=0 if first else ct.addressof(token),
-                              out_batch=ct.addressof(token), keys=ct.addressof(keys),
-                              values=ct.addressof(values), count=chunk, map_fd=self.fd)
-            done = False
-            try:
-                _sys(BPF_MAP_LOOKUP_BATCH, attr)
-            except BpfError as e:
-                if e.errno == errno.ENOENT:
-                    done = True  # the last, possibly partial, batch
-                elif e.errno in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP) and first:
-                    return list(self.items())
-                else:
-                    raise
-            kt, vt = self.key_type, self.value_type
-            out.extend((kt.from_buffer_copy(keys[i]), vt.from_buffer_copy(values[i]))
-                       for i in range(attr.count))
-            if done:
-                return out
-            first = False
+    def lookup_batch(self, keys: int, values: int, room: int, token: ct.c_uint64,
+                     first: bool) -> tuple[int, bool]:
+        """One BPF_MAP_LOOKUP_BATCH into buffers at the addresses keys and values, with room for
+        `room` entries each, laid out as the kernel's: how many it wrote, and whether the map has
+        been read to its end. `token` keeps the position from one call to the next; `first`
+        starts at the beginning. BpfError ENOSPC: the room is less than one hash bucket holds;
+        EINVAL or ENOTSUPP on the first call: the map type has no batch lookup."""
+        attr = _BatchAttr(in_batch=0 if first else ct.addressof(token),
+                          out_batch=ct.addressof(token), keys=keys, values=values, count=room,
+                          map_fd=self.fd)
+        try:
+            _sys(BPF_MAP_LOOKUP_BATCH, attr)
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                return attr.count, True  # the last, possibly partial, batch
+            raise
+        return attr.count, False

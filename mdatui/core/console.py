@@ -15,10 +15,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from . import apply, loader, rules, snapshot, system
 from .dump import DumpRecord, DumpSession
@@ -27,7 +30,7 @@ from .instance import Instance, NotEnabled
 from .pcap import PcapWriter
 from .perfbuf import ReaderBusy
 from .procs import ProcessInfo, Processes
-from .snapshot import Connection, Endpoint, Rates, Snapshot
+from .snapshot import Connection, Endpoint, Rates, Snapshot, Table
 
 
 class Unavailable(Exception):
@@ -38,30 +41,37 @@ class Unavailable(Exception):
 # ---------------------------------------------------------------- what the views show
 
 @dataclass(frozen=True)
-class Frame:
-    """One refresh: a snapshot, the rates since the previous one, who owns each end."""
+class Attribution:
+    """The process behind each row of a snapshot's table: infos[index[row]], none where the
+    index is negative. Rows share a few processes, so each answer is made once."""
 
-    snapshot: Snapshot
-    now: float                                  # wall clock (unix seconds) it was taken at
-    total: Rates = Rates(0.0, 0.0)
-    per_end: dict[Endpoint, Rates] = field(default_factory=dict)
-    processes: dict[Endpoint, ProcessInfo] = field(default_factory=dict)
+    table: Table
+    infos: list[ProcessInfo] = field(default_factory=list)
+    index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            object.__setattr__(self, "index", np.full(len(self.table), -1, dtype=np.int32))
 
     @classmethod
-    def next(cls, prev: "Frame | None", snap: Snapshot, now: float,
-             processes: dict[Endpoint, ProcessInfo] | None = None) -> "Frame":
-        processes = processes or {}
-        if prev is None or not prev.snapshot.enabled or not snap.enabled:
-            return cls(snap, now, processes=processes)
-        total, per_end = snapshot.rates(prev.snapshot, snap)
-        return cls(snap, now, total, per_end, processes)
+    def of(cls, table: Table, by_end: Mapping[Endpoint, ProcessInfo]) -> "Attribution":
+        """From answers by end (the console's tests give such)."""
+        infos = list(dict.fromkeys(by_end.values()))
+        at = {info: i for i, info in enumerate(infos)}
+        index = np.full(len(table), -1, dtype=np.int32)
+        for end, info in by_end.items():
+            row = table.row_of(end)
+            if row >= 0:
+                index[row] = at[info]
+        return cls(table, infos, index)
 
-    @property
-    def uptime_s(self) -> float:
-        return max(0.0, self.now - self.snapshot.enabled_at) if self.snapshot.enabled_at else 0.0
+    def of_row(self, row: int) -> ProcessInfo | None:
+        i = self.index[row]
+        return self.infos[i] if i >= 0 else None
 
-    def rate(self, end: Endpoint) -> Rates:
-        return self.per_end.get(end, Rates(0.0, 0.0))
+    def get(self, end: Endpoint) -> ProcessInfo | None:
+        row = self.table.row_of(end)
+        return self.of_row(row) if row >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -86,29 +96,107 @@ class Pair:
         return (self.a,) if self.b is None else (self.a, self.b)
 
 
-def pairs(snap: Snapshot) -> list[Pair]:
-    """Every connection once, its two ends together."""
-    by_end = {c.end: c for c in snap.connections}
-    seen: set[Endpoint] = set()
-    out = []
-    # Connecting ends first, so that a complete pair is always told from its connecting side.
-    for c in sorted(snap.connections, key=lambda c: not c.active):
-        if c.end in seen:
-            continue
-        seen.add(c.end)
-        peer = by_end.get(c.peer) if c.peer is not None else None
-        if c.peer is None:
-            health = "pending"
-        elif peer is None:
-            health = "one-sided"
-        elif peer.peer == c.end and c.in_sockhash and peer.in_sockhash:
-            health = "ok"
-        else:
-            health = "stale"
-        if peer is not None and peer.peer == c.end:
-            seen.add(peer.end)
-        out.append(Pair(c, peer, health))
-    return out
+HEALTH = ("ok", "pending", "one-sided", "stale")
+OK, PENDING, ONE_SIDED, STALE = range(len(HEALTH))
+
+
+def _pair_rows(table: Table, rows: np.ndarray, peers: np.ndarray, back: np.ndarray):
+    """The pair each of rows is in, given each row's peer row and that one's peer row (-1:
+    none): its ends a and b (-1: none), its HEALTH, and whether the row is its pair's b."""
+    mutual = (peers >= 0) & (back == rows)
+    # A complete pair is told from its connecting end; failing that, from its earlier row.
+    def rank(r: np.ndarray) -> np.ndarray:
+        return (~table.active[r]).astype(np.int64) * len(table) + r
+    second = mutual & (rank(peers.clip(min=0)) < rank(rows))
+    a, b = np.where(second, peers, rows), np.where(second, rows, peers)
+    held = table.in_sockhash
+    health = np.select(
+        [table.conns["paired"][a] == 0, b < 0, mutual & held[a] & held[b.clip(min=0)]],
+        [PENDING, ONE_SIDED, OK], STALE).astype(np.uint8)
+    return a, b, health, second
+
+
+@dataclass(frozen=True)
+class PairTable:
+    """Every connection once, its two ends together: pair k is rows a[k] and b[k] (-1: none)
+    of the table, in state HEALTH[health[k]]."""
+
+    table: Table
+    a: np.ndarray
+    b: np.ndarray
+    health: np.ndarray
+
+    @classmethod
+    def of(cls, table: Table) -> "PairTable":
+        rows = np.arange(len(table))
+        peers = table.peer_row
+        back = np.where(peers >= 0, peers[peers.clip(min=0)], -1)
+        a, b, health, second = _pair_rows(table, rows, peers, back)
+        keep = ~second
+        return cls(table, a[keep], b[keep], health[keep])
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def pair(self, k: int) -> Pair:
+        b = int(self.b[k])
+        return Pair(self.table.connection(int(self.a[k])),
+                    self.table.connection(b) if b >= 0 else None, HEALTH[self.health[k]])
+
+    def counts(self) -> dict[str, int]:
+        return dict(zip(HEALTH, np.bincount(self.health, minlength=len(HEALTH)).tolist()))
+
+
+def pair_rows_of(table: Table, row: int) -> tuple[int, int, str]:
+    """The pair a row is in, without pairing every row: its rows a and b (-1: none), its health."""
+    rows = np.array([row])
+    peers = table.peer_rows(rows)
+    back = table.peer_rows(peers) if peers[0] >= 0 else np.array([-1])
+    a, b, health, _ = _pair_rows(table, rows, peers, back)
+    return int(a[0]), int(b[0]), HEALTH[health[0]]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One refresh: a snapshot, the rates since the previous one, who owns each end. Per-end
+    data are arrays over the rows of snapshot.table."""
+
+    snapshot: Snapshot
+    now: float                                  # wall clock (unix seconds) it was taken at
+    total: Rates = Rates(0.0, 0.0)
+    msgs_rate: np.ndarray | None = None         # None: no earlier frame to compare with
+    bytes_rate: np.ndarray | None = None
+    processes: Attribution | None = None
+
+    def __post_init__(self) -> None:
+        if self.processes is None:
+            object.__setattr__(self, "processes", Attribution(self.snapshot.table))
+
+    @classmethod
+    def next(cls, prev: "Frame | None", snap: Snapshot, now: float,
+             processes: Attribution | Mapping[Endpoint, ProcessInfo] | None = None) -> "Frame":
+        if not isinstance(processes, Attribution):
+            processes = Attribution.of(snap.table, processes or {})
+        if prev is None or not prev.snapshot.enabled or not snap.enabled:
+            return cls(snap, now, processes=processes)
+        total, msgs_rate, bytes_rate = snapshot.rates(prev.snapshot, snap)
+        return cls(snap, now, total, msgs_rate, bytes_rate, processes)
+
+    @property
+    def uptime_s(self) -> float:
+        return max(0.0, self.now - self.snapshot.enabled_at) if self.snapshot.enabled_at else 0.0
+
+    def row_rate(self, row: int) -> Rates:
+        if self.msgs_rate is None or row < 0:
+            return Rates(0.0, 0.0)
+        return Rates(float(self.msgs_rate[row]), float(self.bytes_rate[row]))
+
+    def rate(self, end: Endpoint) -> Rates:
+        return self.row_rate(self.snapshot.table.row_of(end))
+
+    @cached_property
+    def pairs(self) -> PairTable:
+        return PairTable.of(self.snapshot.table)
 
 
 @dataclass(frozen=True)
@@ -174,7 +262,7 @@ class ConsoleBackend(Protocol):
     def snapshot(self) -> Snapshot:
         """The maps now; snapshot.disabled() when nothing runs. Raises Unavailable."""
 
-    def attribute(self, snap: Snapshot, now: float) -> dict[Endpoint, ProcessInfo]:
+    def attribute(self, snap: Snapshot, now: float) -> Attribution | Mapping[Endpoint, ProcessInfo]:
         """The process behind each end that has a known owner pid."""
 
     def now(self) -> float:
@@ -228,6 +316,7 @@ class LiveBackend:
         self._inst: Instance | None = None
         self._lock = threading.Lock()
         self._processes = Processes()
+        self._reader = snapshot.Reader()  # of the instance open now
 
     def _instance(self) -> Instance | None:
         with self._lock:
@@ -238,6 +327,7 @@ class LiveBackend:
             if self._inst is None:
                 try:
                     self._inst = Instance(self.pin_dir)
+                    self._reader = snapshot.Reader()
                 except NotEnabled:
                     return None
                 except PermissionError:
@@ -254,15 +344,12 @@ class LiveBackend:
 
     def snapshot(self) -> Snapshot:
         inst = self._instance()
-        return snapshot.read(inst) if inst else snapshot.disabled(self.pin_dir)
+        return self._reader.read(inst) if inst else snapshot.disabled(self.pin_dir)
 
-    def attribute(self, snap: Snapshot, now: float) -> dict[Endpoint, ProcessInfo]:
-        out = {}
-        for c in snap.connections:
-            info = self._processes.info(c.owner.pid, c.owner.uid, socket_since=now - c.age_s)
-            if info is not None:
-                out[c.end] = info
-        return out
+    def attribute(self, snap: Snapshot, now: float) -> Attribution:
+        table = snap.table
+        infos, index = self._processes.attribute(table.pid, table.uid, now - table.age_s)
+        return Attribution(table, infos, index)
 
     def now(self) -> float:
         return time.time()

@@ -12,7 +12,10 @@ import pwd
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import psutil
+
+from .abi import UNKNOWN_ID
 
 # Long enough that a console redrawing every second looks each process up rarely; short enough
 # that a command that exec()s something else is shown as that soon after.
@@ -43,6 +46,12 @@ class _Seen:
     at: float                 # monotonic time of the lookup
     command: str | None
     started: float            # unix time; 0 when gone
+
+
+def _reused(started, socket_since):
+    """Whether a process started after the socket existed, so that its pid was used again;
+    for single times or arrays of them."""
+    return started > socket_since + START_TIME_SLACK
 
 
 def _look(pid: int, now: float) -> _Seen:
@@ -80,6 +89,33 @@ class Processes:
             return None
         seen = self._seen(pid)
         command = seen.command
-        if command and socket_since is not None and seen.started > socket_since + START_TIME_SLACK:
+        if command and socket_since is not None and _reused(seen.started, socket_since):
             command = None
         return ProcessInfo(pid, command, user_name(uid))
+
+    def attribute(self, pids: np.ndarray, uids: np.ndarray,
+                  sockets_since: np.ndarray) -> tuple[list[ProcessInfo], np.ndarray]:
+        """info() of many sockets at once, ids as the kernel recorded them (UNKNOWN_ID: not
+        recorded): the distinct answers, and for each socket the index of its own (-1: no pid).
+        A few processes own most sockets, so each is looked up and described once."""
+        distinct = np.unique(pids)
+        which = np.searchsorted(distinct, pids)  # much faster than unique's return_inverse
+        started = np.full(len(distinct), -np.inf)  # no command: nothing to withhold
+        commands: list[str | None] = []
+        for i, pid in enumerate(distinct.tolist()):
+            seen = self._seen(pid) if pid != UNKNOWN_ID else None
+            commands.append(seen.command if seen else None)
+            if seen and seen.command:
+                started[i] = seen.started
+        reused = _reused(started[which], sockets_since)
+        combined = (which.astype(np.int64) << 33) | (uids.astype(np.int64) << 1) | reused
+        answers = np.unique(combined)
+        index = np.searchsorted(answers, combined)
+        infos = []
+        for code in answers.tolist():
+            pid_at, uid, withheld = code >> 33, (code >> 1) & 0xFFFFFFFF, code & 1
+            infos.append(ProcessInfo(int(distinct[pid_at]), None if withheld else commands[pid_at],
+                                     user_name(None if uid == UNKNOWN_ID else uid)))
+        index = index.astype(np.int32)
+        index[pids == UNKNOWN_ID] = -1
+        return infos, index

@@ -1,15 +1,35 @@
 """What the accelerator looks like at one instant, read from its pinned maps.
 
 Both the CLI (`query`) and the console read these objects; rates come from two of them.
+
+The ends are kept as columns, one numpy array per field (`Table`): the console sorts, filters and
+joins a few hundred thousand of them every second, which an object per end could do neither in
+time nor in memory. `Snapshot.connections` makes Connection objects from the rows as they are
+read, for the CLI, the tests and whatever shows a handful of rows.
 """
 
 from __future__ import annotations
 
+import ctypes as ct
+import errno
 import time
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from . import abi
+import numpy as np
+
+from . import abi, bpfsys
 from .instance import Instance
+
+KEY = np.dtype(abi.SockKey)
+CONN = np.dtype(abi.Conn)
+PENDING_ENTRY = np.dtype(abi.Pending)
+
+# Row states as small integers; in this order they sort as their names do.
+STATES = ("accelerated", "normal", "pending")
+ACCELERATED, NORMAL, PENDING = range(len(STATES))
 
 
 @dataclass(frozen=True)
@@ -33,12 +53,16 @@ class Owner:
 
     @classmethod
     def of(cls, o: abi.Owner) -> "Owner":
+        return cls.of_ids(o.pid, o.uid, o.gid)
+
+    @classmethod
+    def of_ids(cls, pid: int, uid: int, gid: int) -> "Owner":
         def known(v: int) -> int | None:
             return None if v == abi.UNKNOWN_ID else v
-        return cls(known(o.pid), known(o.uid), known(o.gid))
+        return cls(known(pid), known(uid), known(gid))
 
 
-@dataclass(slots=True)  # not frozen: frozen dataclasses are slow to build 100,000 times a second
+@dataclass(slots=True)
 class Connection:
     """An end in sock_proxy_map: its peer and what its sends did."""
 
@@ -69,6 +93,262 @@ class Connection:
         }
 
 
+# ---------------------------------------------------------------- the ends as columns
+
+def _words(records: np.ndarray, at: int = 0) -> np.ndarray:
+    """The key at byte offset `at` of each record (KEY records, or CONN ones for the peer) as
+    three 64-bit words, to compare and hash keys whole: a view, nothing is copied."""
+    records = np.ascontiguousarray(records)
+    return records.view(np.uint64).reshape(len(records), -1)[:, at // 8:at // 8 + 3]
+
+
+_MIX = tuple(np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9))
+
+
+def _hash(words: np.ndarray) -> np.ndarray:
+    """64 bits of each key; equal hashes are checked word by word where it matters."""
+    h = words[:, 0] * _MIX[0]
+    h = (h ^ words[:, 1]) * _MIX[1]
+    h = (h ^ words[:, 2]) * _MIX[2]
+    return h ^ (h >> np.uint64(32))
+
+
+class KeyIndex:
+    """Finds keys among a set of keys: a sorted hash of each, so a few hundred thousand keys are
+    found in a few milliseconds. Two different keys of one set with one hash (about 1 in 10^9
+    for 200,000 keys) would make one of them unfindable: a rate counted from zero, no worse."""
+
+    def __init__(self, words: np.ndarray):
+        self.words = words
+        hashes = _hash(words)
+        self._order = np.argsort(hashes).astype(np.int32)  # rows fit: a map holds < 2^31 keys
+        self._sorted = hashes[self._order]
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        """The position of each of `words` in this set, -1 where it is not in it."""
+        hashes = _hash(words)
+        if len(words) < 1024:
+            return self._found(hashes, words, np.arange(len(words)))
+        # Looked for in sorted order, many keys are found several times faster.
+        order = np.argsort(hashes)
+        return self._found(hashes[order], words[order], order)
+
+    def find_all(self, other: "KeyIndex") -> np.ndarray:
+        """find(other.words), using the order other has sorted its keys in already."""
+        return self._found(other._sorted, other.words[other._order], other._order)
+
+    def among(self, hashes: np.ndarray) -> np.ndarray:
+        """For each key of this set, whether its hash is among the sorted `hashes`."""
+        if len(hashes) == 0:
+            return np.zeros(len(self), dtype=bool)
+        pos = np.searchsorted(hashes, self._sorted).clip(max=len(hashes) - 1)
+        out = np.empty(len(self), dtype=bool)
+        out[self._order] = hashes[pos] == self._sorted
+        return out
+
+    def _found(self, hashes: np.ndarray, words: np.ndarray, at: np.ndarray) -> np.ndarray:
+        out = np.full(len(words), -1, dtype=np.int32)
+        if len(self) == 0 or len(words) == 0:
+            return out
+        pos = np.searchsorted(self._sorted, hashes).clip(max=len(self) - 1)
+        rows = self._order[pos]
+        found = (self._sorted[pos] == hashes) & (self.words[rows] == words).all(axis=1)
+        out[at] = np.where(found, rows, -1)
+        return out
+
+
+def _addr(ip_be: int, port: int) -> str:
+    return f"{abi.ip_str(ip_be)}:{port}"
+
+
+def _endpoint(key: tuple) -> Endpoint:
+    local_ip, remote_ip, local_port, remote_port, netns = key
+    return Endpoint(_addr(local_ip, local_port), _addr(remote_ip, remote_port), netns)
+
+
+def key_record(end: Endpoint) -> tuple:
+    """An Endpoint back to the fields of its key."""
+    (lip, _, lport), (rip, _, rport) = end.local.rpartition(":"), end.remote.rpartition(":")
+    return (abi.ip_be(lip), abi.ip_be(rip), int(lport), int(rport), end.netns)
+
+
+class Table:
+    """Every end of sock_proxy_map at one instant, as columns: row i of each array is one end.
+
+    keys and conns are the kernel's records (KEY, CONN); in_sockhash says whether the end is in
+    the sockhash as well; taken_ns is the CLOCK_MONOTONIC time they were read at (ages count
+    to it). Derived columns are computed when first asked for.
+    """
+
+    def __init__(self, keys: np.ndarray, conns: np.ndarray, taken_ns: int,
+                 in_sockhash: np.ndarray | None = None):
+        self.keys = keys
+        self.conns = conns
+        self.taken_ns = taken_ns
+        self.in_sockhash = np.ones(len(keys), dtype=bool) if in_sockhash is None else in_sockhash
+        self._rows_in: tuple[weakref.ref, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def of(cls, connections: Sequence[Connection]) -> "Table":
+        """The columns of Connection objects (the console's tests hand it such), their ages
+        counted against a clock of its own."""
+        taken_ns = 1 << 62
+        keys = np.zeros(len(connections), KEY)
+        conns = np.zeros(len(connections), CONN)
+        for i, c in enumerate(connections):
+            keys[i] = key_record(c.end)
+            owner = [abi.UNKNOWN_ID if v is None else v for v in (c.owner.pid, c.owner.uid, c.owner.gid)]
+            paired = c.peer is not None and c.state != "pending"
+            conns[i] = (key_record(c.peer) if c.peer else (0,) * 5, c.msgs, c.bytes, c.passed,
+                        taken_ns - round(c.age_s * 1e9), (*owner, 0), paired,
+                        c.state == "normal", c.active, 0, 0)
+        return cls(keys, conns, taken_ns, np.array([c.in_sockhash for c in connections], dtype=bool))
+
+    # ------------------------------------------------------------ columns
+
+    @cached_property
+    def words(self) -> np.ndarray:
+        return _words(self.keys)
+
+    @cached_property
+    def index(self) -> KeyIndex:
+        return KeyIndex(self.words)
+
+    @cached_property
+    def state(self) -> np.ndarray:
+        """STATES index of each row."""
+        paired = self.conns["paired"] != 0
+        return np.where(self.conns["tainted"] != 0, NORMAL,
+                        np.where(paired, ACCELERATED, PENDING)).astype(np.uint8)
+
+    @cached_property
+    def active(self) -> np.ndarray:
+        return self.conns["active"] != 0
+
+    @property
+    def msgs(self) -> np.ndarray:
+        return self.conns["msgs"]
+
+    @property
+    def bytes(self) -> np.ndarray:
+        return self.conns["bytes"]
+
+    @property
+    def pid(self) -> np.ndarray:
+        return self.conns["owner"]["pid"]
+
+    @property
+    def uid(self) -> np.ndarray:
+        return self.conns["owner"]["uid"]
+
+    @property
+    def since_ns(self) -> np.ndarray:
+        return self.conns["since_ns"]
+
+    @cached_property
+    def age_s(self) -> np.ndarray:
+        since = self.since_ns.astype(np.int64)
+        return np.maximum(0, self.taken_ns - since) / 1e9
+
+    @cached_property
+    def peer_words(self) -> np.ndarray:
+        return _words(self.conns, CONN.fields["peer"][1])
+
+    @cached_property
+    def peer_row(self) -> np.ndarray:
+        """The row of each end's peer: -1 while it has none, or where the peer has no entry."""
+        return np.where(self.conns["paired"] != 0, self.find(self.peer_words), -1)
+
+    def peer_rows(self, rows: np.ndarray) -> np.ndarray:
+        """peer_row of some rows, without finding every row's peer."""
+        if "peer_row" in self.__dict__:
+            return self.peer_row[rows]
+        return np.where(self.conns["paired"][rows] != 0, self.find(self.peer_words[rows]), -1)
+
+    # ------------------------------------------------------------ finding rows
+
+    def rows_in(self, other: "Table") -> np.ndarray:
+        """For each row, the row of the same end in `other` (an earlier read), -1 if it is new.
+        The last answer is kept (the rates and the sockhash membership both ask for it), but not
+        `other`: each read would keep every earlier one alive."""
+        if self._rows_in is not None and self._rows_in[0]() is other:
+            return self._rows_in[1]
+        if len(self) == len(other) and np.array_equal(self.words, other.words):
+            rows = np.arange(len(self), dtype=np.int32)  # nothing came or went
+        else:
+            rows = other.index.find_all(self.index)
+        self._rows_in = (weakref.ref(other), rows)
+        return rows
+
+    def find(self, words: np.ndarray) -> np.ndarray:
+        """The row of each key (as words), -1 where there is none. A few keys are looked for
+        one by one: cheaper than sorting the table's keys for them (the index)."""
+        if len(words) > 8 or "index" in self.__dict__:
+            return self.index.find(words)
+        out = np.full(len(words), -1, dtype=np.int32)
+        for i, key in enumerate(words):
+            rows = np.flatnonzero((self.words == key).all(axis=1))
+            if len(rows):
+                out[i] = rows[0]
+        return out
+
+    def row_of(self, end: Endpoint) -> int:
+        """The row of an end, -1 if it has none."""
+        return int(self.find(_words(np.array([key_record(end)], KEY)))[0])
+
+    # ------------------------------------------------------------ rows as objects
+
+    def connections(self, start: int = 0, stop: int | None = None) -> list[Connection]:
+        stop = len(self) if stop is None else stop
+        out = []
+        rows = zip(self.keys[start:stop].tolist(), self.conns[start:stop].tolist(),
+                   self.state[start:stop].tolist(), self.age_s[start:stop].tolist(),
+                   self.in_sockhash[start:stop].tolist())
+        for key, conn, state, age, held in rows:
+            peer, msgs, nbytes, passed, _since, (pid, uid, gid, _), paired, _, active, _, _ = conn
+            out.append(Connection(
+                end=_endpoint(key), peer=_endpoint(peer) if paired else None, state=STATES[state],
+                msgs=msgs, bytes=nbytes, passed=passed, age_s=age, owner=Owner.of_ids(pid, uid, gid),
+                in_sockhash=held, active=bool(active)))
+        return out
+
+    def connection(self, row: int) -> Connection:
+        return self.connections(row, row + 1)[0]
+
+
+class Connections(Sequence):
+    """A table's rows as Connection objects, made as they are read and not kept."""
+
+    CHUNK = 4096
+
+    def __init__(self, table: Table):
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._table.connection(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._table.connection(i)
+
+    def __iter__(self) -> Iterator[Connection]:
+        for start in range(0, len(self), self.CHUNK):
+            yield from self._table.connections(start, start + self.CHUNK)
+
+
+# ---------------------------------------------------------------- the snapshot
+
 @dataclass(frozen=True)
 class DumpState:
     on: bool
@@ -79,6 +359,8 @@ class DumpState:
 
 @dataclass
 class Snapshot:
+    """Give either connections (objects) or table (columns); the other is made from it."""
+
     taken_at: float                       # time.monotonic()
     enabled: bool
     pin_dir: str
@@ -87,22 +369,29 @@ class Snapshot:
     enabled_at: int = 0                   # unix seconds
     programs: dict[str, int] = field(default_factory=dict)
     maps: dict[str, dict[str, int]] = field(default_factory=dict)
-    connections: list[Connection] = field(default_factory=list)
+    connections: Sequence[Connection] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     dump: DumpState | None = None
     rules_active: int = 0
+    table: Table | None = field(default=None, repr=False, compare=False)
 
-    @property
+    def __post_init__(self) -> None:
+        if self.table is None:
+            self.table = Table.of(self.connections)
+        elif not self.connections:
+            self.connections = Connections(self.table)
+
+    @cached_property
     def redirected_msgs(self) -> int:
-        return self.stats.get("closed_msgs", 0) + sum(c.msgs for c in self.connections)
+        return self.stats.get("closed_msgs", 0) + int(self.table.msgs.sum())
 
-    @property
+    @cached_property
     def redirected_bytes(self) -> int:
-        return self.stats.get("closed_bytes", 0) + sum(c.bytes for c in self.connections)
+        return self.stats.get("closed_bytes", 0) + int(self.table.bytes.sum())
 
-    @property
+    @cached_property
     def pairs(self) -> int:
-        return sum(1 for c in self.connections if c.state == "accelerated") // 2
+        return int(np.count_nonzero(self.table.state == ACCELERATED)) // 2
 
     def to_json(self, connections: bool = False) -> dict:
         out = {
@@ -130,29 +419,10 @@ class Snapshot:
         return out
 
 
-# Decoding addresses dominates a 100,000-entry read; ends and owners repeat from one refresh to
-# the next, so they are decoded once and found again by their raw bytes.
-_decoded: dict[bytes, Endpoint | Owner] = {}
-
-
-def _cached(raw_struct, decode):
-    raw = bytes(raw_struct)
-    found = _decoded.get(raw)
-    if found is None:
-        if len(_decoded) > 4 * abi.MAX_SOCKS:
-            _decoded.clear()
-        found = _decoded[raw] = decode(raw_struct)
-    return found
-
+# ---------------------------------------------------------------- reading the maps
 
 def _ktime_now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def _state(conn: abi.Conn) -> str:
-    if conn.tainted:
-        return "normal"
-    return "accelerated" if conn.paired else "pending"
 
 
 def _dump_state(ctl: abi.Control) -> DumpState:
@@ -163,41 +433,135 @@ def _dump_state(ctl: abi.Control) -> DumpState:
     return DumpState(bool(ctl.dump_on), ip, ctl.dump_port or None, ctl.snaplen)
 
 
+def read_entries(m: bpfsys.Map, key_dtype: np.dtype, value_dtype: np.dtype,
+                 room: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every entry of a hash map as two record arrays, in one bpf() call when `room` (the map's
+    capacity) entries fit in the buffers. Pages the kernel does not write to are never made
+    resident, so room costs address space only; the arrays are views of the buffers."""
+    keys, values = np.empty(room, key_dtype), np.empty(room, value_dtype)
+    token = ct.c_uint64()
+    n, first = 0, True
+    while True:
+        if len(keys) - n < 1024:  # a map that grew past its capacity while being read
+            keys = np.concatenate([keys[:n], np.empty(len(keys), key_dtype)])
+            values = np.concatenate([values[:n], np.empty(len(values), value_dtype)])
+        try:
+            got, done = m.lookup_batch(keys.ctypes.data + n * key_dtype.itemsize,
+                                       values.ctypes.data + n * value_dtype.itemsize,
+                                       len(keys) - n, token, first)
+        except bpfsys.BpfError as e:
+            if first and e.errno in (errno.EINVAL, bpfsys.ENOTSUPP, errno.EOPNOTSUPP):
+                items = list(m.items())  # a kernel without batch lookups: one call per key
+                return (np.array([bytes(k) for k, _ in items], dtype=f"V{key_dtype.itemsize}").view(key_dtype),
+                        np.array([bytes(v) for _, v in items], dtype=f"V{value_dtype.itemsize}").view(value_dtype))
+            raise
+        n, first = n + got, False
+        if done:
+            return keys[:n], values[:n]
+
+
+class SockhashMembers:
+    """Which ends the sockhash (sock_ops_map) holds.
+
+    The sockhash has no batch lookup, and no lookup from user space at all with our int values:
+    it can only be walked, one bpf() call per key (0.4 s for 200,000 keys). A reader that runs
+    once walks it whole. A console reading every second walks `walk_slice` keys per read instead
+    and starts a walk at most every `period_s`; in between an end keeps what the last complete
+    walk said of it, and an end made after that walk began counts as held (an end enters the
+    sockhash before sock_proxy_map). So an end that leaves the sockhash but not sock_proxy_map,
+    which only a fault does, is shown within about period_s plus a walk.
+    """
+
+    def __init__(self, walk_slice: int | None = None, period_s: float = 30.0):
+        self._slice = walk_slice
+        self._period_ns = int(period_s * 1e9)
+        self._buf = np.empty(0, KEY)
+        self._walked = 0                    # keys of the walk under way so far
+        self._walk_began: int | None = None  # CLOCK_MONOTONIC ns; None: no walk under way
+        # Hashes of the keys the last complete walk found, sorted. Two keys with one hash
+        # (about 1 in 10^9 for 200,000 keys) would show an end gone from the sockhash as held.
+        self._members: np.ndarray | None = None
+        self._members_since = 0             # when the walk that found them began
+        self._last: tuple[Table, np.ndarray, np.ndarray] | None = None
+        self.count = 0                      # keys the last complete walk found
+
+    def walk(self, m: bpfsys.Map, now_ns: int, capacity: int) -> None:
+        """Go on with the walk under way, or begin one when the last is old enough."""
+        if self._walk_began is None:
+            if self._members is not None and now_ns - self._members_since < self._period_ns:
+                return
+            self._walk_began, self._walked = now_ns, 0
+        if len(self._buf) < capacity:
+            self._buf = np.empty(capacity, KEY)  # pages never written to cost nothing
+        room = capacity - self._walked
+        step = min(room, self._slice) if self._members is not None and self._slice else room
+        base, size = self._buf.ctypes.data, KEY.itemsize
+        after = base + (self._walked - 1) * size if self._walked else 0
+        got, done = m.next_keys_into(base + self._walked * size, after, step)
+        self._walked += got
+        if done:
+            self._members = np.sort(_hash(_words(self._buf[:self._walked])))
+            self._members_since, self._walk_began = self._walk_began, None
+            self.count = self._walked
+        elif self._walked >= capacity:
+            self._walk_began = None  # it restarted (its last key deleted) until full: anew
+
+    def held(self, table: Table) -> np.ndarray:
+        """in_sockhash for each row of table (the newest read)."""
+        if self._members is None:
+            return np.ones(len(table), dtype=bool)
+        last = self._last
+        if last is not None and last[2] is self._members:
+            rows = table.rows_in(last[0])
+            held = np.where(rows >= 0, last[1][rows.clip(min=0)] if len(last[1]) else True, True)
+        else:
+            held = table.index.among(self._members) | (table.since_ns >= self._members_since)
+        self._last = (table, held, self._members)
+        return held
+
+
+class Reader:
+    """Reads the maps again and again: keeps what makes the next read cheaper (the sockhash
+    walk, how many ends there were). walk_slice=None walks the sockhash whole every read."""
+
+    def __init__(self, walk_slice: int | None = 4096):
+        self._sockhash = SockhashMembers(walk_slice)
+
+    def read(self, inst: Instance) -> Snapshot:
+        """One pass over the maps. Entries that change meanwhile are read as they are found."""
+        taken_ns = _ktime_now_ns()
+        names = ("sock_ops_map", "sock_proxy_map", "sock_helper_map")
+        capacity = {n: inst.map_capacity(n) for n in names}
+        keys, conns = read_entries(inst.maps["sock_proxy_map"], KEY, CONN,
+                                   capacity["sock_proxy_map"])
+        self._sockhash.walk(inst.maps["sock_ops_map"], taken_ns, capacity["sock_ops_map"])
+        table = Table(keys, conns, taken_ns)
+        table.in_sockhash = self._sockhash.held(table)
+        helper_keys, _ = read_entries(inst.maps["sock_helper_map"], KEY, PENDING_ENTRY,
+                                      capacity["sock_helper_map"])
+        counts = {"sock_ops_map": self._sockhash.count, "sock_proxy_map": len(table),
+                  "sock_helper_map": len(helper_keys)}
+        meta = inst.meta
+        rules = inst.active_rules()
+        return Snapshot(
+            taken_at=taken_ns / 1e9,
+            enabled=True,
+            pin_dir=inst.pin_dir,
+            cgroup=meta.cgroup.decode(),
+            config=meta.config.decode(),
+            enabled_at=meta.enabled_at,
+            programs=inst.program_ids(),
+            maps={n: {"entries": counts[n], "capacity": capacity[n]} for n in names},
+            table=table,
+            stats=inst.stats(),
+            dump=_dump_state(inst.control()),
+            rules_active=rules.count if rules else 0,
+        )
+
+
 def read(inst: Instance) -> Snapshot:
-    """One pass over the maps. Entries that change meanwhile are read as they are found."""
-    now = _ktime_now_ns()
-    in_hash = {k.ident() for k in inst.maps["sock_ops_map"].keys()}
-    conns = []
-    for key, c in inst.maps["sock_proxy_map"].items_batch():
-        conns.append(Connection(
-            end=_cached(key, Endpoint.of),
-            peer=_cached(c.peer, Endpoint.of) if c.paired else None,
-            state=_state(c),
-            msgs=c.msgs, bytes=c.bytes, passed=c.passed,
-            age_s=max(0, now - c.since_ns) / 1e9,
-            owner=_cached(c.owner, Owner.of),
-            in_sockhash=key.ident() in in_hash,
-            active=bool(c.active),
-        ))
-    names = ("sock_ops_map", "sock_proxy_map", "sock_helper_map")
-    counts = {"sock_ops_map": len(in_hash), "sock_proxy_map": len(conns),
-              "sock_helper_map": inst.maps["sock_helper_map"].count()}
-    meta = inst.meta
-    rules = inst.active_rules()
-    return Snapshot(
-        taken_at=time.monotonic(),
-        enabled=True,
-        pin_dir=inst.pin_dir,
-        cgroup=meta.cgroup.decode(),
-        config=meta.config.decode(),
-        enabled_at=meta.enabled_at,
-        programs=inst.program_ids(),
-        maps={n: {"entries": counts[n], "capacity": inst.map_capacity(n)} for n in names},
-        connections=conns,
-        stats=inst.stats(),
-        dump=_dump_state(inst.control()),
-        rules_active=rules.count if rules else 0,
-    )
+    """One snapshot, the sockhash walked whole."""
+    return Reader(walk_slice=None).read(inst)
 
 
 def disabled(pin_dir: str) -> Snapshot:
@@ -210,18 +574,20 @@ class Rates:
     bytes_per_s: float
 
 
-def rates(prev: Snapshot, cur: Snapshot) -> tuple[Rates, dict[Endpoint, Rates]]:
-    """Totals and per-end rates between two snapshots; ends new in cur count from zero."""
+def rates(prev: Snapshot, cur: Snapshot) -> tuple[Rates, np.ndarray, np.ndarray]:
+    """Totals, and msgs/s and bytes/s of each row of cur.table; ends new in cur count from zero."""
+    n = len(cur.table)
     dt = cur.taken_at - prev.taken_at
     if dt <= 0:
-        return Rates(0.0, 0.0), {}
-    before = {c.end: c for c in prev.connections}
-    per = {}
-    for c in cur.connections:
-        p = before.get(c.end)
-        dm = c.msgs - (p.msgs if p else 0)
-        db = c.bytes - (p.bytes if p else 0)
-        per[c.end] = Rates(max(dm, 0) / dt, max(db, 0) / dt)
+        return Rates(0.0, 0.0), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    rows = cur.table.rows_in(prev.table)
+    per = []
+    for column in ("msgs", "bytes"):
+        now = cur.table.conns[column]
+        before = prev.table.conns[column][rows.clip(min=0)] if len(prev.table) else 0
+        before = np.where(rows >= 0, before, 0)
+        # Counters only grow while an end lives; `where` keeps u64 from wrapping all the same.
+        per.append((np.where(now > before, now - before, 0) / dt).astype(np.float32))
     total = Rates(max(cur.redirected_msgs - prev.redirected_msgs, 0) / dt,
                   max(cur.redirected_bytes - prev.redirected_bytes, 0) / dt)
-    return total, per
+    return total, per[0], per[1]

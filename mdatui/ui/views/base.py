@@ -33,6 +33,8 @@ class View(Vertical):
         self._latest = frame
         if self.EVERY_FRAME or self.shown:
             self.show_frame(frame)
+        else:
+            self.forget_frame()
 
     def catch_up(self) -> None:
         """The tab was opened: render the newest frame it skipped."""
@@ -42,6 +44,10 @@ class View(Vertical):
     def show_frame(self, frame: Frame) -> None:
         """Render a frame of a running accelerator. Views fed by a stream of their own
         (events, dump) leave this alone and watch the app's frame for starts and stops."""
+
+    def forget_frame(self) -> None:
+        """A hidden view lets go of the older frame it shows: a frame holds the columns of every
+        end, and the newest one is kept for catch_up anyway."""
 
     def focus_main(self) -> None:
         """Focus what the keys of this view act on (its table, usually)."""

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
+import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Static
 
-from ...core.console import Frame, Pair, pairs
+from ...core.abi import UNKNOWN_ID
+from ...core.console import Frame, pair_rows_of
 from ...core.procs import ProcessInfo
-from ...core.snapshot import Connection, Rates
+from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
+from ..widgets.columns import Addresses, Distinct, host_order, indexed_order, indexed_search, styled
 from ..widgets.filter_input import FilterInput
-from ..widgets.columns import address_key, styled
 from ..widgets.sortable_table import Column, SortableTable
 from .base import View
 
 
 @dataclass(frozen=True)
 class ConnRow:
+    row: int              # in the frame's snapshot.table
     conn: Connection
     rate: Rates
     process: ProcessInfo | None
@@ -32,6 +36,66 @@ class ConnRow:
         return f"{e.local}>{e.remote}@{e.netns}"
 
 
+def key_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ends in the order of their addresses (local ip, port, remote ip, port, netns) as two
+    numbers each, least significant first; what rows that tie on a column are ordered by."""
+    remote = host_order(keys["remote_ip4"])
+    high = ((host_order(keys["local_ip4"]) << np.uint64(32))
+            | (keys["local_port"].astype(np.uint64) << np.uint64(16)) | (remote >> np.uint64(16)))
+    low = (((remote & np.uint64(0xFFFF)) << np.uint64(48))
+           | (keys["remote_port"].astype(np.uint64) << np.uint64(32))
+           | (keys["netns"] & np.uint64(0xFFFFFFFF)))
+    return low, high
+
+
+class ConnRows:
+    """Every end of a frame, as the table sorts and filters them."""
+
+    def __init__(self, frame: Frame):
+        self.frame = frame
+        self.table = frame.snapshot.table
+        keys = self.table.keys
+        self.local = Addresses(keys["local_ip4"], keys["local_port"])
+        self.remote = Addresses(keys["remote_ip4"], keys["remote_port"])
+        self.netns = Distinct(keys["netns"])
+        self.pid = Distinct(self.table.pid)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @cached_property
+    def _tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
+        return key_order(self.table.keys)
+
+    def tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._tiebreak
+
+    def item(self, row: int) -> ConnRow:
+        return ConnRow(row, self.table.connection(row), self.frame.row_rate(row),
+                       self.frame.processes.of_row(row))
+
+    @cached_property
+    def rate(self) -> np.ndarray:
+        rate = self.frame.bytes_rate
+        return rate if rate is not None else np.zeros(len(self.table))
+
+    @cached_property
+    def commands(self) -> list[str | None]:
+        return [fmt.command(p.command) if p.command else None for p in self.frame.processes.infos]
+
+    @cached_property
+    def users(self) -> list[str | None]:
+        return [p.user for p in self.frame.processes.infos]
+
+
+def _pid(pid: int) -> str:
+    return fmt.ident(None if pid == UNKNOWN_ID else pid)
+
+
+def _owned_search(rows: ConnRows, texts: list[str | None], needle: str) -> np.ndarray:
+    return indexed_search(rows.frame.processes.index, [t or "?" for t in texts] + ["?"], needle)
+
+
 def _command(row: ConnRow) -> str | None:
     return fmt.command(row.process.command) if row.process and row.process.command else None
 
@@ -40,20 +104,35 @@ def _user(row: ConnRow) -> str | None:
     return row.process.user if row.process else None
 
 
+# The filter looks at the columns of words and names; counters, rates and ages change every
+# second and are left to the sort.
 COLUMNS: list[Column[ConnRow]] = [
-    Column("local", "Local", lambda r: address_key(r.conn.end.local), lambda r: r.conn.end.local),
-    Column("remote", "Remote", lambda r: address_key(r.conn.end.remote), lambda r: r.conn.end.remote),
-    Column("netns", "Netns", lambda r: r.conn.end.netns, lambda r: fmt.netns(r.conn.end.netns)),
-    Column("state", "State", lambda r: r.conn.state, lambda r: styled(r.conn.state)),
-    Column("pid", "PID", lambda r: r.conn.owner.pid, lambda r: fmt.ident(r.conn.owner.pid),
+    Column("local", "Local", text=lambda r: r.conn.end.local, order=lambda rows: rows.local.order,
+           search=lambda rows, needle: rows.local.search(needle)),
+    Column("remote", "Remote", text=lambda r: r.conn.end.remote,
+           order=lambda rows: rows.remote.order,
+           search=lambda rows, needle: rows.remote.search(needle)),
+    Column("netns", "Netns", text=lambda r: fmt.netns(r.conn.end.netns),
+           order=lambda rows: rows.table.keys["netns"],
+           search=lambda rows, needle: rows.netns.search(fmt.netns, needle)),
+    Column("state", "State", text=lambda r: styled(r.conn.state), order=lambda rows: rows.table.state,
+           search=lambda rows, needle: indexed_search(rows.table.state, list(STATES), needle)),
+    Column("pid", "PID", text=lambda r: fmt.ident(r.conn.owner.pid), order=lambda rows: rows.table.pid,
+           search=lambda rows, needle: rows.pid.search(_pid, needle), numeric=True),
+    Column("command", "Command", text=lambda r: _command(r) or "?",
+           order=lambda rows: indexed_order(rows.frame.processes.index, rows.commands),
+           search=lambda rows, needle: _owned_search(rows, rows.commands, needle), width=24),
+    Column("user", "User", text=lambda r: _user(r) or "?",
+           order=lambda rows: indexed_order(rows.frame.processes.index, rows.users),
+           search=lambda rows, needle: _owned_search(rows, rows.users, needle)),
+    Column("msgs", "Msgs", text=lambda r: fmt.count(r.conn.msgs), order=lambda rows: rows.table.msgs,
            numeric=True),
-    Column("command", "Command", _command, lambda r: _command(r) or "?", width=24),
-    Column("user", "User", _user, lambda r: _user(r) or "?"),
-    Column("msgs", "Msgs", lambda r: r.conn.msgs, lambda r: fmt.count(r.conn.msgs), numeric=True),
-    Column("bytes", "Bytes", lambda r: r.conn.bytes, lambda r: fmt.size(r.conn.bytes), numeric=True),
-    Column("rate", "Rate", lambda r: r.rate.bytes_per_s, lambda r: fmt.rate(r.rate.bytes_per_s),
+    Column("bytes", "Bytes", text=lambda r: fmt.size(r.conn.bytes),
+           order=lambda rows: rows.table.bytes, numeric=True),
+    Column("rate", "Rate", text=lambda r: fmt.rate(r.rate.bytes_per_s), order=lambda rows: rows.rate,
            numeric=True),
-    Column("age", "Age", lambda r: r.conn.age_s, lambda r: fmt.duration(r.conn.age_s), numeric=True),
+    Column("age", "Age", text=lambda r: fmt.duration(r.conn.age_s),
+           order=lambda rows: rows.table.age_s, numeric=True),
 ]
 
 
@@ -76,23 +155,25 @@ def _end_lines(title: str, c: Connection, rate: Rates, process: ProcessInfo | No
     return [where, Text.assemble(pad, state, " · ", now), who, Text.assemble(pad, "sent ", sent)]
 
 
-def detail(frame: Frame, pair: Pair | None, conn: Connection | None, compact: bool) -> Text:
-    if conn is None:
+def detail(frame: Frame, row: int | None, compact: bool) -> Text:
+    """The end at `row` of the frame's table and its peer, in full."""
+    if row is None:
         return Text("No connection selected.", style="dim")
-    lines = _end_lines("This end", conn, frame.rate(conn.end), frame.processes.get(conn.end), compact)
-    peer = None
-    if pair is not None and pair.b is not None:
-        peer = pair.b if pair.a.end == conn.end else pair.a
-    if peer is not None:
-        lines += _end_lines("Peer", peer, frame.rate(peer.end), frame.processes.get(peer.end), compact)
+    table = frame.snapshot.table
+    conn = table.connection(row)
+    lines = _end_lines("This end", conn, frame.row_rate(row), frame.processes.of_row(row), compact)
+    a, b, health = pair_rows_of(table, row)
+    other = b if a == row else a
+    if other >= 0:
+        lines += _end_lines("Peer", table.connection(other), frame.row_rate(other),
+                            frame.processes.of_row(other), compact)
     elif conn.peer is not None:
         lines.append(Text(f"Peer     {conn.peer.local} → {conn.peer.remote} has no entry in the map",
                           style="bold red"))
     else:
         lines.append(Text("Peer     none yet: the accepting end has not paired", style="yellow"))
-    if pair is not None:
-        lines.append(Text.assemble(("Pair     ", "bold"), styled(pair.health),
-                                   f"  netns {fmt.netns(conn.end.netns)}"))
+    lines.append(Text.assemble(("Pair     ", "bold"), styled(health),
+                               f"  netns {fmt.netns(conn.end.netns)}"))
     return Text("\n").join(lines)
 
 
@@ -100,11 +181,6 @@ class ConnectionsView(View):
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter", key_display="/"),
     ]
-
-    def __init__(self, **kw) -> None:
-        super().__init__(**kw)
-        self._frame: Frame | None = None
-        self._pair_of: dict = {}
 
     def compose(self) -> ComposeResult:
         yield FilterInput("conn-table", id="conn-filter")
@@ -120,29 +196,35 @@ class ConnectionsView(View):
     def table(self) -> SortableTable[ConnRow]:
         return self.query_one("#conn-table", SortableTable)
 
+    @property
+    def _frame(self) -> Frame | None:
+        """The frame the table shows."""
+        rows = self.table.source
+        return rows.frame if rows is not None else None
+
     def show_frame(self, frame: Frame) -> None:
-        self._frame = frame
-        self._pair_of = {c.end: p for p in pairs(frame.snapshot) for c in p.ends}
-        self.table.show([ConnRow(c, frame.rate(c.end), frame.processes.get(c.end))
-                         for c in frame.snapshot.connections])
+        self.table.show(ConnRows(frame))
         self._summarize()
+
+    def forget_frame(self) -> None:
+        self.table.forget()
 
     def _summarize(self) -> None:
         table = self.table
-        total = len(self._frame.snapshot.connections) if self._frame else 0
+        total = len(self._frame.snapshot.table) if self._frame else 0
         text = f"{table.shown_count} of {total} ends"
         if table.hidden_rows:
             text += f" ({table.hidden_rows} more match: narrow the filter)"
         text += f"; sorted by {table.sort_column}{' (reversed)' if table.sort_reverse else ''}"
-        self.query_one("#conn-summary", Static).update(Text(text, style="dim"))
+        # One line, and the pane below has a fixed size: no layout to redo (it costs ~10 ms).
+        self.query_one("#conn-summary", Static).update(Text(text, style="dim"), layout=False)
 
     def on_sortable_table_selected(self, event: SortableTable.Selected) -> None:
         if self._frame is None:
             return
         row: ConnRow | None = event.item
-        conn = row.conn if row else None
         pane = self.query_one("#conn-detail", Static)
         # The compact form needs about 72 columns; narrower panes get a line more per end.
-        pane.update(detail(self._frame, self._pair_of.get(conn.end) if conn else None, conn,
-                           compact=pane.content_size.width >= 72))
+        pane.update(detail(self._frame, row.row if row else None,
+                           compact=pane.content_size.width >= 72), layout=False)
         self._summarize()

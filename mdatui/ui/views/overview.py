@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,6 +12,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
 from ...core.console import Frame
+from ...core.snapshot import STATES
 from .. import format as fmt
 from .base import View
 
@@ -38,6 +40,7 @@ class OverviewView(View):
         super().__init__(**kw)
         self._msgs: deque[float] = deque(maxlen=HISTORY)
         self._bytes: deque[float] = deque(maxlen=HISTORY)
+        self._shown: dict[str, list] = {}  # what each panel shows, by selector
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="ov-scroll"), Grid(id="ov-grid"):
@@ -68,7 +71,7 @@ class OverviewView(View):
         if dump and dump.on:
             dump_text = (f"on  ip {dump.ip or 'any'}  port {dump.port or 'any'}  "
                          f"snaplen {dump.snaplen}")
-        self.query_one("#ov-accelerator", Static).update(_grid([
+        self._panel("#ov-accelerator", [
             ("state", Text("enabled", style="bold green")),
             ("cgroup", snap.cgroup),
             ("pinned at", snap.pin_dir),
@@ -76,11 +79,9 @@ class OverviewView(View):
             ("rules", f"{snap.rules_active} active, from {snap.config or '(no file)'}"),
             ("programs", ", ".join(f"{name} #{pid}" for name, pid in snap.programs.items())),
             ("dump", dump_text),
-        ]))
-        states = {"accelerated": 0, "pending": 0, "normal": 0}
-        for c in snap.connections:
-            states[c.state] = states.get(c.state, 0) + 1
-        self.query_one("#ov-rates", Static).update(_grid([
+        ])
+        states = dict(zip(STATES, np.bincount(snap.table.state, minlength=len(STATES)).tolist()))
+        self._panel("#ov-rates", [
             ("pairs", Text(str(snap.pairs), style="bold")),
             ("ends", f"{states['accelerated']} accelerated, {states['pending']} pending, "
                      f"{states['normal']} normal"),
@@ -88,14 +89,23 @@ class OverviewView(View):
                          f"{fmt.rate(frame.total.bytes_per_s)}", style="bold")),
             ("redirected", f"{fmt.count(snap.redirected_msgs)} msgs, "
                            f"{fmt.size(snap.redirected_bytes)} since enabled"),
-        ]))
+        ])
         self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)
         self.query_one("#ov-bytes-spark", Sparkline).data = list(self._bytes)
-        self.query_one("#ov-maps", Static).update(_grid([
+        self._panel("#ov-maps", [
             (name, f"{m['entries']} / {m['capacity']}") for name, m in snap.maps.items()
-        ]))
+        ])
         counts = [(name.replace("_", " "), snap.stats.get(name, 0)) for name in FALLBACKS]
         counts.append(("events lost", self.app.events_lost))  # by this console's event reader
-        self.query_one("#ov-health", Static).update(_grid([
+        self._panel("#ov-health", [
             (name, Text(str(n), style="bold red" if n else "")) for name, n in counts
-        ]))
+        ])
+
+    def _panel(self, selector: str, rows: list[tuple[str, str | Text]]) -> None:
+        """Show rows in a panel unless it shows them already: every update lays the screen out
+        again, which costs more than the rest of a refresh of this view."""
+        seen = [(name, value.plain, value.style) if isinstance(value, Text) else (name, value)
+                for name, value in rows]
+        if self._shown.get(selector) != seen:
+            self._shown[selector] = seen
+            self.query_one(selector, Static).update(_grid(rows))

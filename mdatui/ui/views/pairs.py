@@ -2,36 +2,83 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
-from rich.text import Text
 
-from ...core.console import Frame, Pair, pairs
-from ...core.snapshot import Connection, Rates
+from ...core.console import HEALTH, Frame, Pair
+from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
+from ..widgets.columns import Addresses, indexed_search, styled
 from ..widgets.filter_input import FilterInput
-from ..widgets.columns import address_key, styled
 from ..widgets.sortable_table import Column, SortableTable
 from .base import View
+from .connections import key_order
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """A pair with the rates of both its ends, from one frame."""
+
+    pair: Pair
+    rate: Rates
+
+
+class PairRows:
+    """Every pair of a frame, as the table sorts and filters them: columns of the ends' rows."""
+
+    def __init__(self, frame: Frame):
+        self.frame = frame
+        self.pairs = frame.pairs
+        table = frame.snapshot.table
+        keys = table.keys
+        self.a, self.b = self.pairs.a, self.pairs.b
+        self.has_b = self.b >= 0
+        self._b = self.b.clip(min=0)  # where there is no b, these rows' values are not used
+        self.a_local = Addresses(keys["local_ip4"][self.a], keys["local_port"][self.a])
+        self.a_remote = Addresses(keys["remote_ip4"][self.a], keys["remote_port"][self.a])
+        self.b_local = Addresses(keys["local_ip4"][self._b], keys["local_port"][self._b])
+        self.b_remote = Addresses(keys["remote_ip4"][self._b], keys["remote_port"][self._b])
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    @cached_property
+    def _tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
+        return key_order(self.table.keys[self.a])
+
+    def tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._tiebreak
+
+    def item(self, k: int) -> PairRow:
+        pair = self.pairs.pair(k)
+        rates = [self.frame.row_rate(int(r)) for r in (self.a[k], self.b[k]) if r >= 0]
+        return PairRow(pair, Rates(sum(r.msgs_per_s for r in rates), sum(r.bytes_per_s for r in rates)))
+
+    def of_b(self, values: np.ndarray) -> np.ndarray:
+        """A column of the b ends, none (the largest value) where a pair has no b."""
+        return np.where(self.has_b, values[self._b], np.iinfo(values.dtype).max)
+
+    @cached_property
+    def rate(self) -> np.ndarray:
+        rate = self.frame.bytes_rate
+        if rate is None:
+            return np.zeros(len(self))
+        return rate[self.a] + np.where(self.has_b, rate[self._b], 0.0)
+
+    def search_b(self, needle: str) -> np.ndarray:
+        found = self.b_local.search(needle) | self.b_remote.search(needle)
+        return np.where(self.has_b, found, needle in "—")
 
 
 def _end(c: Connection | None) -> str:
     return f"{c.end.local} → {c.end.remote}" if c else "—"
-
-
-def _sent(c: Connection | None, attr: str) -> int | None:
-    return getattr(c, attr) if c else None
-
-
-class PairRow:
-    """A pair with the rates of both its ends, from one frame."""
-
-    def __init__(self, pair: Pair, frame: Frame):
-        self.pair = pair
-        ends = pair.ends
-        self.rate = Rates(sum(frame.rate(c.end).msgs_per_s for c in ends),
-                          sum(frame.rate(c.end).bytes_per_s for c in ends))
 
 
 def _count(v: int | None) -> str:
@@ -42,28 +89,40 @@ def _size(v: int | None) -> str:
     return "—" if v is None else fmt.size(v)
 
 
+def _b(row: PairRow, attr: str) -> int | None:
+    return getattr(row.pair.b, attr) if row.pair.b else None
+
+
 # Sorting by health puts what needs a look first.
 HEALTH_ORDER = {"one-sided": 0, "stale": 1, "pending": 2, "ok": 3}
+_HEALTH_RANK = np.array([HEALTH_ORDER[h] for h in HEALTH], dtype=np.uint8)
 
+# The filter looks at the ends' addresses (a needle across " → " finds nothing), health and state.
 COLUMNS: list[Column[PairRow]] = [
-    Column("a", "Key (connecting end)", lambda r: address_key(r.pair.a.end.local),
-           lambda r: _end(r.pair.a)),
-    Column("b", "Peer", lambda r: address_key(r.pair.b.end.local) if r.pair.b else None,
-           lambda r: _end(r.pair.b)),
-    Column("health", "Health", lambda r: HEALTH_ORDER[r.pair.health], lambda r: styled(r.pair.health)),
-    Column("state", "State", lambda r: r.pair.a.state, lambda r: styled(r.pair.a.state)),
-    Column("ab_msgs", "→ msgs", lambda r: r.pair.a.msgs, lambda r: fmt.count(r.pair.a.msgs),
+    Column("a", "Key (connecting end)", text=lambda r: _end(r.pair.a),
+           order=lambda rows: rows.a_local.order,
+           search=lambda rows, needle: rows.a_local.search(needle) | rows.a_remote.search(needle)),
+    Column("b", "Peer", text=lambda r: _end(r.pair.b), order=lambda rows: rows.of_b(rows.b_local.order),
+           search=lambda rows, needle: rows.search_b(needle)),
+    Column("health", "Health", text=lambda r: styled(r.pair.health),
+           order=lambda rows: _HEALTH_RANK[rows.pairs.health],
+           search=lambda rows, needle: indexed_search(rows.pairs.health, list(HEALTH), needle)),
+    Column("state", "State", text=lambda r: styled(r.pair.a.state),
+           order=lambda rows: rows.table.state[rows.a],
+           search=lambda rows, needle: indexed_search(rows.table.state[rows.a], list(STATES),
+                                                      needle)),
+    Column("ab_msgs", "→ msgs", text=lambda r: fmt.count(r.pair.a.msgs),
+           order=lambda rows: rows.table.msgs[rows.a], numeric=True),
+    Column("ab_bytes", "→ bytes", text=lambda r: fmt.size(r.pair.a.bytes),
+           order=lambda rows: rows.table.bytes[rows.a], numeric=True),
+    Column("ba_msgs", "← msgs", text=lambda r: _count(_b(r, "msgs")),
+           order=lambda rows: rows.of_b(rows.table.msgs), numeric=True),
+    Column("ba_bytes", "← bytes", text=lambda r: _size(_b(r, "bytes")),
+           order=lambda rows: rows.of_b(rows.table.bytes), numeric=True),
+    Column("rate", "Rate", text=lambda r: fmt.rate(r.rate.bytes_per_s), order=lambda rows: rows.rate,
            numeric=True),
-    Column("ab_bytes", "→ bytes", lambda r: r.pair.a.bytes, lambda r: fmt.size(r.pair.a.bytes),
-           numeric=True),
-    Column("ba_msgs", "← msgs", lambda r: _sent(r.pair.b, "msgs"),
-           lambda r: _count(_sent(r.pair.b, "msgs")), numeric=True),
-    Column("ba_bytes", "← bytes", lambda r: _sent(r.pair.b, "bytes"),
-           lambda r: _size(_sent(r.pair.b, "bytes")), numeric=True),
-    Column("rate", "Rate", lambda r: r.rate.bytes_per_s, lambda r: fmt.rate(r.rate.bytes_per_s),
-           numeric=True),
-    Column("age", "Age", lambda r: r.pair.a.age_s, lambda r: fmt.duration(r.pair.a.age_s),
-           numeric=True),
+    Column("age", "Age", text=lambda r: fmt.duration(r.pair.a.age_s),
+           order=lambda rows: rows.table.age_s[rows.a], numeric=True),
 ]
 
 
@@ -79,11 +138,13 @@ class PairsView(View):
     def table(self) -> SortableTable[PairRow]:
         return self.query_one("#pairs-table", SortableTable)
 
+    def forget_frame(self) -> None:
+        self.table.forget()
+
     def show_frame(self, frame: Frame) -> None:
-        found = pairs(frame.snapshot)
-        self.table.show([PairRow(p, frame) for p in found])
-        broken = sum(p.health in ("one-sided", "stale") for p in found)
-        summary = Text(f"{len(found)} pairs, {sum(p.health == 'ok' for p in found)} ok, "
-                       f"{sum(p.health == 'pending' for p in found)} pending, ")
+        self.table.show(PairRows(frame))
+        counts = frame.pairs.counts()
+        broken = counts["one-sided"] + counts["stale"]
+        summary = Text(f"{len(frame.pairs)} pairs, {counts['ok']} ok, {counts['pending']} pending, ")
         summary.append(f"{broken} one-sided or stale", style="bold red" if broken else "")
-        self.query_one("#pairs-summary", Static).update(summary)
+        self.query_one("#pairs-summary", Static).update(summary, layout=False)  # one line

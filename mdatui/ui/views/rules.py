@@ -103,6 +103,9 @@ class RulesView(View):
         self._frame = frame
         self._show_rules()
 
+    def forget_frame(self) -> None:
+        self._frame = None
+
     # ------------------------------------------------------------ rendering
 
     def _show_rules(self) -> None:

@@ -15,7 +15,8 @@ class StatusBar(Static):
         self.watch(self.app, "interval", lambda _: self._render_status(self.app.frame), init=False)
 
     def _render_status(self, frame: Frame | None) -> None:
-        self.update(status_line(frame, self.app.interval, self.app.events_lost))
+        # One line (app.tcss): no layout to redo every frame.
+        self.update(status_line(frame, self.app.interval, self.app.events_lost), layout=False)
 
 
 def status_line(frame: Frame | None, interval: float, events_lost: int) -> Text:

@@ -1,0 +1,463 @@
+"""Console benchmark: the Textual console over maps that hold many connections.
+
+Targets (the issue): with 100,000 connections in the maps one refresh costs at most 100 ms of CPU,
+a key press is answered within 100 ms, and the console's resident memory stays at most 150 MB.
+
+A private Lab gets the accelerator; a few real connections in it move their counters, and
+--connections synthetic ones are written into the maps from user space: two ends each (so
+sock_proxy_map holds twice as many entries), pointing at each other, in 198.19.0.0/16 or on a
+pod's loopback, owned by real processes of the lab or by nobody known. Their ends are also put
+into the sockhash (sock_ops_map), all under one listening socket of the lab's netns that never
+carries a byte, so that reading the sockhash costs what it costs with that many real sockets.
+
+The console runs in a child process, so that its peak RSS is its own (the parent compiled the
+BPF programs); the child runs twice: with the real connections only (the reference) and with the
+synthetic ones added. In the child:
+
+  refresh   LiveBackend.snapshot() + attribute() + Frame.next, as the poll worker runs them,
+            in thread CPU time; then MdaConsole(LiveBackend) headless at 200x50 refreshing at
+            1 Hz with each table tab shown: the UI thread's handling of a frame (the views'
+            show_frame) and the whole process's CPU per refresh period (paint included).
+  keys      presses of tab numbers, sort keys, the filter and scrolling, with refreshes going
+            on. Latency: from the key event's delivery to the app until the app and all widgets
+            of its screen have empty message queues (Pilot's _wait_for_screen, repeated, as a
+            handler often posts further messages) and the screen has repainted.
+            (Pilot.press is not used for timing: it sleeps until the process is idle.)
+  memory    peak RSS of the child (getrusage ru_maxrss).
+
+    sudo .venv/bin/python -m bench.console [--connections 100000] [--seconds 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes as ct
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mdatui.core import abi, bpfsys  # noqa: E402
+from mdatui.core import lab as labm  # noqa: E402
+from mdatui.core import loader, system  # noqa: E402
+from mdatui.core.instance import Instance  # noqa: E402
+
+REFRESH_CPU_MS = 100.0
+KEY_LATENCY_MS = 100.0
+RSS_MB = 150.0
+MIN_PRESSES = 20
+FRAME_TIMEOUT_S = 300                        # the console before its optimisation took 20 s a frame
+CHILD_TIMEOUT_S = 1800
+ECHO_PORT = 7000
+PODS = 200                                   # synthetic pod addresses, 198.19.x.y
+SERVICE_PORTS = (80, 443, 8080, 15006, 9090, 5432, 6379, 3306)
+SIDECAR_PORT = 15001
+NETNS_BASE = 4026532000                      # made-up netns cookies of the pods' loopbacks
+HELD_PER_HELPER = 15000                      # sockets per sockhash helper: under its fd limit
+REPO = Path(__file__).resolve().parents[1]
+
+# The keys pressed, in order, starting on the Overview tab, repeated until the time is up; with
+# the kind of action each one is (the filter's field takes the digits after the slash).
+KEYS = (("2", "tab"), ("down", "scroll"), ("down", "scroll"), ("pagedown", "scroll"),
+        ("s", "sort"), ("s", "sort"), ("S", "sort"), ("slash", "filter"), ("1", "filter"),
+        ("9", "filter"), ("8", "filter"), ("full_stop", "filter"), ("escape", "filter"),
+        ("end", "scroll"), ("home", "scroll"), ("3", "tab"), ("pagedown", "scroll"),
+        ("s", "sort"), ("4", "tab"), ("5", "tab"), ("6", "tab"), ("1", "tab"), ("2", "tab"),
+        ("up", "scroll"))
+TAB_KEYS = {"overview": "1", "connections": "2", "pairs": "3"}
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the maps (parent)
+
+def _ip(text: str) -> int:
+    return abi.ip_be(text)
+
+
+def _pod_ip(pod: int) -> int:
+    return _ip(f"198.19.{pod // 250}.{pod % 250 + 1}")
+
+
+def _ktime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def synthetic_ends(n: int, pids: list[int], seed: int = 1):
+    """(key, conn, in_sockhash) for n connections: mostly accelerated pairs, 2 % pending (a
+    connecting end alone), 2 % on the normal path; one in ten on a pod's loopback."""
+    rng = random.Random(seed)
+    now = _ktime_ns()
+    lo = _ip("127.0.0.1")
+    for i in range(n):
+        pod, port = i % PODS, 10000 + i // PODS
+        if i % 10 == 0:
+            netns = NETNS_BASE + pod
+            client = abi.SockKey(lo, lo, port, SIDECAR_PORT, netns)
+            server = abi.SockKey(lo, lo, SIDECAR_PORT, port, netns)
+        else:
+            dst = _pod_ip((i * 7 + 3) % PODS)
+            service = SERVICE_PORTS[i % len(SERVICE_PORTS)]
+            client = abi.SockKey(_pod_ip(pod), dst, port, service, 0)
+            server = abi.SockKey(dst, _pod_ip(pod), service, port, 0)
+        state = "pending" if i % 50 == 7 else "normal" if i % 50 == 13 else "accelerated"
+        since = now - rng.randrange(1, 3600) * 10**9
+        for key, peer, active in ((client, server, 1), (server, client, 0)):
+            if state == "pending" and not active:
+                continue
+            msgs = rng.choice((0, 0, rng.randrange(1, 100), rng.randrange(100, 100000)))
+            pid = rng.choice(pids) if rng.random() > 0.05 else abi.UNKNOWN_ID
+            uid = rng.choice((0, 1337)) if pid != abi.UNKNOWN_ID else abi.UNKNOWN_ID
+            conn = abi.Conn(peer=peer if state != "pending" else abi.SockKey(),
+                            msgs=msgs, bytes=msgs * rng.randrange(64, 4096),
+                            passed=rng.randrange(0, 5), since_ns=since,
+                            owner=abi.Owner(pid, uid, uid), paired=int(state != "pending"),
+                            tainted=int(state == "normal"), active=active)
+            yield key, conn, state != "pending"
+
+
+def hold(pin_dir: str, connections: int, pids: list[int], start: int, count: int) -> None:
+    """A helper in the lab's netns: puts listening sockets into the sockhash under the keys of
+    synthetic ends [start, start + count) that belong there, then keeps them until killed. One
+    socket per entry (a socket with an sk_msg program takes one slot only); they share a port
+    through SO_REUSEPORT and carry no byte. Helpers, because one process may hold few fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    keys = [k for k, _, in_sockhash in synthetic_ends(connections, pids) if in_sockhash]
+    ops = bpfsys.Map.open(os.path.join(pin_dir, "sock_ops_map"), abi.SockKey, ct.c_uint64)
+    fd_type = ct.c_uint64 if bpfsys.map_info(ops.fd).value_size == 8 else ct.c_uint32
+    held, port = [], 0
+    for key in keys[start:start + count]:
+        s = socket.socket()
+        held.append(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        port = s.getsockname()[1]
+        s.listen(1)
+        ops.update(key, fd_type(s.fileno()))
+    print("READY", flush=True)
+    sys.stdin.read()  # until the lab kills this process
+
+
+def fill(inst: Instance, lab: labm.Lab, ns: str, connections: int, pids: list[int]) -> int:
+    """The synthetic ends into sock_proxy_map here, into the sockhash by helper processes."""
+    proxy = inst.maps["sock_proxy_map"]
+    ends = 0
+    in_hash = 0
+    for key, conn, in_sockhash in synthetic_ends(connections, pids):
+        proxy.update(key, conn, bpfsys.BPF_NOEXIST)
+        ends += 1
+        in_hash += in_sockhash
+    helpers = []
+    for start in range(0, in_hash, HELD_PER_HELPER):
+        helpers.append(lab.python(
+            ["bench.console", "--hold", inst.pin_dir, "--connections", str(connections),
+             "--pids", ",".join(map(str, pids)), "--slice", f"{start}:{HELD_PER_HELPER}"],
+            netns=ns, inside=False, stdin=subprocess.PIPE, cwd=REPO))
+    for h in helpers:
+        if h.stdout.readline().strip() != b"READY":
+            raise RuntimeError(f"sockhash helper failed: {h.stderr.read().decode()[-2000:]}")
+    return ends
+
+
+# ---------------------------------------------------------------- the console (child)
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def _stats(samples: list[float]) -> dict:
+    if not samples:
+        return {"n": 0}
+    return {"n": len(samples), "median": _ms(statistics.median(samples)), "max": _ms(max(samples))}
+
+
+def measure_backend(pin_dir: str, rounds: int = 4) -> dict:
+    """The poll worker's part of a refresh, without the UI: the first round decodes everything."""
+    from mdatui.core.console import Frame, LiveBackend
+
+    backend = LiveBackend(pin_dir)
+    parts = defaultdict(list)
+    prev = None
+    try:
+        for _ in range(rounds):
+            t0 = time.thread_time()
+            snap = backend.snapshot()
+            t1 = time.thread_time()
+            now = backend.now()
+            procs = backend.attribute(snap, now)
+            t2 = time.thread_time()
+            prev = Frame.next(prev, snap, now, procs)
+            t3 = time.thread_time()
+            for name, dt in (("snapshot", t1 - t0), ("attribute", t2 - t1), ("frame", t3 - t2),
+                             ("total", t3 - t0)):
+                parts[name].append(dt)
+            time.sleep(0.2)
+        entries = len(prev.snapshot.connections)
+    finally:
+        backend.close()
+    return {"entries": entries,
+            "first_ms": {k: _ms(v[0]) for k, v in parts.items()},
+            "warm_ms": {k: _ms(statistics.median(v[1:])) for k, v in parts.items()}}
+
+
+def _key_event(key: str):
+    from textual import events
+    char = {"slash": "/", "full_stop": "."}.get(key, key if len(key) == 1 else None)
+    return events.Key(key, char)
+
+
+async def _settled(pilot) -> None:
+    """Until the app and every widget of its screen have an empty message queue, each having
+    processed what it had (Pilot's _wait_for_screen), and the screen has repainted."""
+    app = pilot.app
+    for _ in range(50):
+        await pilot._wait_for_screen()
+        if all(w._message_queue.empty() for w in (app, *app.screen.walk_children(with_self=True))):
+            break
+    app.screen._on_timer_update()
+
+
+async def _timed_press(pilot, key: str) -> float:
+    t0 = time.perf_counter()
+    pilot.app._driver.send_message(_key_event(key))
+    await _settled(pilot)
+    return time.perf_counter() - t0
+
+
+async def _frames(app, n: int, timeout: float) -> None:
+    target = app.frames + n
+    deadline = time.monotonic() + timeout
+    while app.frames < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {n} frames within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+async def measure_app(pin_dir: str, seconds: float) -> dict:
+    from mdatui.core import console as core_console
+    from mdatui.core.console import LiveBackend
+    from mdatui.ui.app import MdaConsole
+
+    worker = defaultdict(list)   # thread CPU of the poll worker's calls
+    ui_frame: list[float] = []   # UI thread CPU handling one Polled message
+
+    class TimedBackend(LiveBackend):
+        def snapshot(self):
+            t = time.thread_time()
+            try:
+                return super().snapshot()
+            finally:
+                worker["snapshot"].append(time.thread_time() - t)
+
+        def attribute(self, snap, now):
+            t = time.thread_time()
+            try:
+                return super().attribute(snap, now)
+            finally:
+                worker["attribute"].append(time.thread_time() - t)
+
+    # Instrumentation only: the benchmark wraps two methods of the classes it measures.
+    frame_next = core_console.Frame.next.__func__
+    on_polled = MdaConsole.on_polled
+
+    def timed_next(cls, *a, **kw):
+        t = time.thread_time()
+        try:
+            return frame_next(cls, *a, **kw)
+        finally:
+            worker["frame"].append(time.thread_time() - t)
+
+    def timed_polled(self, message):
+        t = time.thread_time()
+        try:
+            on_polled(self, message)
+        finally:
+            ui_frame.append(time.thread_time() - t)
+
+    core_console.Frame.next = classmethod(timed_next)
+    MdaConsole.on_polled = timed_polled
+    tabs: dict[str, dict] = {}
+    presses: list[tuple[str, float]] = []  # (kind, seconds)
+    try:
+        app = MdaConsole(TimedBackend(pin_dir), interval=1.0)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await _frames(app, 2, FRAME_TIMEOUT_S)
+            for tab, key in TAB_KEYS.items():
+                await _timed_press(pilot, key)
+                await _frames(app, 1, FRAME_TIMEOUT_S)
+                cpu0, n0, ui0 = time.process_time(), app.frames, len(ui_frame)
+                await _frames(app, 2, FRAME_TIMEOUT_S)
+                cpu = time.process_time() - cpu0
+                tabs[tab] = {"process_cpu_per_refresh_ms": _ms(cpu / (app.frames - n0)),
+                             "ui_frame_ms": _stats(ui_frame[ui0:])}
+            await _timed_press(pilot, "1")
+            await _frames(app, 1, FRAME_TIMEOUT_S)
+            rng = random.Random(2)
+            deadline = time.monotonic() + seconds
+            hard_stop = time.monotonic() + max(4 * seconds, 120)
+            i = 0
+            while (time.monotonic() < deadline or len(presses) < MIN_PRESSES) \
+                    and time.monotonic() < hard_stop:
+                key, kind = KEYS[i % len(KEYS)]
+                presses.append((kind, await _timed_press(pilot, key)))
+                i += 1
+                await asyncio.sleep(rng.uniform(0.05, 0.3))  # lands anywhere in the 1 s period
+            shown_rows = app.screen.query_one("#conn-table").row_count
+    finally:
+        core_console.Frame.next = classmethod(frame_next)
+        MdaConsole.on_polled = on_polled
+    by_kind = defaultdict(list)
+    for kind, dt in presses:
+        by_kind[kind].append(dt)
+    return {"worker_ms": {k: _stats(v[2:]) for k, v in worker.items()},
+            "tabs": tabs,
+            "keys": _stats([dt for _, dt in presses]),
+            "keys_by_kind": {k: _stats(v) for k, v in by_kind.items()},
+            "conn_table_rows": shown_rows}
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS now or VmHWM, the peak; of this process's own memory (getrusage's ru_maxrss would
+    carry the parent's peak over fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise LookupError(field)
+
+
+def child(pin_dir: str, seconds: float) -> dict:
+    import mdatui.ui.app  # noqa: F401  (what the console imports, for the reference point)
+    out = {"rss_mb": {"after_imports": _rss_mb("VmRSS")}}
+    out["backend"] = measure_backend(pin_dir)
+    out["app"] = asyncio.run(measure_app(pin_dir, seconds))
+    out["rss_mb"].update(peak=_rss_mb("VmHWM"), at_end=_rss_mb("VmRSS"))
+    return out
+
+
+def run_child(pin_dir: str, seconds: float) -> dict:
+    argv = [sys.executable, "-m", "bench.console", "--child", pin_dir, "--seconds", str(seconds)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True,
+                          text=True, timeout=CHILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"console child failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
+# ---------------------------------------------------------------- orchestration (parent)
+
+def run(connections: int, seconds: float) -> dict:
+    results: dict = {"connections": connections}
+    with ExitStack() as stack:
+        lab = stack.enter_context(labm.Lab("cbench"))
+        ns = lab.add_netns("pod")
+        pin_dir = f"/sys/fs/bpf/{lab.name}"
+        max_socks = max(abi.MAX_SOCKS, 1 << (2 * connections + 1024).bit_length())
+        progress(f"enabling on {lab.cgroup} (max_sockets {max_socks})")
+        inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
+        stack.callback(loader.disable, pin_dir)
+        stack.callback(inst.close)
+        server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
+        if server.stdout.readline().strip() != b"READY":
+            raise RuntimeError("echo server did not start")
+        chat_seconds = str(CHILD_TIMEOUT_S * 2 + 60)
+        for rate in ("200", "50", "10"):
+            lab.python(["mdatui.core.traffic", "chat", "--to", f"127.0.0.1:{ECHO_PORT}",
+                        "--seconds", chat_seconds, "--rate", rate], netns=ns)
+        owners = [lab.spawn(["sleep", str(CHILD_TIMEOUT_S * 3)]) for _ in range(8)]
+        pids = [os.getpid(), server.pid] + [p.pid for p in owners]
+        time.sleep(1)
+
+        progress("the console with the real connections only")
+        results["reference"] = run_child(pin_dir, seconds)
+        t = time.monotonic()
+        results["synthetic_ends"] = fill(inst, lab, ns, connections, pids)
+        progress(f"wrote {results['synthetic_ends']} ends in {time.monotonic() - t:.1f}s; "
+                 f"the console with {connections} more connections")
+        results["loaded"] = run_child(pin_dir, seconds)
+        progress("removing everything")
+    return results
+
+
+def _verdict(value: float, limit: float) -> str:
+    return f"{value:8.1f}  {value / limit:5.2f}x of {limit:g}  {'OK' if value <= limit else 'OVER'}"
+
+
+def table(r: dict) -> str:
+    lines = [f"console benchmark: {r['connections']} synthetic connections "
+             f"({r['synthetic_ends']} ends in sock_proxy_map and the sockhash)"]
+    for name in ("reference", "loaded"):
+        res = r[name]
+        b, a = res["backend"], res["app"]
+        lines.append(f"\n[{name}] {b['entries']} ends in the maps")
+        lines.append("  refresh, poll worker (thread CPU ms, first / warm median): " + ", ".join(
+            f"{k} {b['first_ms'][k]}/{b['warm_ms'][k]}" for k in b["warm_ms"]))
+        lines.append("  refresh in the app, poll worker median ms: " + ", ".join(
+            f"{k} {v.get('median', '-')}" for k, v in a["worker_ms"].items()))
+        for tab, t in a["tabs"].items():
+            lines.append(f"  tab {tab:<12} UI frame handling median {t['ui_frame_ms'].get('median')}"
+                         f" max {t['ui_frame_ms'].get('max')} ms; process CPU per refresh "
+                         + _verdict(t["process_cpu_per_refresh_ms"], REFRESH_CPU_MS))
+        k = a["keys"]
+        lines.append(f"  key latency over {k['n']} presses: median {_verdict(k['median'], KEY_LATENCY_MS)}")
+        lines.append(f"                             max    {_verdict(k['max'], KEY_LATENCY_MS)}")
+        lines.append("    by kind (median/max ms): " + ", ".join(
+            f"{kind} {s['median']}/{s['max']} (n={s['n']})" for kind, s in a["keys_by_kind"].items()))
+        rss = res["rss_mb"]
+        lines.append(f"  peak RSS MB {_verdict(rss['peak'], RSS_MB)}"
+                     f"  (after imports {rss['after_imports']}, at the end {rss['at_end']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", type=int, default=100_000,
+                    help="synthetic connections (two ends each) added to the maps")
+    ap.add_argument("--seconds", type=float, default=10,
+                    help=f"of key presses per run (at least {MIN_PRESSES} presses)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--child", metavar="PIN_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--hold", metavar="PIN_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--pids", help=argparse.SUPPRESS)
+    ap.add_argument("--slice", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.hold:
+        start, count = map(int, args.slice.split(":"))
+        hold(args.hold, args.connections, [int(p) for p in args.pids.split(",")], start, count)
+        return 0
+    if args.child:
+        print(json.dumps(child(args.child, args.seconds)))
+        return 0
+    if not 0 <= args.connections <= 4_000_000 or args.seconds <= 0:
+        ap.error("--connections 0..4000000, --seconds > 0")
+    # SIGTERM unwinds like Ctrl-C, so the lab and the accelerator are removed either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        result = run(args.connections, args.seconds)
+    except system.SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the lab and the accelerator were removed", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -102,12 +102,18 @@ def test_client_whose_server_is_outside_leaves_the_sockhash(lab, accel):
     assert peers.report(sink)["sha256"] == done["sha256_sent"]
 
 
-def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel):
+def pod_with_sidecar_redirect(lab) -> str:
+    """A pod at 198.18.0.1 whose outbound port-80 connections go to its sidecar on :15001,
+    as Istio sets it up (nat OUTPUT REDIRECT)."""
     ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
-    # The pod's address, and an outbound port-80 REDIRECT to its sidecar, as Istio sets up.
     lab.link(ns, "198.18.0.1/24", elsewhere, "198.18.0.2/24")
     lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
                  "-j", "REDIRECT", "--to-ports", "15001")
+    return ns
+
+
+def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel):
+    ns = pod_with_sidecar_redirect(lab)
     peers.server(lab, "echo", 7000, ns)
     peers.server(lab, "proxy", 15001, ns, True, "--to", "127.0.0.1:7000")
 
@@ -314,10 +320,7 @@ def test_request_response_with_small_messages_keeps_the_fast_path(lab, accel):
 
 def test_request_response_through_a_redirected_sidecar_keeps_the_fast_path(lab, accel):
     """Only the sidecar's end is on a loopback address; the app's replies must still count."""
-    ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
-    lab.link(ns, "198.18.0.1/24", elsewhere, "198.18.0.2/24")
-    lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
-                 "-j", "REDIRECT", "--to-ports", "15001")
+    ns = pod_with_sidecar_redirect(lab)
     peers.server(lab, "echo", 15001, ns)
     chat = peers.client(lab, ns, "chat", "--to", "198.18.0.2:80", "--seconds", "1",
                         "--rate", "1000", "--size", "64")

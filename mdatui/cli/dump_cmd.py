@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 from ..core import dump, events, pcap, system
 from ..core.instance import Instance
@@ -78,26 +79,17 @@ def _open(pin_dir: str, action: str) -> Instance:
 
 
 @contextlib.contextmanager
-def _stop_signals_interrupt():
-    """SIGTERM and SIGHUP end the command as Ctrl-C does, so that the cleanup runs."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    old = {s: signal.signal(s, stop) for s in _STOP_SIGNALS[1:]}
+def _stop_on_signals():
+    """Ctrl-C, SIGTERM and SIGHUP ask the command to stop between two polls, so that nothing is
+    cut in half and the cleanup runs. A flag, not an exception: a signal may reach any thread
+    (numpy's among them), so blocking it in the main thread would not hold it off."""
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in _STOP_SIGNALS}
     try:
-        yield
+        yield stop
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """A second Ctrl-C must not cut the cleanup short; it is delivered once cleanup is done."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def _clock(ts: float) -> str:
@@ -119,20 +111,15 @@ def _filter_text(a) -> str:
     return " and ".join(p for p in parts if p) or "all connections"
 
 
-def _pump(poll, emit, count: int | None, out) -> int:
+def _pump(poll, emit, count: int | None, out, stop: threading.Event) -> int:
     """Emit what poll() returns until count items or a stop signal; returns how many went out."""
     done = 0
     try:
-        while count is None or done < count:
-            batch = poll(POLL_SECONDS)[: None if count is None else count - done]
-            # A stop signal between writing an item and counting it would misreport.
-            with _signals_deferred():
-                for item in batch:
-                    emit(item)
-                    done += 1
-                out.flush()
-    except KeyboardInterrupt:
-        pass
+        while not stop.is_set() and (count is None or done < count):
+            for item in poll(POLL_SECONDS)[: None if count is None else count - done]:
+                emit(item)
+                done += 1
+            out.flush()
     except BrokenPipeError:
         # The reader of our output went away (`| head`); nothing more can be printed there.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -149,7 +136,7 @@ def cmd_dump(a) -> int:
             except OSError as e:
                 return _fail(f"cannot write --pcap {a.pcap}: {e.strerror}")
         writer = pcap.PcapWriter(out, a.snaplen) if a.pcap else None
-        stack.enter_context(_stop_signals_interrupt())
+        stop = stack.enter_context(_stop_on_signals())
         try:
             session = dump.DumpSession(inst, ip=a.ip, port=a.port, snaplen=a.snaplen)
         except ReaderBusy as e:
@@ -163,11 +150,10 @@ def cmd_dump(a) -> int:
                     writer.write(rec)
                 else:
                     print(json.dumps(rec.to_json()) if a.json else _dump_line(rec))
-            captured = _pump(session.poll, emit, a.count, out)
+            captured = _pump(session.poll, emit, a.count, out, stop)
         finally:
-            with _signals_deferred():
-                lost = session.lost
-                session.close()
+            lost = session.lost
+            session.close()
         print(f"{captured} messages captured, {lost} lost; dump switched off", file=sys.stderr)
     return 0
 
@@ -191,14 +177,14 @@ def _event_line(ev: events.Event) -> str:
 def cmd_events(a) -> int:
     with contextlib.ExitStack() as stack:
         inst = stack.enter_context(_open(a.pin_dir, "events"))
-        stack.enter_context(_stop_signals_interrupt())
+        stop = stack.enter_context(_stop_on_signals())
         try:
             stream = stack.enter_context(events.EventStream(inst))
         except ReaderBusy as e:
             return _fail(str(e))
         print(f"events of {a.pin_dir}; Ctrl-C to stop", file=sys.stderr, flush=True)
         _pump(stream.poll, lambda ev: print(json.dumps(ev.to_json()) if a.json else _event_line(ev)),
-              a.count, sys.stdout)
+              a.count, sys.stdout, stop)
         if stream.lost:
             print(f"{stream.lost} events lost (the reader fell behind)", file=sys.stderr)
     return 0

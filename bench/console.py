@@ -293,7 +293,7 @@ async def measure_app(pin_dir: str, seconds: float) -> dict:
     core_console.Frame.next = classmethod(timed_next)
     MdaConsole.on_polled = timed_polled
     tabs: dict[str, dict] = {}
-    presses: list[tuple[str, float]] = []  # (kind, seconds)
+    presses: list[tuple[str, str, float]] = []  # (key, kind, seconds)
     try:
         app = MdaConsole(TimedBackend(pin_dir), interval=1.0)
         async with app.run_test(size=(200, 50)) as pilot:
@@ -315,7 +315,7 @@ async def measure_app(pin_dir: str, seconds: float) -> dict:
             while (time.monotonic() < deadline or len(presses) < MIN_PRESSES) \
                     and time.monotonic() < hard_stop:
                 key, kind = KEYS[i % len(KEYS)]
-                presses.append((kind, await _timed_press(pilot, key)))
+                presses.append((key, kind, await _timed_press(pilot, key)))
                 i += 1
                 await asyncio.sleep(rng.uniform(0.05, 0.3))  # lands anywhere in the 1 s period
             shown_rows = app.screen.query_one("#conn-table").row_count
@@ -323,12 +323,13 @@ async def measure_app(pin_dir: str, seconds: float) -> dict:
         core_console.Frame.next = classmethod(frame_next)
         MdaConsole.on_polled = on_polled
     by_kind = defaultdict(list)
-    for kind, dt in presses:
+    for _, kind, dt in presses:
         by_kind[kind].append(dt)
     return {"worker_ms": {k: _stats(v[2:]) for k, v in worker.items()},
             "tabs": tabs,
-            "keys": _stats([dt for _, dt in presses]),
+            "keys": _stats([dt for *_, dt in presses]),
             "keys_by_kind": {k: _stats(v) for k, v in by_kind.items()},
+            "slowest_keys": [(key, _ms(dt)) for key, _, dt in sorted(presses, key=lambda p: -p[2])[:5]],
             "conn_table_rows": shown_rows}
 
 
@@ -418,6 +419,7 @@ def table(r: dict) -> str:
         lines.append(f"                             max    {_verdict(k['max'], KEY_LATENCY_MS)}")
         lines.append("    by kind (median/max ms): " + ", ".join(
             f"{kind} {s['median']}/{s['max']} (n={s['n']})" for kind, s in a["keys_by_kind"].items()))
+        lines.append("    slowest: " + ", ".join(f"{key} {ms}" for key, ms in a["slowest_keys"]))
         rss = res["rss_mb"]
         lines.append(f"  peak RSS MB {_verdict(rss['peak'], RSS_MB)}"
                      f"  (after imports {rss['after_imports']}, at the end {rss['at_end']})")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,13 +24,13 @@ from typing import Protocol
 
 import numpy as np
 
-from . import apply, loader, rules, snapshot, system
+from . import abi, apply, loader, rules, snapshot, system
 from .dump import DumpRecord, DumpSession
 from .events import Event, EventStream
 from .instance import Instance, NotEnabled
 from .pcap import PcapWriter
 from .perfbuf import ReaderBusy
-from .procs import ProcessInfo, Processes
+from .procs import CACHE_SECONDS, ProcessInfo, Processes
 from .snapshot import Connection, Endpoint, Rates, Snapshot, Table
 
 
@@ -200,24 +201,85 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class ConnectionPairs:
+    """Connections of a table as apply.Pair finds them: the rows of each connecting end and of
+    its accepting peer. In those states that the rules are asked about."""
+
+    table: Table
+    connecting: np.ndarray
+    accepting: np.ndarray
+
+    @classmethod
+    def of(cls, table: Table, state: int) -> "ConnectionPairs":
+        """Connecting ends in `state` (snapshot.ACCELERATED, NORMAL) whose peer has an entry:
+        apply.accelerated_pairs for ACCELERATED."""
+        rows = np.flatnonzero((table.state == state) & table.active & (table.peer_row >= 0))
+        return cls(table, rows, table.peer_row[rows])
+
+    def __len__(self) -> int:
+        return len(self.connecting)
+
+    def pair(self, k: int) -> apply.Pair:
+        return apply.Pair(self.table.connection(int(self.connecting[k])),
+                          self.table.connection(int(self.accepting[k])))
+
+    def matching(self, rule: rules.Rule) -> np.ndarray:
+        """rule.matches(pair.view()) of every pair, from the columns (apply.Pair.view: the
+        connecting end's addresses and the accepting end's local one, both ends' owners)."""
+        keys, owners = self.table.keys, self.table.conns["owner"]
+        c, a = self.connecting, self.accepting
+        hit = np.ones(len(c), dtype=bool)
+        if rule.net is not None:
+            net, mask = abi.ip_be(rule.net.network_address), abi.ip_be(rule.net.netmask)
+            ips = (keys["local_ip4"][c], keys["remote_ip4"][c], keys["local_ip4"][a])
+            hit &= np.logical_or.reduce([(ip & mask) == net for ip in ips])
+        if rule.ports is not None:
+            lo, hi = rule.ports
+            ports = (keys["local_port"][c], keys["remote_port"][c], keys["local_port"][a])
+            hit &= np.logical_or.reduce([(lo <= p) & (p <= hi) for p in ports])
+        for named, field_ in ((rule.uid, "uid"), (rule.gid, "gid")):
+            if named is not None:
+                hit &= (owners[field_][c] == named.id) | (owners[field_][a] == named.id)
+        return hit
+
+    def judge(self, rule_set: Sequence[rules.Rule]) -> tuple[np.ndarray, np.ndarray]:
+        """rules.judge of every pair: whether it is accelerated, and by (or against) which rule
+        (-1: none)."""
+        first = np.full(len(self), -1)
+        returned = np.full(len(self), -1)
+        for i in reversed(range(len(rule_set))):  # the first matching rule is the last written
+            hit = self.matching(rule_set[i])
+            first[hit] = i
+            if rule_set[i].target is rules.Target.RETURN:
+                returned[hit] = i
+        accepts = any(r.target is rules.Target.ACCEPT for r in rule_set)
+        accelerate = (returned < 0) & ((first >= 0) | (not accepts))
+        return accelerate, np.where(returned >= 0, returned, first)
+
+
+@dataclass(frozen=True)
 class RulePreview:
-    """What making `edited` live would do to the connections open now."""
+    """What making `edited` live would do to the connections open now: how many, and the first
+    few of them as pairs."""
 
-    taken_off: list[tuple[apply.Pair, int | None]]  # accelerated, then refused (by rule index)
-    put_on: list[apply.Pair]  # on the normal path, accepted: accelerated from their next connection
+    taken_off: int                                       # accelerated, then refused
+    put_on: int      # on the normal path, accepted: accelerated from their next connection
+    first_taken_off: list[tuple[apply.Pair, int | None]]  # with the refusing rule's index
+    first_put_on: list[apply.Pair]
 
 
-def preview(snap: Snapshot, edited: Sequence[rules.Rule]) -> RulePreview:
-    """rules.judge on each connection, as apply.apply would judge it."""
-    by_end = {c.end: c for c in snap.connections}
-    put_on = []
-    for c in snap.connections:
-        peer = by_end.get(c.peer) if c.peer is not None else None
-        if c.state == "normal" and c.active and peer is not None:
-            pair = apply.Pair(c, peer)
-            if rules.judge(edited, pair.view()).accelerate:
-                put_on.append(pair)
-    return RulePreview(apply.preview(snap, list(edited)).taken_off, put_on)
+def preview(snap: Snapshot, edited: Sequence[rules.Rule], first: int = 12) -> RulePreview:
+    """rules.judge on each connection, as apply.apply would judge it; over the columns, as a
+    few hundred thousand connections take seconds one by one."""
+    accelerated = ConnectionPairs.of(snap.table, snapshot.ACCELERATED)
+    keep, rule = accelerated.judge(edited)
+    off = np.flatnonzero(~keep)
+    normal = ConnectionPairs.of(snap.table, snapshot.NORMAL)
+    on = np.flatnonzero(normal.judge(edited)[0])
+    return RulePreview(
+        len(off), len(on),
+        [(accelerated.pair(k), int(rule[k]) if rule[k] >= 0 else None) for k in off[:first]],
+        [normal.pair(k) for k in on[:first]])
 
 
 @dataclass
@@ -306,6 +368,14 @@ class _OwnInstance:
             self._inst.close()
 
 
+@dataclass(frozen=True)
+class _Attributed:
+    table: weakref.ref       # of the Table it was made for
+    at: float                # time.monotonic() of its full lookup
+    infos: list[ProcessInfo]
+    index: np.ndarray
+
+
 class LiveBackend:
     """The accelerator pinned at pin_dir."""
 
@@ -317,6 +387,7 @@ class LiveBackend:
         self._lock = threading.Lock()
         self._processes = Processes()
         self._reader = snapshot.Reader()  # of the instance open now
+        self._attributed: _Attributed | None = None  # the last attribute()
 
     def _instance(self) -> Instance | None:
         with self._lock:
@@ -347,8 +418,29 @@ class LiveBackend:
         return self._reader.read(inst) if inst else snapshot.disabled(self.pin_dir)
 
     def attribute(self, snap: Snapshot, now: float) -> Attribution:
+        """Ends already seen in the last read keep what they were attributed to, for as long as
+        process lookups are cached anyway (procs.CACHE_SECONDS); only new ends are looked up."""
         table = snap.table
-        infos, index = self._processes.attribute(table.pid, table.uid, now - table.age_s)
+        last = self._attributed
+        if last is None or last.table() is None or time.monotonic() - last.at >= CACHE_SECONDS:
+            infos, index = self._processes.attribute(table.pid, table.uid, now - table.age_s)
+            self._attributed = _Attributed(weakref.ref(table), time.monotonic(), infos, index)
+            return Attribution(table, infos, index)
+        rows = table.rows_in(last.table())
+        index = np.where(rows >= 0, last.index[rows.clip(min=0)], -1).astype(np.int32)
+        infos = list(last.infos)
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            found, at = self._processes.attribute(table.pid[new], table.uid[new],
+                                                  now - table.age_s[new])
+            known = {info: i for i, info in enumerate(infos)}
+            for info in found:
+                if info not in known:
+                    known[info] = len(infos)
+                    infos.append(info)
+            remap = np.array([known[info] for info in found] + [-1], dtype=np.int32)
+            index[new] = remap[at]  # at -1 (no pid) picks the -1 at the end
+        self._attributed = _Attributed(weakref.ref(table), last.at, infos, index)
         return Attribution(table, infos, index)
 
     def now(self) -> float:

@@ -244,7 +244,7 @@ class FakeBackend:
     def apply_rules(self, config: rules.Config) -> apply.Applied:
         self.applied.append(config.rules)
         taken_off = preview(snapshot(self._step), config.rules).taken_off
-        return apply.Applied(len(config.rules), len(taken_off), None)
+        return apply.Applied(len(config.rules), taken_off, None)
 
     def save_rules(self, config: rules.Config, path: str) -> None:
         self.saved.append((path, config.text()))

@@ -15,9 +15,6 @@ class View(Vertical):
     """A tab's content. show_frame runs on the UI thread."""
 
     MAIN = "DataTable"  # selector of the widget that gets the focus when the tab opens
-    # Hidden tabs skip frames (tables of many thousand rows cost), and catch up when shown;
-    # a view that keeps a history of frames needs every one.
-    EVERY_FRAME = False
 
     def on_mount(self) -> None:
         self._latest: Frame | None = None
@@ -31,15 +28,21 @@ class View(Vertical):
         if frame is None or not frame.snapshot.enabled:
             return
         self._latest = frame
-        if self.EVERY_FRAME or self.shown:
+        self.record_frame(frame)
+        # Hidden tabs skip frames (even an update of a hidden widget lays the screen out
+        # again), and catch up when shown.
+        if self.shown:
             self.show_frame(frame)
         else:
             self.forget_frame()
 
     def catch_up(self) -> None:
         """The tab was opened: render the newest frame it skipped."""
-        if self._latest is not None and not self.EVERY_FRAME:
+        if self._latest is not None:
             self.show_frame(self._latest)
+
+    def record_frame(self, frame: Frame) -> None:
+        """Keep what the view needs of every frame, shown or not (a history)."""
 
     def show_frame(self, frame: Frame) -> None:
         """Render a frame of a running accelerator. Views fed by a stream of their own

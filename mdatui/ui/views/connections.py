@@ -55,7 +55,7 @@ class ConnRows:
         self.frame = frame
         self.table = frame.snapshot.table
         keys = self.table.keys
-        self.local = Addresses(keys["local_ip4"], keys["local_port"])
+        self.local = Addresses(keys["local_ip4"], keys["local_port"])  # they compute lazily
         self.remote = Addresses(keys["remote_ip4"], keys["remote_port"])
         self.netns = Distinct(keys["netns"])
         self.pid = Distinct(self.table.pid)
@@ -63,12 +63,8 @@ class ConnRows:
     def __len__(self) -> int:
         return len(self.table)
 
-    @cached_property
-    def _tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
-        return key_order(self.table.keys)
-
-    def tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._tiebreak
+    def tiebreak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return key_order(self.table.keys[rows])
 
     def item(self, row: int) -> ConnRow:
         return ConnRow(row, self.table.connection(row), self.frame.row_rate(row),

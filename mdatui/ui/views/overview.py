@@ -34,7 +34,6 @@ def _grid(rows: list[tuple[str, str | Text]]) -> Table:
 
 class OverviewView(View):
     MAIN = "#ov-scroll"
-    EVERY_FRAME = True  # the sparklines' history
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
@@ -62,10 +61,12 @@ class OverviewView(View):
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
 
+    def record_frame(self, frame: Frame) -> None:
+        self._msgs.append(frame.total.msgs_per_s)  # the sparklines' history
+        self._bytes.append(frame.total.bytes_per_s)
+
     def show_frame(self, frame: Frame) -> None:
         snap = frame.snapshot
-        self._msgs.append(frame.total.msgs_per_s)
-        self._bytes.append(frame.total.bytes_per_s)
         dump = snap.dump
         dump_text = "off"
         if dump and dump.on:

@@ -36,25 +36,36 @@ class PairRows:
         self.frame = frame
         self.pairs = frame.pairs
         table = frame.snapshot.table
-        keys = table.keys
         self.a, self.b = self.pairs.a, self.pairs.b
         self.has_b = self.b >= 0
         self._b = self.b.clip(min=0)  # where there is no b, these rows' values are not used
-        self.a_local = Addresses(keys["local_ip4"][self.a], keys["local_port"][self.a])
-        self.a_remote = Addresses(keys["remote_ip4"][self.a], keys["remote_port"][self.a])
-        self.b_local = Addresses(keys["local_ip4"][self._b], keys["local_port"][self._b])
-        self.b_remote = Addresses(keys["remote_ip4"][self._b], keys["remote_port"][self._b])
         self.table = table
 
     def __len__(self) -> int:
         return len(self.a)
 
-    @cached_property
-    def _tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
-        return key_order(self.table.keys[self.a])
+    def _addresses(self, ends: np.ndarray, side: str) -> Addresses:
+        keys = self.table.keys
+        return Addresses(keys[f"{side}_ip4"][ends], keys[f"{side}_port"][ends])
 
-    def tiebreak(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._tiebreak
+    @cached_property
+    def a_local(self) -> Addresses:
+        return self._addresses(self.a, "local")
+
+    @cached_property
+    def a_remote(self) -> Addresses:
+        return self._addresses(self.a, "remote")
+
+    @cached_property
+    def b_local(self) -> Addresses:
+        return self._addresses(self._b, "local")
+
+    @cached_property
+    def b_remote(self) -> Addresses:
+        return self._addresses(self._b, "remote")
+
+    def tiebreak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return key_order(self.table.keys[self.a[rows]])
 
     def item(self, k: int) -> PairRow:
         pair = self.pairs.pair(k)
@@ -62,8 +73,12 @@ class PairRows:
         return PairRow(pair, Rates(sum(r.msgs_per_s for r in rates), sum(r.bytes_per_s for r in rates)))
 
     def of_b(self, values: np.ndarray) -> np.ndarray:
-        """A column of the b ends, none (the largest value) where a pair has no b."""
-        return np.where(self.has_b, values[self._b], np.iinfo(values.dtype).max)
+        """A column of the table's rows, of each pair's b end."""
+        return self.without_b(values[self._b])
+
+    def without_b(self, values: np.ndarray) -> np.ndarray:
+        """A column of the pairs with none (the largest value) where a pair has no b end."""
+        return np.where(self.has_b, values, np.iinfo(values.dtype).max)
 
     @cached_property
     def rate(self) -> np.ndarray:
@@ -102,7 +117,7 @@ COLUMNS: list[Column[PairRow]] = [
     Column("a", "Key (connecting end)", text=lambda r: _end(r.pair.a),
            order=lambda rows: rows.a_local.order,
            search=lambda rows, needle: rows.a_local.search(needle) | rows.a_remote.search(needle)),
-    Column("b", "Peer", text=lambda r: _end(r.pair.b), order=lambda rows: rows.of_b(rows.b_local.order),
+    Column("b", "Peer", text=lambda r: _end(r.pair.b), order=lambda rows: rows.without_b(rows.b_local.order),
            search=lambda rows, needle: rows.search_b(needle)),
     Column("health", "Health", text=lambda r: styled(r.pair.health),
            order=lambda rows: _HEALTH_RANK[rows.pairs.health],

@@ -6,6 +6,7 @@ kernel runs (as far as this console applied it), and the edited table.
 
 from __future__ import annotations
 
+import numpy as np
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -16,7 +17,8 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import apply, rules
-from ...core.console import Frame, RulesDoc, Unavailable, preview
+from ...core.console import ConnectionPairs, Frame, RulesDoc, Unavailable, preview
+from ...core.snapshot import ACCELERATED
 from ..screens.rule_form import RuleFormScreen
 from .base import View
 
@@ -28,9 +30,11 @@ def _copy(config: rules.Config, path: str) -> rules.Config:
 
 
 def _matches(rule: rules.Rule, frame: Frame | None) -> int:
+    """Accelerated connections the rule matches."""
     if frame is None:
         return 0
-    return sum(rule.matches(p.view()) for p in apply.accelerated_pairs(frame.snapshot))
+    pairs = ConnectionPairs.of(frame.snapshot.table, ACCELERATED)
+    return int(np.count_nonzero(pairs.matching(rule)))
 
 
 def _ports(ports: tuple[int, int] | None) -> str:
@@ -153,19 +157,19 @@ class RulesView(View):
         if self._frame is None or self.edited.rules == self.applied:
             pane.update(Text("The table is what the kernel runs: nothing to apply.", style="dim"))
             return
-        change = preview(self._frame.snapshot, self.edited.rules)
+        change = preview(self._frame.snapshot, self.edited.rules, SHOWN_CHANGES)
         out = Table.grid()
         out.add_column(overflow="fold")
-        out.add_row(Text(f"{len(change.taken_off)} open connections leave the fast path",
+        out.add_row(Text(f"{change.taken_off} open connections leave the fast path",
                          style="bold red" if change.taken_off else "bold"))
-        for pair, rule in change.taken_off[:SHOWN_CHANGES]:
+        for pair, rule in change.first_taken_off:
             why = "no ACCEPT rule matches" if rule is None else f"rule {rule}"
             out.add_row(Text.assemble("  − ", _pair_text(pair), (f"  ({why})", "dim")))
-        out.add_row(Text(f"{len(change.put_on)} on the normal path accepted again: they stay there, "
+        out.add_row(Text(f"{change.put_on} on the normal path accepted again: they stay there, "
                          "connections like them are accelerated", style="bold green" if change.put_on else "bold"))
-        for pair in change.put_on[:SHOWN_CHANGES]:
+        for pair in change.first_put_on:
             out.add_row(Text.assemble("  + ", _pair_text(pair)))
-        hidden = max(0, len(change.taken_off) - SHOWN_CHANGES) + max(0, len(change.put_on) - SHOWN_CHANGES)
+        hidden = max(0, change.taken_off - SHOWN_CHANGES) + max(0, change.put_on - SHOWN_CHANGES)
         if hidden:
             out.add_row(Text(f"  … and {hidden} more", style="dim"))
         pane.update(out)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -35,9 +36,10 @@ class Rows(Protocol[T]):
 
     def __len__(self) -> int: ...
 
-    def tiebreak(self) -> Sequence[np.ndarray]:
-        """Sort keys for rows a column holds equal values in, least significant first (as
-        numpy.lexsort takes them): rows must not hop about from one refresh to the next."""
+    def tiebreak(self, rows: np.ndarray) -> Sequence[np.ndarray]:
+        """Sort keys of these rows for where a column holds equal values, least significant
+        first (as numpy.lexsort takes them): rows must not hop about from one refresh to the
+        next."""
 
     def item(self, row: int) -> T:
         """The object a shown row is made from."""
@@ -102,11 +104,12 @@ class SortableTable(DataTable, Generic[T]):
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
-        """DataTable draws every visible cell again whenever any cell has changed (its cache of
-        drawn cells is keyed by a count of updates), and each refresh changes a few cells in
-        every row (ages, rates). Drawn cells are also kept here by what they show and where, so
-        a refresh draws only the cells that changed. The key is DataTable's own with the cell's
-        content in place of the update count."""
+        """DataTable draws a cell through Rich's layout (some 80 µs) and draws every visible
+        cell again whenever any cell has changed: its cache of drawn cells is keyed by a count
+        of updates, and each refresh changes a few cells of every row (ages, rates). Here cells
+        are kept by what they show and where, and a cell of one plain line is drawn directly
+        (draw_cell), so a refresh or a new order costs a few milliseconds. The key is
+        DataTable's own with the cell's content in place of the update count."""
         if row_index < 0 or column_index < 0:  # the header
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         cell = self.get_cell_at(Coordinate(row_index, column_index))
@@ -114,9 +117,44 @@ class SortableTable(DataTable, Generic[T]):
                width, base_style, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
         lines = self._drawn.get(key)
         if lines is None:
-            lines = self._drawn[key] = super()._render_cell(row_index, column_index, base_style,
-                                                            width, cursor, hover)
+            lines = self.draw_cell(cell, row_index, column_index, base_style, width, cursor, hover)
+            if lines is None:
+                lines = super()._render_cell(row_index, column_index, base_style, width, cursor,
+                                             hover)
+            self._drawn[key] = lines
         return lines
+
+    def draw_cell(self, cell: Text, row_index: int, column_index: int, base_style: Style,
+                  width: int, cursor: bool, hover: bool) -> list[list[Segment]] | None:
+        """The segments DataTable's Rich layout makes of a Text of one style on one line, with
+        no wrapping, left or right justified; None for any other cell (and for rows taller than
+        a line, or fixed rows and columns, which this table has not). Laid out as Padding, Text
+        and Styled do it: the text cut or padded to the width less the cell padding; padding in
+        the cell's base and component styles, the text in those with its own style between."""
+        plain = cell.plain
+        if (cell.spans or cell.justify not in (None, "default", "right") or cell.overflow
+                or plain != plain.rstrip() or any(c < " " for c in plain) or self.fixed_rows
+                or self.fixed_columns or self.rows[self.coordinate_to_cell_key(
+                    Coordinate(row_index, column_index)).row_key].height != 1):
+            return None
+        component, post = self._get_styles_to_render_cell(
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
+        pad_style = pre + post
+        text_style = pre + self.app.console.get_style(cell.style) + post
+        room = width - 2 * self.cell_padding
+        edge = Segment(" " * self.cell_padding, pad_style)
+        length = cell_len(plain)
+        if length > room:
+            middle = [Segment(set_cell_size(plain, room), text_style)]
+        elif cell.justify == "right":
+            middle = [Segment(" " * (room - length) + plain, text_style)]
+        elif length == room:
+            middle = [Segment(plain, text_style)]
+        else:
+            middle = [Segment(plain, text_style), Segment(" " * (room - length), pad_style)]
+        return [[edge, *middle, edge]]
 
     # ------------------------------------------------------------ public
 
@@ -206,17 +244,36 @@ class SortableTable(DataTable, Generic[T]):
         left out before the sort: a partition finds the boundary value in linear time."""
         found = self._filtered(rows)
         self.matched = len(found)
-        value = self._column(self.sort_column).order(rows)[found]
+        value = self._column(self.sort_column).order(rows)
+        if len(found) < len(rows):
+            value = value[found]
         reverse = self.sort_reverse
         if len(found) > MAX_ROWS:
-            at = len(found) - MAX_ROWS if reverse else MAX_ROWS - 1
-            bound = np.partition(value, at)[at]
-            near = value >= bound if reverse else value <= bound
-            found, value = found[near], value[near]
-        order = np.lexsort([*(key[found] for key in rows.tiebreak()), value])
+            found, value = self._contenders(rows, found, value, reverse)
+        order = np.lexsort([*rows.tiebreak(found), value])
         if reverse:
             order = order[::-1]
         return found[order[:MAX_ROWS]]
+
+    @staticmethod
+    def _contenders(rows: Rows[T], found: np.ndarray, value: np.ndarray,
+                    reverse: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The found rows that can be among the first MAX_ROWS, and their values: those before
+        the value at that place, and of the rows that hold it, those that can come first by the
+        tiebreak's most significant key (a column of a few states ties on all rows)."""
+        def first(values: np.ndarray, n: int) -> np.ndarray:
+            at = len(values) - n if reverse else n - 1
+            bound = np.partition(values, at)[at]
+            return (values >= bound if reverse else values <= bound), bound
+        near, bound = first(value, MAX_ROWS)
+        tied = np.flatnonzero(value == bound)
+        ahead = np.flatnonzero(near & (value != bound))
+        need = MAX_ROWS - len(ahead)
+        if len(tied) > need:
+            major = rows.tiebreak(found[tied])[-1]
+            tied = tied[first(major, need)[0]]
+        keep = np.concatenate([ahead, tied])
+        return found[keep], value[keep]
 
     def _render_rows(self) -> None:
         if self._rows is None:

@@ -1,0 +1,210 @@
+"""The ends as columns (snapshot.Table) against the same questions asked of Connection objects
+one by one, the way the console answered them before it kept columns: pairs and their health,
+rates between two reads, ends found by key, rules judged, and the sockhash walked a slice at a
+time."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import random
+
+import numpy as np
+
+from mdatui.core import abi, apply, rules, snapshot
+from mdatui.core.console import (HEALTH, Attribution, ConnectionPairs, Frame, PairTable,
+                                 pair_rows_of, preview)
+from mdatui.core.procs import ProcessInfo
+from mdatui.core.snapshot import (ACCELERATED, NORMAL, Connection, Endpoint, Owner, Snapshot,
+                                  Table)
+
+
+def mesh(n: int, seed: int) -> list[Connection]:
+    """n connections: both ends paired, or a connecting end waiting, or an end whose peer entry
+    is gone, or pairs that point elsewhere or left the sockhash; some on a pod's loopback."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        loop = i % 7 == 0
+        netns = 4026532000 + i % 3 if loop else 0
+        ip_a, ip_b = ("127.0.0.1", "127.0.0.1") if loop else (f"198.19.{i % 5}.{i % 250 + 1}",
+                                                              f"198.19.9.{i % 11 + 1}")
+        a = Endpoint(f"{ip_a}:{10000 + i}", f"{ip_b}:{80 + i % 3}", netns)
+        b = Endpoint(f"{ip_b}:{80 + i % 3}", f"{ip_a}:{10000 + i}", netns)
+        kind = rng.choice(["ok"] * 6 + ["pending", "one-sided", "stale-peer", "stale-hash", "normal"])
+        uid = rng.choice([None, 0, 5])
+        owner = Owner(rng.choice([None, 100, 200]), uid, uid)
+        def end(me, peer, active, state="accelerated", held=True):
+            return Connection(me, peer, state, rng.randrange(1000), rng.randrange(10**6), 0,
+                              float(rng.randrange(1, 5000)), owner, held, active)
+        if kind == "pending":
+            out.append(end(a, None, True, "pending"))
+        elif kind == "one-sided":
+            out.append(end(a, b, True))
+        elif kind == "stale-peer":
+            out += [end(a, b, True), end(b, Endpoint("10.0.0.1:1", "10.0.0.2:2"), False)]
+        else:
+            state = "normal" if kind == "normal" else "accelerated"
+            out += [end(a, b, True, state, kind != "stale-hash"), end(b, a, False, state)]
+    rng.shuffle(out)
+    return out
+
+
+def reference_pairs(conns: list[Connection]) -> set[tuple]:
+    """What console.pairs() made of objects before the columns."""
+    by_end = {c.end: c for c in conns}
+    seen: set[Endpoint] = set()
+    out = set()
+    for c in sorted(conns, key=lambda c: not c.active):
+        if c.end in seen:
+            continue
+        seen.add(c.end)
+        peer = by_end.get(c.peer) if c.peer is not None else None
+        if c.peer is None:
+            health = "pending"
+        elif peer is None:
+            health = "one-sided"
+        elif peer.peer == c.end and c.in_sockhash and peer.in_sockhash:
+            health = "ok"
+        else:
+            health = "stale"
+        if peer is not None and peer.peer == c.end:
+            seen.add(peer.end)
+        out.add((c.end, peer.end if peer else None, health))
+    return out
+
+
+def test_rows_are_the_connections_they_were_made_of():
+    conns = mesh(300, 1)
+    table = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", connections=conns).table
+    assert table.connections() == conns
+    assert [table.row_of(c.end) for c in conns] == list(range(len(conns)))
+    assert table.row_of(Endpoint("10.9.9.9:1", "10.9.9.9:2")) == -1
+
+
+def test_pairs_and_their_health_are_what_objects_made_of_them():
+    conns = mesh(2000, 2)
+    table = Table.of(conns)
+    pairs = PairTable.of(table)
+    found = {(table.connection(a).end, table.connection(b).end if b >= 0 else None, HEALTH[h])
+             for a, b, h in zip(pairs.a.tolist(), pairs.b.tolist(), pairs.health.tolist())}
+    assert found == reference_pairs(conns)
+    assert {h for *_, h in found} == set(HEALTH)  # every health was exercised
+    # One row's pair, found without pairing every row, is the same pair; an end that is b of
+    # a stale pair and a of its own is shown with its own (as the console always did).
+    pair_of = {}
+    for k in range(len(pairs)):
+        pair = (int(pairs.a[k]), int(pairs.b[k]), HEALTH[pairs.health[k]])
+        pair_of[pair[0]] = pair
+        if pair[1] >= 0:
+            pair_of.setdefault(pair[1], pair)
+    fresh = Table.of(conns)  # its peers not found yet: each row's are found for it alone
+    for row in range(0, len(table), 7):
+        assert pair_rows_of(fresh, row) == pair_of[row]
+    assert "peer_row" not in fresh.__dict__
+
+
+def test_rates_follow_each_end_across_reads_that_add_and_drop_ends():
+    before = mesh(500, 3)
+    after = [Connection(c.end, c.peer, c.state, c.msgs + i % 5, c.bytes + 100 * (i % 3), c.passed,
+                        c.age_s + 2, c.owner, c.in_sockhash, c.active)
+             for i, c in enumerate(before) if i % 9]
+    after += mesh(20, 4)[:10]  # new ends count from zero
+    random.Random(5).shuffle(after)
+    prev = Snapshot(taken_at=10.0, enabled=True, pin_dir="/x", connections=before)
+    cur = Snapshot(taken_at=12.0, enabled=True, pin_dir="/x", connections=after)
+    _, msgs, nbytes = snapshot.rates(prev, cur)
+    old = {c.end: c for c in before}
+    for row, c in enumerate(after):
+        p = old.get(c.end)
+        assert msgs[row] == max(c.msgs - (p.msgs if p else 0), 0) / 2
+        assert nbytes[row] == np.float32(max(c.bytes - (p.bytes if p else 0), 0) / 2)
+    frame = Frame.next(Frame.next(None, prev, 0.0), cur, 2.0)
+    assert frame.rate(after[3].end).bytes_per_s == float(nbytes[3])
+
+
+def test_processes_given_by_end_are_found_by_row():
+    conns = mesh(50, 6)
+    table = Table.of(conns)
+    info = ProcessInfo(100, "envoy", "root")
+    attribution = Attribution.of(table, {conns[4].end: info})
+    assert attribution.of_row(4) == info and attribution.get(conns[4].end) == info
+    assert attribution.of_row(5) is None
+
+
+class WalkedMap:
+    """A map's keys in a fixed order, walked as bpfsys.Map.next_keys_into walks them."""
+
+    def __init__(self, keys: list[abi.SockKey]):
+        self.keys = keys
+        self.calls = 0
+
+    def next_keys_into(self, out: int, after: int, count: int) -> tuple[int, bool]:
+        self.calls += 1
+        start = 0
+        if after:
+            last = ct.string_at(after, ct.sizeof(abi.SockKey))
+            start = next(i + 1 for i, k in enumerate(self.keys) if bytes(k) == last)
+        chunk = self.keys[start:start + count]
+        for i, key in enumerate(chunk):
+            ct.memmove(out + i * ct.sizeof(key), ct.addressof(key), ct.sizeof(key))
+        return len(chunk), start + len(chunk) >= len(self.keys)
+
+
+def test_the_sockhash_walked_a_slice_per_read_says_which_ends_it_holds():
+    conns = mesh(400, 7)
+    table = Table.of(conns)
+    now = table.taken_ns  # every end was made before the walks below began
+    held_ends = [c.end for c in conns if c.in_sockhash]
+    keys = [abi.SockKey(*snapshot.key_record(end)) for end in held_ends]
+    members = snapshot.SockhashMembers(walk_slice=100)
+    walked = WalkedMap(keys)
+    members.walk(walked, now, capacity=1024)  # the first walk goes to the end at once
+    assert walked.calls == 1 and members.count == len(keys)
+    assert members.held(table).tolist() == [c.in_sockhash for c in conns]
+    # The next walk begins once a period has passed, and takes a slice per read.
+    members.walk(walked, now + 10**9, capacity=1024)
+    assert walked.calls == 1
+    keys.pop(0)  # an end leaves the sockhash
+    reads = 0
+    while members.count == len(keys) + 1:
+        members.walk(walked, now + 31 * 10**9 + reads, capacity=1024)
+        reads += 1
+    assert reads == -(-len(keys) // 100) and members.count == len(keys)
+    assert members.held(Table.of(conns)).tolist() == [
+        c.in_sockhash and c.end != held_ends[0] for c in conns]
+
+
+def random_rules(rng: random.Random) -> list[rules.Rule]:
+    out = []
+    for _ in range(rng.randrange(0, 5)):
+        net = rng.choice([None, "198.19.0.0/16", "198.19.1.0/24", "127.0.0.0/8", "198.19.9.3/32"])
+        ports = rng.choice([None, (80, 81), (10000, 10100), (82, 82), (1, 65535)])
+        uid = rng.choice([None, None, 0, 5])
+        out.append(rules.Rule(rng.choice(list(rules.Target)),
+                              ipaddress.IPv4Network(net) if net else None, ports,
+                              rules.NamedId(uid) if uid is not None else None,
+                              rules.NamedId(0) if rng.random() < 0.2 else None))
+    return out
+
+
+def test_rules_judged_over_the_columns_are_judged_as_one_by_one():
+    conns = mesh(600, 8)
+    snap = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", connections=conns)
+    by_end = {c.end: c for c in conns}
+    normal = [apply.Pair(c, by_end[c.peer]) for c in conns
+              if c.state == "normal" and c.active and c.peer in by_end]
+    accelerated = apply.accelerated_pairs(snap)
+    rng = random.Random(9)
+    for _ in range(200):
+        rule_set = random_rules(rng)
+        for state, objects in ((ACCELERATED, accelerated), (NORMAL, normal)):
+            pairs = ConnectionPairs.of(snap.table, state)
+            assert [pairs.pair(k) for k in range(len(pairs))] == objects
+            keep, by = pairs.judge(rule_set)
+            want = [rules.judge(rule_set, p.view()) for p in objects]
+            assert keep.tolist() == [v.accelerate for v in want]
+            assert [None if i < 0 else i for i in by.tolist()] == [v.rule_index for v in want]
+        change = preview(snap, rule_set, first=3)
+        old = apply.preview(snap, rule_set)
+        assert change.taken_off == len(old.taken_off) and change.first_taken_off == old.taken_off[:3]

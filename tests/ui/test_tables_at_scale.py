@@ -1,0 +1,130 @@
+"""The connections and pairs tables over thousands of rows. The page that the columns' arrays
+pick (numpy sorts and filters) is the page that sorting and filtering the rows' cells one by one
+picks, for every column both ways; and a cell SortableTable draws itself is made of the very
+segments DataTable draws through Rich."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+
+import pytest
+from rich.style import Style
+from textual.widgets import DataTable
+
+from mdatui.core.console import Frame
+from mdatui.core.procs import ProcessInfo
+from mdatui.core.snapshot import Snapshot
+from mdatui.ui.app import MdaConsole
+from mdatui.ui.views import connections, pairs
+from mdatui.ui.widgets import sortable_table
+from mdatui.ui.widgets.sortable_table import SortableTable
+
+from ..test_columns import mesh
+from .fake import FakeBackend
+
+PAGE = 40  # smaller than the rows, so that choosing a page's contenders is exercised
+
+
+def frames(n: int) -> Frame:
+    conns = mesh(n, 11)
+    rng = random.Random(12)
+    later = [type(c)(c.end, c.peer, c.state, c.msgs + rng.randrange(3), c.bytes + rng.randrange(3) * 500,
+                     c.passed, c.age_s + 1, c.owner, c.in_sockhash, c.active) for c in conns]
+    who = {100: ProcessInfo(100, "envoy --config a.yaml", "istio-proxy"),
+           200: ProcessInfo(200, None, "root")}
+    by_end = lambda cs: {c.end: who[c.owner.pid] for c in cs if c.owner.pid in who}  # noqa: E731
+    first = Frame.next(None, Snapshot(10.0, True, "/x", connections=conns), 0.0, by_end(conns))
+    return Frame.next(first, Snapshot(11.0, True, "/x", connections=later), 1.0, by_end(later))
+
+
+def address(text: str) -> tuple[int, int]:
+    ip, _, port = text.rpartition(":")
+    return int(ipaddress.IPv4Address(ip)), int(port)
+
+
+def key_order(end) -> tuple:
+    return (*address(end.local), *address(end.remote), end.netns % (1 << 32))
+
+
+# What each column sorted by when the table sorted objects (None: after all values).
+CONN_VALUES = {
+    "local": lambda r: address(r.conn.end.local),
+    "remote": lambda r: address(r.conn.end.remote),
+    "netns": lambda r: r.conn.end.netns,
+    "state": lambda r: r.conn.state,
+    "pid": lambda r: r.conn.owner.pid,
+    "command": lambda r: connections._command(r),
+    "user": lambda r: connections._user(r),
+    "msgs": lambda r: r.conn.msgs,
+    "bytes": lambda r: r.conn.bytes,
+    "rate": lambda r: r.rate.bytes_per_s,
+    "age": lambda r: r.conn.age_s,
+}
+PAIR_VALUES = {
+    "a": lambda r: address(r.pair.a.end.local),
+    "b": lambda r: address(r.pair.b.end.local) if r.pair.b else None,
+    "health": lambda r: pairs.HEALTH_ORDER[r.pair.health],
+    "state": lambda r: r.pair.a.state,
+    "ab_msgs": lambda r: r.pair.a.msgs,
+    "ab_bytes": lambda r: r.pair.a.bytes,
+    "ba_msgs": lambda r: pairs._b(r, "msgs"),
+    "ba_bytes": lambda r: pairs._b(r, "bytes"),
+    "rate": lambda r: r.rate.bytes_per_s,
+    "age": lambda r: r.pair.a.age_s,
+}
+
+
+def reference(rows, columns, values, tiebreak, sort: str, reverse: bool, needle: str) -> list[str]:
+    items = [rows.item(i) for i in range(len(rows))]
+    if needle:
+        items = [it for it in items if any(needle in c.render(it).plain.casefold()
+                                           for c in columns if c.search is not None)]
+    value = values[sort]
+    items.sort(key=lambda it: ((value(it) is None, value(it) if value(it) is not None else 0),
+                               tiebreak(it)), reverse=reverse)
+    return items[:PAGE]
+
+
+CASES = [("connections", connections.COLUMNS, connections.ConnRows, CONN_VALUES,
+          lambda r: key_order(r.conn.end), lambda r: r.key),
+         ("pairs", pairs.COLUMNS, pairs.PairRows, PAIR_VALUES,
+          lambda r: key_order(r.pair.a.end), lambda r: r.pair.key)]
+
+
+@pytest.mark.parametrize("name, columns, make_rows, values, tiebreak, key", CASES,
+                         ids=[c[0] for c in CASES])
+def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, name, columns,
+                                                                make_rows, values, tiebreak, key):
+    monkeypatch.setattr(sortable_table, "MAX_ROWS", PAGE)
+    rows = make_rows(frames(1500))
+    table = SortableTable(columns, key)
+    for needle, column, reverse in itertools.product(("", "198.19.1", ":8", "ok", "envoy"),
+                                                     [c.key for c in columns], (False, True)):
+        table.filter_text, table.sort_column, table.sort_reverse = needle, column, reverse
+        page = [key(rows.item(i)) for i in table._page(rows).tolist()]
+        want = [key(it) for it in reference(rows, columns, values, tiebreak, column, reverse, needle)]
+        assert page == want, (needle, column, reverse)
+
+
+async def test_cells_drawn_directly_are_what_datatable_draws():
+    async with MdaConsole(FakeBackend(), interval=3600).run_test(size=(100, 30)) as pilot:
+        while pilot.app.frames < 1:
+            await pilot.pause(0.01)
+        checked = 0
+        for tab, selector in (("2", "#conn-table"), ("3", "#pairs-table")):
+            await pilot.press(tab)
+            table = pilot.app.screen.query_one(selector, SortableTable)
+            for row, (col, column) in itertools.product(range(table.row_count),
+                                                        enumerate(table.columns.values())):
+                cell = table.get_cell_at((row, col))
+                for width, cursor, hover, base in itertools.product(
+                        (column.get_render_width(table), 3), (False, True), (False, True),
+                        (Style(), Style(bgcolor="red", bold=True))):
+                    table._cell_render_cache.clear()  # DataTable's cache ignores the width
+                    drawn = table.draw_cell(cell, row, col, base, width, cursor, hover)
+                    assert drawn == DataTable._render_cell(table, row, col, base, width, cursor,
+                                                           hover), (cell, width, cursor, hover)
+                    checked += 1
+        assert checked > 1000

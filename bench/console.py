@@ -50,6 +50,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.datapath import _uninterrupted  # noqa: E402  (teardown a second Ctrl-C cannot cut short)
 from mdatui.core import abi, bpfsys  # noqa: E402
 from mdatui.core import lab as labm  # noqa: E402
 from mdatui.core import loader, system  # noqa: E402
@@ -196,16 +197,16 @@ def measure_backend(pin_dir: str, rounds: int = 4) -> dict:
     prev = None
     try:
         for _ in range(rounds):
-            t0 = time.thread_time()
+            t0, k0 = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD).ru_stime
             snap = backend.snapshot()
-            t1 = time.thread_time()
+            t1, k1 = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD).ru_stime
             now = backend.now()
             procs = backend.attribute(snap, now)
             t2 = time.thread_time()
             prev = Frame.next(prev, snap, now, procs)
             t3 = time.thread_time()
-            for name, dt in (("snapshot", t1 - t0), ("attribute", t2 - t1), ("frame", t3 - t2),
-                             ("total", t3 - t0)):
+            for name, dt in (("snapshot", t1 - t0), ("of it in the kernel", k1 - k0),
+                             ("attribute", t2 - t1), ("frame", t3 - t2), ("total", t3 - t0)):
                 parts[name].append(dt)
             time.sleep(0.2)
         entries = len(prev.snapshot.connections)
@@ -364,7 +365,8 @@ def run_child(pin_dir: str, seconds: float) -> dict:
 
 def run(connections: int, seconds: float) -> dict:
     results: dict = {"connections": connections}
-    with ExitStack() as stack:
+    stack = ExitStack()
+    try:
         lab = stack.enter_context(labm.Lab("cbench"))
         ns = lab.add_netns("pod")
         pin_dir = f"/sys/fs/bpf/{lab.name}"
@@ -391,7 +393,10 @@ def run(connections: int, seconds: float) -> dict:
         progress(f"wrote {results['synthetic_ends']} ends in {time.monotonic() - t:.1f}s; "
                  f"the console with {connections} more connections")
         results["loaded"] = run_child(pin_dir, seconds)
+    finally:
         progress("removing everything")
+        with _uninterrupted():
+            stack.close()
     return results
 
 

@@ -19,7 +19,7 @@ from mdatui.core.snapshot import (ACCELERATED, NORMAL, Connection, Endpoint, Own
                                   Table)
 
 
-def mesh(n: int, seed: int) -> list[Connection]:
+def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
     """n connections: both ends paired, or a connecting end waiting, or an end whose peer entry
     is gone, or pairs that point elsewhere or left the sockhash; some on a pod's loopback."""
     rng = random.Random(seed)
@@ -29,8 +29,8 @@ def mesh(n: int, seed: int) -> list[Connection]:
         netns = 4026532000 + i % 3 if loop else 0
         ip_a, ip_b = ("127.0.0.1", "127.0.0.1") if loop else (f"198.19.{i % 5}.{i % 250 + 1}",
                                                               f"198.19.9.{i % 11 + 1}")
-        a = Endpoint(f"{ip_a}:{10000 + i}", f"{ip_b}:{80 + i % 3}", netns)
-        b = Endpoint(f"{ip_b}:{80 + i % 3}", f"{ip_a}:{10000 + i}", netns)
+        a = Endpoint(f"{ip_a}:{first_port + i}", f"{ip_b}:{80 + i % 3}", netns)
+        b = Endpoint(f"{ip_b}:{80 + i % 3}", f"{ip_a}:{first_port + i}", netns)
         kind = rng.choice(["ok"] * 6 + ["pending", "one-sided", "stale-peer", "stale-hash", "normal"])
         uid = rng.choice([None, 0, 5])
         owner = Owner(rng.choice([None, 100, 200]), uid, uid)
@@ -109,7 +109,7 @@ def test_rates_follow_each_end_across_reads_that_add_and_drop_ends():
     after = [Connection(c.end, c.peer, c.state, c.msgs + i % 5, c.bytes + 100 * (i % 3), c.passed,
                         c.age_s + 2, c.owner, c.in_sockhash, c.active)
              for i, c in enumerate(before) if i % 9]
-    after += mesh(20, 4)[:10]  # new ends count from zero
+    after += mesh(20, 4, first_port=20000)[:10]  # new ends count from zero
     random.Random(5).shuffle(after)
     prev = Snapshot(taken_at=10.0, enabled=True, pin_dir="/x", connections=before)
     cur = Snapshot(taken_at=12.0, enabled=True, pin_dir="/x", connections=after)

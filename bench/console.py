@@ -37,7 +37,6 @@ import json
 import os
 import random
 import resource
-import signal
 import socket
 import statistics
 import subprocess
@@ -53,8 +52,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from bench.datapath import _uninterrupted  # noqa: E402  (teardown a second Ctrl-C cannot cut short)
 from mdatui.core import abi, bpfsys  # noqa: E402
 from mdatui.core import lab as labm  # noqa: E402
-from mdatui.core import loader, system  # noqa: E402
+from mdatui.core import loader  # noqa: E402
 from mdatui.core.instance import Instance  # noqa: E402
+from bench.report import run_and_print  # noqa: E402
 
 REFRESH_CPU_MS = 100.0
 KEY_LATENCY_MS = 100.0
@@ -452,19 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 0 <= args.connections <= 4_000_000 or args.seconds <= 0:
         ap.error("--connections 0..4000000, --seconds > 0")
-    # SIGTERM unwinds like Ctrl-C, so the lab and the accelerator are removed either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        result = run(args.connections, args.seconds)
-    except system.SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the lab and the accelerator were removed", file=sys.stderr)
-        return 130
-    print(json.dumps(result, indent=2) if args.json else table(result))
-    return 0
-
+    return run_and_print(lambda: run(args.connections, args.seconds), table, args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,6 @@ time overlaps the run before it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import select
@@ -40,6 +39,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from mdatui.core import lab as labm  # noqa: E402
 from mdatui.core import loader, snapshot, system  # noqa: E402
 from mdatui.core.instance import Instance  # noqa: E402
+from bench.report import run_and_print  # noqa: E402
 
 TOPOLOGIES = ("same-pod", "cross-pod", "peer-outside")
 PAIRED = {"same-pod": True, "cross-pod": True, "peer-outside": False}
@@ -443,19 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = len(topologies) * len(sizes) * len(TESTS) * pairs * 2
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     progress(f"{runs} runs, about {runs * max(seconds + NEXT_GAP, SOCKPERF_IDLE) + 10:.0f} s")
-    # SIGTERM unwinds like Ctrl-C, so the labs and the accelerator are removed either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        result = run(topologies, sizes, pairs, seconds, progress)
-    except system.SetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the labs and the accelerator were removed", file=sys.stderr)
-        return 130
-    print(json.dumps(result, indent=2) if args.json else table(result))
-    return 0
-
+    return run_and_print(lambda: run(topologies, sizes, pairs, seconds, progress), table, args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,7 +58,7 @@ def cmd_query(a) -> int:
         print(f"mdatui: not enabled (nothing pinned at {a.pin_dir})")
         return 0
     print(f"mdatui: enabled on {snap.cgroup}")
-    print(f"  programs: " + ", ".join(f"{k} id {v}" for k, v in snap.programs.items()))
+    print("  programs: " + ", ".join(f"{k} id {v}" for k, v in snap.programs.items()))
     for name, m in snap.maps.items():
         print(f"  {name}: {m['entries']} entries (of {m['capacity']})")
     print(f"  rules: {snap.rules_active} active; config {snap.config or '(none)'}")

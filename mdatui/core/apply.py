@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, bpfsys, rules, snapshot
+from . import abi, rules, snapshot
 from .instance import Instance
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "oncn-mda.conf"
@@ -76,18 +76,7 @@ def preview(snap: snapshot.Snapshot, new_rules: list[rules.Rule]) -> Preview:
 
 
 def take_off_fast_path(inst: Instance, pair: Pair) -> None:
-    """Both ends send through the stack from their next message on (see struct mda_conn)."""
-    proxy = inst.maps["sock_proxy_map"]
-    for end in (pair.connecting.end, pair.accepting.end):
-        key = _key(end)
-        conn = proxy.lookup(key)
-        if conn is None:
-            continue  # closed meanwhile
-        conn.tainted = 1
-        try:
-            proxy.update(key, conn, bpfsys.BPF_EXIST)
-        except bpfsys.BpfError:
-            pass
+    inst.send_through_stack(_key(end) for end in (pair.connecting.end, pair.accepting.end))
 
 
 def _key(end: snapshot.Endpoint) -> abi.SockKey:

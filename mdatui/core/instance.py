@@ -121,6 +121,20 @@ class Instance:
     def active_set(self, index: int) -> None:
         self.maps["mda_active_set"].update(ct.c_uint32(0), ct.c_uint32(index))
 
+    def send_through_stack(self, keys) -> None:
+        """These ends send through the normal stack from their next message on (the `tainted`
+        of struct mda_conn); what was already redirected is read first, so no byte is reordered."""
+        proxy = self.maps["sock_proxy_map"]
+        for key in keys:
+            conn = proxy.lookup(key)
+            if conn is None:
+                continue  # closed meanwhile
+            conn.tainted = 1
+            try:
+                proxy.update(key, conn, bpfsys.BPF_EXIST)
+            except bpfsys.BpfError:
+                pass  # closed between the lookup and the update
+
     def active_rules(self) -> abi.RuleSet:
         return self.maps["sock_param_map"].lookup(ct.c_uint32(self.active_set))
 

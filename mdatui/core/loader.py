@@ -143,7 +143,7 @@ def disable(pin_dir: str = DEFAULT_PIN_DIR) -> str:
     with Instance(pin_dir) as inst:
         cg = inst.cgroup
         _detach_from_cgroup(pin_dir, cg)
-        _stop_redirecting(inst)
+        inst.send_through_stack(list(inst.maps["sock_proxy_map"].keys()))
     time.sleep(DRAIN_SECONDS)
     for entry in os.listdir(pin_dir):
         os.unlink(os.path.join(pin_dir, entry))
@@ -172,17 +172,6 @@ def _detach_from_cgroup(pin_dir: str, cg: str) -> None:
                 os.close(fd)
     finally:
         os.close(cg_fd)
-
-
-def _stop_redirecting(inst: Instance) -> None:
-    """Send every end through the normal stack from its next message on."""
-    proxy = inst.maps["sock_proxy_map"]
-    for key, conn in list(proxy.items()):
-        conn.tainted = 1
-        try:
-            proxy.update(key, conn, bpfsys.BPF_EXIST)
-        except bpfsys.BpfError:
-            pass  # closed meanwhile
 
 
 def _rmdir_quietly(path: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import random
+from dataclasses import replace
 
 import numpy as np
 
@@ -121,6 +122,28 @@ def test_rates_follow_each_end_across_reads_that_add_and_drop_ends():
         assert nbytes[row] == np.float32(max(c.bytes - (p.bytes if p else 0), 0) / 2)
     frame = Frame.next(Frame.next(None, prev, 0.0), cur, 2.0)
     assert frame.rate(after[3].end).bytes_per_s == float(nbytes[3])
+
+
+def test_a_table_given_again_keeps_its_rates_and_the_next_read_counts_from_where_it_was_read():
+    before = mesh(50, 8)
+    after = [Connection(c.end, c.peer, c.state, c.msgs + 10, c.bytes + 1000, c.passed, c.age_s + 2,
+                        c.owner, c.in_sockhash, c.active) for c in before]
+    read = Snapshot(taken_at=10.0, enabled=True, pin_dir="/x", connections=before,
+                    stats={"closed_msgs": 100})
+    # A Reader holding to its CPU share gives the same table with newer counters of its own.
+    again = Snapshot(taken_at=11.0, enabled=True, pin_dir="/x", table=read.table,
+                     stats={"closed_msgs": 160})
+    later = Snapshot(taken_at=12.0, enabled=True, pin_dir="/x", connections=after,
+                     stats={"closed_msgs": 160})
+    first = Frame.next(Frame.next(None, read, 0.0), again, 1.0)
+    assert first.msgs_rate is None and first.read_in is read
+    steady = Frame.next(first, later, 2.0)
+    # Over the 2 s since the table was read, not the 1 s since the frame before.
+    assert steady.msgs_rate.tolist() == [5.0] * len(after)
+    assert steady.total.msgs_per_s == (60 + 10 * len(after)) / 2
+    held = Frame.next(steady, replace(later, taken_at=13.0), 3.0)
+    assert held.total == steady.total and held.msgs_rate is steady.msgs_rate
+    assert held.read_in is later
 
 
 def test_processes_given_by_end_are_found_by_row():

@@ -62,6 +62,30 @@ def test_counters_equal_messages_and_bytes_sent(lab, accel):
 
 
 @pytest.mark.kernel
+def test_a_reader_held_to_a_cpu_share_reads_the_ends_again_once_its_time_is_up(lab, accel,
+                                                                              monkeypatch):
+    ns = lab.add_netns("pod")
+    peers.server(lab, "sink", 7000, ns)
+    cli, local = held_client(lab, ns)
+    wait_accelerated(accel, local)
+    reader = snapshot.Reader(cpu_share=1e-6)  # a millisecond of reading buys a quarter hour
+    first, second = reader.read(accel), reader.read(accel)
+    assert first.ends_every_s == 0 and second.table is not first.table
+    assert second.ends_every_s > 1
+    peers.proceed(cli)
+    assert peers.report(cli)["state"] == "done"
+    held = reader.read(accel)
+    assert held.table is second.table  # the messages just sent are not in it yet
+    assert held.stats == accel.stats() and held.taken_at > second.taken_at
+    clock = snapshot._ktime_now_ns
+    monkeypatch.setattr(snapshot, "_ktime_now_ns",
+                        lambda: clock() + round(second.ends_every_s * 1e9))
+    conn = next(c for c in reader.read(accel).connections if c.end.local == local)
+    assert (conn.msgs, conn.bytes) == (len(SIZES), sum(SIZES))
+    peers.proceed(cli)
+
+
+@pytest.mark.kernel
 def test_accelerated_and_closed_events_carry_tuples_and_final_counts(lab, accel):
     ns = lab.add_netns("pod")
     with events.EventStream(accel) as stream:

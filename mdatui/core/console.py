@@ -168,10 +168,15 @@ class Frame:
     msgs_rate: np.ndarray | None = None         # None: no earlier frame to compare with
     bytes_rate: np.ndarray | None = None
     processes: Attribution | None = None
+    # The snapshot the table was read in: rates count from there, as its counters (closed
+    # connections' among them) were read together with that table.
+    read_in: Snapshot | None = None
 
     def __post_init__(self) -> None:
         if self.processes is None:
             object.__setattr__(self, "processes", Attribution(self.snapshot.table))
+        if self.read_in is None:
+            object.__setattr__(self, "read_in", self.snapshot)
 
     @classmethod
     def next(cls, prev: "Frame | None", snap: Snapshot, now: float,
@@ -180,7 +185,10 @@ class Frame:
             processes = Attribution.of(snap.table, processes or {})
         if prev is None or not prev.snapshot.enabled or not snap.enabled:
             return cls(snap, now, processes=processes)
-        total, msgs_rate, bytes_rate = snapshot.rates(prev.snapshot, snap)
+        if snap.table is prev.snapshot.table:  # the ends were not read again (Reader)
+            return cls(snap, now, prev.total, prev.msgs_rate, prev.bytes_rate, processes,
+                       prev.read_in)
+        total, msgs_rate, bytes_rate = snapshot.rates(prev.read_in, snap)
         return cls(snap, now, total, msgs_rate, bytes_rate, processes)
 
     @property
@@ -376,6 +384,11 @@ class _Attributed:
     index: np.ndarray
 
 
+# Of one CPU, what reading the ends may take (snapshot.Reader): with 200,000 ends in the maps
+# the console reads them every second refresh at 1 Hz; with fewer, every refresh.
+READ_CPU_SHARE = 0.05
+
+
 class LiveBackend:
     """The accelerator pinned at pin_dir."""
 
@@ -386,7 +399,7 @@ class LiveBackend:
         self._inst: Instance | None = None
         self._lock = threading.Lock()
         self._processes = Processes()
-        self._reader = snapshot.Reader()  # of the instance open now
+        self._reader = snapshot.Reader(cpu_share=READ_CPU_SHARE)  # of the instance open now
         self._attributed: _Attributed | None = None  # the last attribute()
 
     def _instance(self) -> Instance | None:
@@ -398,7 +411,7 @@ class LiveBackend:
             if self._inst is None:
                 try:
                     self._inst = Instance(self.pin_dir)
-                    self._reader = snapshot.Reader()
+                    self._reader = snapshot.Reader(cpu_share=READ_CPU_SHARE)
                 except NotEnabled:
                     return None
                 except PermissionError:

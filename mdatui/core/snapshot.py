@@ -292,6 +292,8 @@ class Table:
         """For each row, the row of the same end in `other` (an earlier read), -1 if it is new.
         The last answer is kept (the rates and the sockhash membership both ask for it), but not
         `other`: each read would keep every earlier one alive."""
+        if other is self:  # a Reader gave the same table again
+            return np.arange(len(self), dtype=np.int32)
         if self._rows_in is not None and self._rows_in[0]() is other:
             return self._rows_in[1]
         if len(self) == len(other) and np.array_equal(self.words, other.words):
@@ -391,6 +393,7 @@ class Snapshot:
     dump: DumpState | None = None
     rules_active: int = 0
     table: Table | None = field(default=None, repr=False, compare=False)
+    ends_every_s: float = 0.0             # the ends are read at most this often (Reader)
 
     def __post_init__(self) -> None:
         if self.table is None:
@@ -539,21 +542,44 @@ class SockhashMembers:
 
 class Reader:
     """Reads the maps again and again: keeps what makes the next read cheaper (the sockhash
-    walk, how many ends there were). walk_slice=None walks the sockhash whole every read."""
+    walk, how many ends there were). walk_slice=None walks the sockhash whole every read.
 
-    def __init__(self, walk_slice: int | None = 4096):
+    With a cpu_share, reading the ends (sock_proxy_map and the sockhash) is held to that share
+    of one CPU: the kernel walks a hash map at some 300 ns an entry (60 ms for 200,000 ends,
+    whether by batch or by bpf_iter), so past some 100,000 ends a console refreshing every
+    second reads them every second refresh, and the refreshes in between give the last table
+    again (Snapshot.ends_every_s says how often they are read). Settings, counters and the
+    dump state are read on every refresh all the same.
+    """
+
+    def __init__(self, walk_slice: int | None = 4096, cpu_share: float | None = None):
         self._sockhash = SockhashMembers(walk_slice)
+        self._cpu_share = cpu_share
+        self._table: Table | None = None
+        self._every_s = 0.0        # the last read's cost over cpu_share
+        self._next_ns = 0          # CLOCK_MONOTONIC time from which the ends are read again
+
+    def _ends(self, inst: Instance, taken_ns: int, capacity: dict[str, int]) -> Table:
+        if self._table is not None and self._cpu_share and taken_ns < self._next_ns:
+            return self._table
+        cpu = time.thread_time()
+        keys, conns = read_entries(inst.maps["sock_proxy_map"], KEY, CONN,
+                                   capacity["sock_proxy_map"])
+        self._sockhash.walk(inst.maps["sock_ops_map"], taken_ns, capacity["sock_ops_map"])
+        table = Table(keys, conns, taken_ns)
+        table.in_sockhash = self._sockhash.held(table)
+        if self._cpu_share and self._table is not None:  # the first read walks the sockhash whole
+            self._every_s = (time.thread_time() - cpu) / self._cpu_share
+            self._next_ns = taken_ns + int(self._every_s * 1e9)
+        self._table = table
+        return table
 
     def read(self, inst: Instance) -> Snapshot:
         """One pass over the maps. Entries that change meanwhile are read as they are found."""
         taken_ns = _ktime_now_ns()
         names = ("sock_ops_map", "sock_proxy_map", "sock_helper_map")
         capacity = {n: inst.map_capacity(n) for n in names}
-        keys, conns = read_entries(inst.maps["sock_proxy_map"], KEY, CONN,
-                                   capacity["sock_proxy_map"])
-        self._sockhash.walk(inst.maps["sock_ops_map"], taken_ns, capacity["sock_ops_map"])
-        table = Table(keys, conns, taken_ns)
-        table.in_sockhash = self._sockhash.held(table)
+        table = self._ends(inst, taken_ns, capacity)
         helper_keys, _ = read_entries(inst.maps["sock_helper_map"], KEY, PENDING_ENTRY,
                                       capacity["sock_helper_map"])
         counts = {"sock_ops_map": self._sockhash.count, "sock_proxy_map": len(table),
@@ -573,6 +599,7 @@ class Reader:
             stats=inst.stats(),
             dump=_dump_state(inst.control()),
             rules_active=rules.count if rules else 0,
+            ends_every_s=self._every_s,
         )
 
 

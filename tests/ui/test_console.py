@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from textual.widgets import Button, DataTable, Input, RichLog, TabbedContent
 
+from mdatui.core.console import Frame
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.screens.help import HelpScreen
 from mdatui.ui.screens.not_running import NotRunningScreen
 from mdatui.ui.screens.prompt import PromptScreen
 from mdatui.ui.screens.rule_form import RuleFormScreen
 from mdatui.ui.widgets.sortable_table import SortableTable
+from mdatui.ui.widgets.status_bar import status_line
 
-from .fake import FakeBackend, wait_frames
+from .fake import ENABLED_AT, FakeBackend, snapshot, wait_frames
 from .fake import shown as text
 
 SIZE = (100, 30)
@@ -40,6 +44,15 @@ async def test_status_line_shows_state_and_rates():
         line = text(pilot.app.screen.query_one("StatusBar"))
         assert "/sys/fs/cgroup/mesh" in line and "up 1m40s" in line
         assert "2 pairs" in line and "500 msg/s" in line and "1.5Mi/s" in line
+
+
+def test_status_line_says_when_the_ends_are_read_less_often_than_every_refresh():
+    snap = snapshot(1)
+    frame = Frame.next(None, snap, ENABLED_AT + 100)
+    assert "ends every" not in status_line(frame, 1.0, 0).plain
+    held = Frame.next(frame, replace(snap, ends_every_s=1.4), ENABLED_AT + 101)
+    assert "⟳ 1s, ends every 2s" in status_line(held, 1.0, 0).plain
+    assert "ends every" not in status_line(held, 2.0, 0).plain
 
 
 async def test_number_keys_switch_tabs_and_question_mark_opens_help():

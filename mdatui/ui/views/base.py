@@ -15,6 +15,9 @@ class View(Vertical):
     """A tab's content. show_frame runs on the UI thread."""
 
     MAIN = "DataTable"  # selector of the widget that gets the focus when the tab opens
+    # True: show_frame shows only the ends (the table, their rates and processes), so a frame
+    # that brings the same table again (core.snapshot.Reader) changes nothing on the screen.
+    ENDS_ONLY = False
 
     def on_mount(self) -> None:
         self._latest: Frame | None = None
@@ -26,6 +29,9 @@ class View(Vertical):
 
     def _frame_changed(self, frame: Frame | None) -> None:
         if frame is None or not frame.snapshot.enabled:
+            return
+        if (self.ENDS_ONLY and self._latest is not None
+                and frame.snapshot.table is self._latest.snapshot.table):
             return
         self._latest = frame
         self.record_frame(frame)

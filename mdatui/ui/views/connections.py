@@ -177,6 +177,7 @@ class ConnectionsView(View):
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter", key_display="/"),
     ]
+    ENDS_ONLY = True
 
     def compose(self) -> ComposeResult:
         yield FilterInput("conn-table", id="conn-filter")

@@ -143,6 +143,7 @@ COLUMNS: list[Column[PairRow]] = [
 
 class PairsView(View):
     BINDINGS = [Binding("slash", "focus_filter", "Filter", key_display="/")]
+    ENDS_ONLY = True
 
     def compose(self) -> ComposeResult:
         yield FilterInput("pairs-table", id="pairs-filter")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -36,10 +38,16 @@ def status_line(frame: Frame | None, interval: float, events_lost: int) -> Text:
         (f"{fmt.count(frame.total.msgs_per_s)} msg/s", "bold"), "  ",
         (fmt.rate(frame.total.bytes_per_s), "bold"), sep,
         ("dump ON" if dump and dump.on else "dump off", "bold yellow" if dump and dump.on else "dim"),
-        sep, (f"⟳ {interval:g}s", "dim"),
+        sep, (f"⟳ {interval:g}s" + _ends_every(snap.ends_every_s, interval), "dim"),
         no_wrap=True, overflow="ellipsis",
     )
     lost = snap.stats.get("dump_lost", 0) + events_lost
     if lost:
         line.append_text(Text.assemble(sep, (f"{lost} lost", "bold red")))
     return line
+
+
+def _ends_every(every_s: float, interval: float) -> str:
+    """How often the ends are read, where that is less often than every refresh."""
+    refreshes = math.ceil(every_s / interval - 1e-9) if interval > 0 else 1
+    return f", ends every {refreshes * interval:g}s" if refreshes > 1 else ""

@@ -523,6 +523,7 @@ class SockhashMembers:
             self._members = np.sort(_hash(_words(self._buf[:self._walked])))
             self._members_since, self._walk_began = self._walk_began, None
             self.count = self._walked
+            self._buf = np.empty(0, KEY)  # the hashes are all it needs until the next walk
         elif self._walked >= capacity:
             self._walk_began = None  # it restarted (its last key deleted) until full: anew
 

@@ -170,6 +170,11 @@ def shown(widget) -> str:
     return console.file.getvalue()
 
 
+def screen_lines(app) -> list[str]:
+    """What the terminal shows now, line by line, as plain text."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
 async def wait_frames(pilot, n: int, timeout: float = 10.0) -> None:
     """Wait until the app has shown n frames, and for what they caused to settle."""
     deadline = time.monotonic() + timeout

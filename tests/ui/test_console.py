@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from textual.geometry import Region
 from textual.widgets import Button, DataTable, Input, RichLog, TabbedContent
 
 from mdatui.ui.app import MdaConsole
@@ -12,7 +13,7 @@ from mdatui.ui.screens.prompt import PromptScreen
 from mdatui.ui.screens.rule_form import RuleFormScreen
 from mdatui.ui.widgets.sortable_table import SortableTable
 
-from .fake import FakeBackend, wait_frames
+from .fake import FakeBackend, screen_lines, wait_frames
 from .fake import shown as text
 
 SIZE = (100, 30)
@@ -330,7 +331,7 @@ async def test_without_root_it_explains_and_offers_only_quit(backend, says):
     assert pilot.app.return_code == 0
 
 
-@pytest.mark.parametrize("size, beside", [((80, 24), False), ((200, 50), True)])
+@pytest.mark.parametrize("size, beside", [((80, 24), False), ((160, 40), False), ((200, 50), True)])
 async def test_layout_uses_the_room_it_has(size, beside):
     async with console().run_test(size=size) as pilot:
         await two_frames(pilot)
@@ -340,6 +341,25 @@ async def test_layout_uses_the_room_it_has(size, beside):
         assert pane.height >= 9 and table.height >= 5
         assert (pane.x > table.x) is beside
         assert pane.bottom <= size[1] - 1  # above the footer
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 40), (200, 50)])
+async def test_connection_counters_are_in_view_and_clear_of_the_detail_pane(size):
+    async with console().run_test(size=size) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        pane = pilot.app.screen.query_one("#conn-detail").region
+        seen = table.scrollable_content_region  # on screen, less the scrollbars
+        lines = screen_lines(pilot.app)
+        x = seen.x - round(table.scroll_x)
+        for column in table.ordered_columns:
+            header = Region(x, seen.y, column.get_render_width(table), 1)
+            x += header.width
+            if column.key.value in ("msgs", "bytes", "rate"):
+                assert seen.contains_region(header) and not header.overlaps(pane), column.key
+                label = column.label.plain.split()[0]
+                assert label in lines[header.y][header.x:header.right], (label, lines[header.y])
 
 
 async def test_disable_behind_its_back_shows_the_offer_and_enable_brings_it_back():

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import abi, bpfsys
 from .instance import Instance
+from .pairing import PairTable
 
 KEY = np.dtype(abi.SockKey)
 CONN = np.dtype(abi.Conn)
@@ -407,8 +408,15 @@ class Snapshot:
         return self.stats.get("closed_bytes", 0) + int(self.table.bytes.sum())
 
     @cached_property
+    def pairing(self) -> PairTable:
+        """Kept here, not on the table: a table holding its pairs would be a reference cycle,
+        and tables are large."""
+        return PairTable.of(self.table)
+
+    @cached_property
     def pairs(self) -> int:
-        return int(np.count_nonzero(self.table.state == ACCELERATED)) // 2
+        """Connections whose two ends redirect to each other (pairing's "ok")."""
+        return self.pairing.accelerated
 
     def to_json(self, connections: bool = False) -> dict:
         out = {

@@ -145,10 +145,24 @@ async def test_pairs_put_broken_pairs_first():
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
         healths = [table.get_row_at(i)[2].plain for i in range(table.row_count)]
-        assert healths == ["one-sided", "pending", "ok", "ok", "ok"]
-        assert "1 one-sided or stale" in text(pilot.app.screen.query_one("#pairs-summary"))
-        row = table.get_row_at(2)
+        assert healths == ["one-sided", "pending", "normal", "ok", "ok"]
+        assert text(pilot.app.screen.query_one("#pairs-summary")).endswith("1 broken")
+        row = table.get_row_at(3)
         assert "→" in row[1]  # a complete pair shows its peer, both directions counted
+
+
+async def test_a_pair_on_the_normal_path_is_not_an_accelerated_one_anywhere():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("3")
+        table = pilot.app.screen.query_one("#pairs-table", SortableTable)
+        taken_off = table.get_row_at(keys(table).index("198.18.0.1:45000>198.18.0.2:9090@0"))
+        assert (taken_off[2].plain, taken_off[3].plain) == ("normal", "normal")  # health, state
+        summary = text(pilot.app.screen.query_one("#pairs-summary"))
+        assert summary.startswith("5 pairs: 2 ok (accelerated), 1 on the normal path, 1 pending")
+        assert "│ 2 pairs │" in text(pilot.app.screen.query_one("StatusBar"))
+        await pilot.press("1")
+        assert "2 accelerated of 5" in text(pilot.app.screen.query_one("#ov-rates"))
 
 
 async def test_dump_start_pause_stop_and_save_pcap(tmp_path):

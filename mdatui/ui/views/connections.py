@@ -13,7 +13,8 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from ...core.abi import UNKNOWN_ID
-from ...core.console import Frame, pair_rows_of
+from ...core.console import Frame
+from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt

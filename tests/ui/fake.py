@@ -79,7 +79,7 @@ def snapshot(step: int) -> Snapshot:
               "sock_proxy_map": {"entries": len(conns), "capacity": 262144},
               "sock_helper_map": {"entries": 1, "capacity": 262144}},
         connections=conns,
-        stats={"accelerated": 40, "refused": 3, "tainted": 1, "redirect_failed": 0,
+        stats={"accelerated": 40, "refused": 3, "demoted": 2, "tainted": 1, "redirect_failed": 0,
                "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0},
         dump=DumpState(False, None, None, 128), rules_active=3)
 
@@ -107,6 +107,9 @@ def event_batch() -> list[events.Event]:
         events.RedirectFailed(ts + 3_000_000, end("198.18.0.1:45000", "198.18.0.2:9090"),
                               end("198.18.0.2:9090", "198.18.0.1:45000"), Owner(2001, 0, 0),
                               msgs=10, bytes=4096, passed=1),
+        events.Demoted(ts + 4_000_000, end("127.0.0.1:41000", "127.0.0.1:9080", LO_NS),
+                       end("127.0.0.1:9080", "127.0.0.1:41000", LO_NS), Owner(2001, 0, 0),
+                       msgs=64, bytes=4096, passed=0),
     ]
 
 

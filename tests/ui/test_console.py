@@ -307,7 +307,27 @@ async def test_events_are_listed_as_they_arrive():
         lines = [line.text for line in log.lines]
         assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
         assert any("refused" in l and "by rule 2" in l for l in lines)
-        assert "1 redirect failed" in text(pilot.app.screen.query_one("#events-summary"))
+        assert any("demoted" in l and "handed back to the stack" in l for l in lines)
+
+
+async def test_event_summary_has_the_kernel_totals_since_enable_over_what_the_log_saw():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("6")
+        log = pilot.app.screen.query_one("#events-log", RichLog)
+        for _ in range(100):
+            if len(log.lines) >= 5:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+        header, kernel, seen = text(pilot.app.screen.query_one("#events-summary")).splitlines()
+        assert header.split() == ["accelerated", "refused", "demoted", "redirect", "failed", "closed"]
+        # The fake kernel's mda_stats; it keeps no count of closed ends.
+        assert kernel.split() == ["since", "enable", "40", "3", "2", "0", "—"]
+        assert seen.split() == ["in", "this", "log", "1", "1", "1", "1", "1"]
+        await pilot.press("c")
+        assert text(pilot.app.screen.query_one("#events-summary")).splitlines()[1:] == [
+            kernel, seen.replace("1", "0")]
 
 
 async def test_not_running_offers_enable_and_then_shows_the_console():

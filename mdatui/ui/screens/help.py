@@ -27,7 +27,8 @@ ABOUT = """\
                  ip/port filter, snaplen, pause to scroll back, hex view, save as pcap
   [b]5 Rules[/b]        the chain rules: edit, see which open connections a change takes off
                  the fast path, apply live, save to the file, revert to it
-  [b]6 Events[/b]       connections accelerated, refused, closed, and what the console did
+  [b]6 Events[/b]       connections accelerated, refused, demoted, closed, and what the console
+                 did; counted since the log opened and, by the kernel, since enable
 [b]Refresh[/b]  + and - change how often the maps are read; ctrl+r reads them now"""
 
 

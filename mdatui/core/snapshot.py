@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import abi, bpfsys
+from . import abi, bpfsys, rules
 from .instance import Instance
 from .pairing import PairTable
 
@@ -390,7 +390,7 @@ class Snapshot:
     connections: Sequence[Connection] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     dump: DumpState | None = None
-    rules_active: int = 0
+    active_rules: list[rules.Rule] = field(default_factory=list)  # the live set, read back
     table: Table | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -406,6 +406,10 @@ class Snapshot:
     @cached_property
     def redirected_bytes(self) -> int:
         return self.stats.get("closed_bytes", 0) + int(self.table.bytes.sum())
+
+    @property
+    def rules_active(self) -> int:
+        return len(self.active_rules)
 
     @cached_property
     def pairing(self) -> PairTable:
@@ -567,7 +571,7 @@ class Reader:
         counts = {"sock_ops_map": self._sockhash.count, "sock_proxy_map": len(table),
                   "sock_helper_map": len(helper_keys)}
         meta = inst.meta
-        rules = inst.active_rules()
+        ruleset = inst.active_rules()
         return Snapshot(
             taken_at=taken_ns / 1e9,
             enabled=True,
@@ -580,7 +584,7 @@ class Reader:
             table=table,
             stats=inst.stats(),
             dump=_dump_state(inst.control()),
-            rules_active=rules.count if rules else 0,
+            active_rules=rules.from_ruleset(ruleset) if ruleset else [],
         )
 
 

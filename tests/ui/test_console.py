@@ -13,7 +13,7 @@ from mdatui.ui.screens.prompt import PromptScreen
 from mdatui.ui.screens.rule_form import RuleFormScreen
 from mdatui.ui.widgets.sortable_table import SortableTable
 
-from .fake import FakeBackend, screen_lines, wait_frames
+from .fake import RULES_TEXT, FakeBackend, screen_lines, wait_frames
 from .fake import shown as text
 
 SIZE = (100, 30)
@@ -235,7 +235,7 @@ async def test_rule_editor_bad_cidr_shows_the_parser_error_and_applies_nothing()
         await pilot.press("A")                    # applying now applies the unchanged table
         view = pilot.app.screen.query_one("#rules-view")
         assert len(view.edited.rules) == 3
-        assert all(rules == view.applied for rules in backend.applied)
+        assert all(rules == view.edited.rules for rules in backend.applied)
         assert backend.saved == []
 
 
@@ -267,8 +267,14 @@ async def test_rule_add_preview_apply_save_revert():
                 break
             await pilot.pause(0.02)
         assert [str(r) for r in backend.applied[-1]][-1] == "chain --port 15006 -j RETURN"
-        await pilot.pause()
-        assert "edited, not saved" in text(view.query_one("#rules-status"))
+        status = view.query_one("#rules-status")
+        for _ in range(100):  # until the kernel's rules are read back
+            if "edited, not saved" in text(status):
+                break
+            await pilot.pause(0.02)
+        assert ("in kernel: differs: it runs 1 rule the file has not, from rule 3: chain --port "
+                "15006 -j RETURN  ·  edited, not saved") in text(status)
+        assert "nothing to apply" in text(view.query_one("#rules-preview"))
         await pilot.press("S")
         assert backend.saved[-1][1].endswith("chain --port 15006 -j RETURN\n")
         assert backend.saved[-1][1].startswith("# accelerate the mesh")  # comments kept
@@ -276,6 +282,32 @@ async def test_rule_add_preview_apply_save_revert():
         assert len(view.edited.rules) == 3
         await pilot.press("R")                                             # back to the file
         assert len(view.edited.rules) == 4
+
+
+@pytest.mark.parametrize("file, kernel, says", [
+    (RULES_TEXT, RULES_TEXT, "in kernel: same as file"),
+    # Names survive in the file only: the kernel has the numbers they stand for.
+    (RULES_TEXT + "chain --uid-owner root --gid-owner root -p 80-89 -j RETURN\n",
+     RULES_TEXT + "chain -u 0 -g 0 -p 80-89 -j RETURN\n", "in kernel: same as file"),
+    (RULES_TEXT, RULES_TEXT.replace("9090", "9091"),
+     "in kernel: differs: rule 2 is chain --port 9091 -j RETURN there, chain --port 9090 -j RETURN "
+     "in the file"),
+    (RULES_TEXT, "chain --ip 198.18.0.0/15 -j ACCEPT\n",
+     "in kernel: differs: it lacks the file's 2 rules from rule 1: chain --ip 127.0.0.0/8 -j ACCEPT"),
+])
+async def test_rules_status_says_whether_the_kernel_runs_the_file(file, kernel, says):
+    backend = FakeBackend(kernel_rules=kernel)
+    backend.file_text = file
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("5")
+        view = pilot.app.screen.query_one("#rules-view")
+        status = text(view.query_one("#rules-status"))
+        assert says in status
+        # The table is the file's: it is applied exactly when the kernel runs the file.
+        same = says.endswith("same as file")
+        assert ("not applied" in status) is not same
+        assert ("nothing to apply" in text(view.query_one("#rules-preview"))) is same
 
 
 async def test_rule_edit_and_move():

@@ -13,8 +13,8 @@ from dataclasses import replace
 import numpy as np
 
 from mdatui.core import abi, apply, rules, snapshot
-from mdatui.core.console import (HEALTH, Attribution, ConnectionPairs, Frame, PairTable,
-                                 pair_rows_of, preview)
+from mdatui.core.console import Attribution, ConnectionPairs, Frame, preview
+from mdatui.core.pairing import HEALTH, PairTable, pair_rows_of
 from mdatui.core.procs import ProcessInfo
 from mdatui.core.snapshot import (ACCELERATED, NORMAL, Connection, Endpoint, Owner, Snapshot,
                                   Table)
@@ -66,7 +66,7 @@ def reference_pairs(conns: list[Connection]) -> set[tuple]:
         elif peer is None:
             health = "one-sided"
         elif peer.peer == c.end and c.in_sockhash and peer.in_sockhash:
-            health = "ok"
+            health = "normal" if "normal" in (c.state, peer.state) else "ok"
         else:
             health = "stale"
         if peer is not None and peer.peer == c.end:
@@ -103,6 +103,18 @@ def test_pairs_and_their_health_are_what_objects_made_of_them():
     for row in range(0, len(table), 7):
         assert pair_rows_of(fresh, row) == pair_of[row]
     assert "peer_row" not in fresh.__dict__
+
+
+def test_accelerated_pairs_are_the_ok_pairs_and_one_end_on_the_stack_is_enough_for_normal():
+    a, b = Endpoint("198.19.0.1:1000", "198.19.0.2:80"), Endpoint("198.19.0.2:80", "198.19.0.1:1000")
+    owner = Owner(None, None, None)
+    half = [Connection(a, b, "normal", 0, 0, 3, 1.0, owner, True, True),
+            Connection(b, a, "accelerated", 5, 500, 0, 1.0, owner, True, False)]
+    conns = mesh(2000, 4) + half
+    snap = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", connections=conns)
+    assert snap.pairs == sum(health == "ok" for *_, health in reference_pairs(conns))
+    assert (a, b, "normal") in reference_pairs(conns)
+    assert pair_rows_of(snap.table, snap.table.row_of(b))[2] == "normal"
 
 
 def test_rates_follow_each_end_across_reads_that_add_and_drop_ends():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import grp
 import ipaddress
@@ -299,6 +300,57 @@ def test_to_ruleset_empty_and_too_many():
         R.to_ruleset([ACCEPT_ALL] * (abi.MAX_RULES + 1))
 
 
+def by_number(rule: Rule) -> Rule:
+    """A rule as the kernel keeps it: users and groups without their names."""
+    return dataclasses.replace(rule, uid=rule.uid and NamedId(rule.uid.id),
+                               gid=rule.gid and NamedId(rule.gid.id))
+
+
+@pytest.mark.parametrize("text", [
+    "chain -j ACCEPT",
+    "chain -j RETURN",
+    "chain --ip 0.0.0.0/0 -j RETURN",
+    "chain --ip 10.1.2.3 -j ACCEPT",
+    "chain --ip 192.168.1.0/24 --uid-owner 1337 --j ACCEPT",
+    "chain --port 15006 -j RETURN",
+    "chain --port 80-90 -j ACCEPT",
+    "chain --port 1-65535 --gid-owner 4294967294 -j RETURN",
+    "chain -i 10.0.0.0/8 -p 8000-8999 -u 0 -g 7 -j return",
+])
+def test_from_ruleset_gives_back_each_kind_of_rule(text):
+    rule = R.parse_rule(text)
+    assert R.from_ruleset(R.to_ruleset([rule])) == [rule]
+
+
+def test_from_ruleset_gives_back_names_as_numbers(fake_accounts):
+    rules = R.parse(SEED + "chain --uid-owner istio-proxy --gid-owner mesh -p 80-89 -j RETURN\n").rules
+    assert R.from_ruleset(R.to_ruleset(rules)) == [
+        Rule(Target.ACCEPT, net=net("192.168.1.0/24"), uid=NamedId(1337)),
+        Rule(Target.RETURN, ports=(15006, 15006)),
+        Rule(Target.RETURN, ports=(80, 89), uid=NamedId(1337), gid=NamedId(2000)),
+    ]
+    assert R.from_ruleset(R.to_ruleset([])) == []
+
+
+SAME = R.parse(SEED).rules
+
+
+@pytest.mark.parametrize("kernel, wanted, at", [
+    (SAME, SAME, None),
+    ([], [], None),
+    (SAME, [by_number(r) for r in SAME], None),
+    ([R.parse_rule("chain -u 0 -j RETURN")], [R.parse_rule(f"chain -u {ROOT_USER} -j RETURN")], None),
+    (SAME, SAME[::-1], 0),                                      # order matters
+    (SAME, [SAME[0], R.parse_rule("chain --port 15007 -j RETURN")], 1),
+    (SAME, [SAME[0], R.parse_rule("chain --port 15006 -j ACCEPT")], 1),
+    (SAME + [ACCEPT_ALL], SAME, 2),                             # the kernel runs one more
+    (SAME[:1], SAME, 1),                                        # the kernel lacks one
+    ([], SAME, 0),
+])
+def test_first_difference_compares_what_the_kernel_sees(kernel, wanted, at):
+    assert R.first_difference(R.from_ruleset(R.to_ruleset(kernel)), wanted) == at
+
+
 # ---------------------------------------------------------------- document edits
 
 DOC = """\
@@ -525,6 +577,13 @@ def test_formatting_then_parsing_gives_the_same_rules(rules):
         doc.add(rule)
     assert R.parse(doc.text()).rules == rules
     assert [R.parse_rule(R.format_rule(rule)) for rule in rules] == rules
+
+
+@given(st.lists(RULES, max_size=abi.MAX_RULES))
+def test_to_ruleset_then_back_gives_the_rules_by_number(rules):
+    back = R.from_ruleset(R.to_ruleset(rules))
+    assert back == [by_number(rule) for rule in rules]
+    assert R.first_difference(back, rules) is None
 
 
 TOKENS = st.sampled_from(["chain", "--ip", "-i", "--port", "-p", "--ports", "-u", "--uid-owner", "-g",

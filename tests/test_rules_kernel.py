@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 import time
@@ -53,6 +54,9 @@ def accelerated(lab, accel, ns: str, to: str, *extra: str, **ids) -> bool:
 def test_seed_example_accelerates_only_what_its_comment_says(lab, accel, pods):
     a, _ = pods
     load(accel, SEED)
+    assert snapshot.read(accel).active_rules == [  # read back from the kernel's live set
+        rules.Rule(rules.Target.ACCEPT, ipaddress.IPv4Network("198.18.1.0/24"), uid=rules.NamedId(1337)),
+        rules.Rule(rules.Target.RETURN, ports=(15006, 15006))]
     assert accelerated(lab, accel, a, "198.18.1.2:7000", uid=1337)
     assert not accelerated(lab, accel, a, "198.18.1.2:15006", uid=1337)        # server end
     assert not accelerated(lab, accel, a, "198.18.1.2:7000", "--source-port", "15006",

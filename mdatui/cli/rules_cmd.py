@@ -68,7 +68,8 @@ def cmd_list(a) -> int:
         config = _load(path)
         in_kernel = None
         if inst is not None:
-            in_kernel = bytes(inst.active_rules()) == bytes(rules.to_ruleset(config.rules))
+            running = rules.from_ruleset(inst.active_rules())
+            in_kernel = rules.first_difference(running, config.rules) is None
     finally:
         if inst:
             inst.close()

@@ -18,7 +18,6 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -28,10 +27,11 @@ from . import abi, apply, loader, rules, snapshot, system
 from .dump import DumpRecord, DumpSession
 from .events import Event, EventStream
 from .instance import Instance, NotEnabled
+from .pairing import PairTable
 from .pcap import PcapWriter
 from .perfbuf import ReaderBusy
 from .procs import CACHE_SECONDS, ProcessInfo, Processes
-from .snapshot import Connection, Endpoint, Rates, Snapshot, Table
+from .snapshot import Endpoint, Rates, Snapshot, Table
 
 
 class Unavailable(Exception):
@@ -76,88 +76,6 @@ class Attribution:
 
 
 @dataclass(frozen=True)
-class Pair:
-    """Two ends that point at each other, or an end whose other half is missing or wrong.
-
-    `a` is the connecting end when the pair has one. health: "ok"; "pending" (the connecting
-    end waits for its peer); "one-sided" (the peer's entry is gone from the map); "stale" (the
-    peer points elsewhere, or an end has left the sockhash).
-    """
-
-    a: Connection
-    b: Connection | None
-    health: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.a.end.local}>{self.a.end.remote}@{self.a.end.netns}"
-
-    @property
-    def ends(self) -> tuple[Connection, ...]:
-        return (self.a,) if self.b is None else (self.a, self.b)
-
-
-HEALTH = ("ok", "pending", "one-sided", "stale")
-OK, PENDING, ONE_SIDED, STALE = range(len(HEALTH))
-
-
-def _pair_rows(table: Table, rows: np.ndarray, peers: np.ndarray, back: np.ndarray):
-    """The pair each of rows is in, given each row's peer row and that one's peer row (-1:
-    none): its ends a and b (-1: none), its HEALTH, and whether the row is its pair's b."""
-    mutual = (peers >= 0) & (back == rows)
-    # A complete pair is told from its connecting end; failing that, from its earlier row.
-    def rank(r: np.ndarray) -> np.ndarray:
-        return (~table.active[r]).astype(np.int64) * len(table) + r
-    second = mutual & (rank(peers.clip(min=0)) < rank(rows))
-    a, b = np.where(second, peers, rows), np.where(second, rows, peers)
-    held = table.in_sockhash
-    health = np.select(
-        [table.conns["paired"][a] == 0, b < 0, mutual & held[a] & held[b.clip(min=0)]],
-        [PENDING, ONE_SIDED, OK], STALE).astype(np.uint8)
-    return a, b, health, second
-
-
-@dataclass(frozen=True)
-class PairTable:
-    """Every connection once, its two ends together: pair k is rows a[k] and b[k] (-1: none)
-    of the table, in state HEALTH[health[k]]."""
-
-    table: Table
-    a: np.ndarray
-    b: np.ndarray
-    health: np.ndarray
-
-    @classmethod
-    def of(cls, table: Table) -> "PairTable":
-        rows = np.arange(len(table))
-        peers = table.peer_row
-        back = np.where(peers >= 0, peers[peers.clip(min=0)], -1)
-        a, b, health, second = _pair_rows(table, rows, peers, back)
-        keep = ~second
-        return cls(table, a[keep], b[keep], health[keep])
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def pair(self, k: int) -> Pair:
-        b = int(self.b[k])
-        return Pair(self.table.connection(int(self.a[k])),
-                    self.table.connection(b) if b >= 0 else None, HEALTH[self.health[k]])
-
-    def counts(self) -> dict[str, int]:
-        return dict(zip(HEALTH, np.bincount(self.health, minlength=len(HEALTH)).tolist()))
-
-
-def pair_rows_of(table: Table, row: int) -> tuple[int, int, str]:
-    """The pair a row is in, without pairing every row: its rows a and b (-1: none), its health."""
-    rows = np.array([row])
-    peers = table.peer_rows(rows)
-    back = table.peer_rows(peers) if peers[0] >= 0 else np.array([-1])
-    a, b, health, _ = _pair_rows(table, rows, peers, back)
-    return int(a[0]), int(b[0]), HEALTH[health[0]]
-
-
-@dataclass(frozen=True)
 class Frame:
     """One refresh: a snapshot, the rates since the previous one, who owns each end. Per-end
     data are arrays over the rows of snapshot.table."""
@@ -171,25 +89,26 @@ class Frame:
     # The snapshot the table was read in: rates count from there, as its counters (closed
     # connections' among them) were read together with that table.
     read_in: Snapshot | None = None
+    # Paired here, on the thread that reads the maps: the status line shows how many pairs are
+    # accelerated every frame, and pairing a few hundred thousand ends takes tens of ms.
+    pairs: PairTable = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.processes is None:
             object.__setattr__(self, "processes", Attribution(self.snapshot.table))
         if self.read_in is None:
             object.__setattr__(self, "read_in", self.snapshot)
+        object.__setattr__(self, "pairs", self.snapshot.pairing)
 
     @classmethod
     def next(cls, prev: "Frame | None", snap: Snapshot, now: float,
              processes: Attribution | Mapping[Endpoint, ProcessInfo] | None = None) -> "Frame":
         if not isinstance(processes, Attribution):
             processes = Attribution.of(snap.table, processes or {})
-        if snap.enabled:
-            # Found here, on the poll worker: the Pairs tab asks for every row's peer on the
-            # UI thread, where 200,000 of them took a key press 35 ms.
-            snap.table.peer_row
         if prev is None or not prev.snapshot.enabled or not snap.enabled:
             return cls(snap, now, processes=processes)
         if snap.table is prev.snapshot.table:  # the ends were not read again (Reader)
+            snap.__dict__.setdefault("pairing", prev.pairs)  # Snapshot.pairing: they pair alike
             return cls(snap, now, prev.total, prev.msgs_rate, prev.bytes_rate, processes,
                        prev.read_in)
         total, msgs_rate, bytes_rate = snapshot.rates(prev.read_in, snap)
@@ -206,10 +125,6 @@ class Frame:
 
     def rate(self, end: Endpoint) -> Rates:
         return self.row_rate(self.snapshot.table.row_of(end))
-
-    @cached_property
-    def pairs(self) -> PairTable:
-        return PairTable.of(self.snapshot.table)
 
 
 @dataclass(frozen=True)

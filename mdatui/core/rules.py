@@ -150,6 +150,33 @@ def to_ruleset(rules: Sequence[Rule]) -> abi.RuleSet:
     return rs
 
 
+def from_ruleset(rs: abi.RuleSet) -> list[Rule]:
+    """The rules of a kernel rule set: to_ruleset's inverse, but that users and groups come back
+    as numbers (the kernel keeps no names)."""
+    out = []
+    for slot in rs.rules[:rs.count]:
+        flags = slot.flags
+        out.append(Rule(
+            Target.RETURN if flags & abi.RULE_RETURN else Target.ACCEPT,
+            net=ipaddress.IPv4Network((abi.ip_str(slot.ip), abi.ip_str(slot.mask)))
+            if flags & abi.RULE_IP else None,
+            ports=(slot.port_lo, slot.port_hi) if flags & abi.RULE_PORT else None,
+            uid=NamedId(slot.uid) if flags & abi.RULE_UID else None,
+            gid=NamedId(slot.gid) if flags & abi.RULE_GID else None))
+    return out
+
+
+def first_difference(kernel: Sequence[Rule], wanted: Sequence[Rule]) -> int | None:
+    """Where the rules a kernel runs (from_ruleset) and wanted ones first differ, compared as the
+    kernel sees them (users and groups by number): the index of the first rule that differs, or
+    of the first that only one of them has; None when they are the same."""
+    wanted = from_ruleset(to_ruleset(wanted))
+    for i, (k, w) in enumerate(zip(kernel, wanted)):
+        if k != w:
+            return i
+    return None if len(kernel) == len(wanted) else min(len(kernel), len(wanted))
+
+
 # ---------------------------------------------------------------- one rule: text <-> Rule
 
 def format_rule(rule: Rule) -> str:

@@ -20,8 +20,9 @@ from functools import cached_property
 
 import numpy as np
 
-from . import abi, bpfsys
+from . import abi, bpfsys, rules
 from .instance import Instance
+from .pairing import PairTable
 
 KEY = np.dtype(abi.SockKey)
 CONN = np.dtype(abi.Conn)
@@ -391,7 +392,7 @@ class Snapshot:
     connections: Sequence[Connection] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     dump: DumpState | None = None
-    rules_active: int = 0
+    active_rules: list[rules.Rule] = field(default_factory=list)  # the live set, read back
     table: Table | None = field(default=None, repr=False, compare=False)
     ends_every_s: float = 0.0             # the ends are read at most this often (Reader)
 
@@ -409,9 +410,20 @@ class Snapshot:
     def redirected_bytes(self) -> int:
         return self.stats.get("closed_bytes", 0) + int(self.table.bytes.sum())
 
+    @property
+    def rules_active(self) -> int:
+        return len(self.active_rules)
+
+    @cached_property
+    def pairing(self) -> PairTable:
+        """Kept here, not on the table: a table holding its pairs would be a reference cycle,
+        and tables are large."""
+        return PairTable.of(self.table)
+
     @cached_property
     def pairs(self) -> int:
-        return int(np.count_nonzero(self.table.state == ACCELERATED)) // 2
+        """Connections whose two ends redirect to each other (pairing's "ok")."""
+        return self.pairing.accelerated
 
     def to_json(self, connections: bool = False) -> dict:
         out = {
@@ -586,7 +598,7 @@ class Reader:
         counts = {"sock_ops_map": self._sockhash.count, "sock_proxy_map": len(table),
                   "sock_helper_map": len(helper_keys)}
         meta = inst.meta
-        rules = inst.active_rules()
+        ruleset = inst.active_rules()
         return Snapshot(
             taken_at=taken_ns / 1e9,
             enabled=True,
@@ -599,7 +611,7 @@ class Reader:
             table=table,
             stats=inst.stats(),
             dump=_dump_state(inst.control()),
-            rules_active=rules.count if rules else 0,
+            active_rules=rules.from_ruleset(ruleset) if ruleset else [],
             ends_every_s=self._every_s,
         )
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import replace
 
 from rich.console import Console
 from rich.text import Text
 
-from mdatui.core import apply, dump, events, rules
+from mdatui.core import abi, apply, dump, events, rules
 from mdatui.core.console import RulesDoc, Unavailable, preview
 from mdatui.core.procs import ProcessInfo
 from mdatui.core.snapshot import Connection, DumpState, Endpoint, Owner, Snapshot, disabled
@@ -69,7 +68,7 @@ def connections(step: int) -> list[Connection]:
     ]
 
 
-def snapshot(step: int) -> Snapshot:
+def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
     conns = connections(step)
     return Snapshot(
         taken_at=1000.0 + step, enabled=True, pin_dir="/sys/fs/bpf/mdatui",
@@ -79,9 +78,9 @@ def snapshot(step: int) -> Snapshot:
               "sock_proxy_map": {"entries": len(conns), "capacity": 262144},
               "sock_helper_map": {"entries": 1, "capacity": 262144}},
         connections=conns,
-        stats={"accelerated": 40, "refused": 3, "tainted": 1, "redirect_failed": 0,
+        stats={"accelerated": 40, "refused": 3, "demoted": 2, "tainted": 1, "redirect_failed": 0,
                "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0},
-        dump=DumpState(False, None, None, 128), rules_active=3)
+        dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset))
 
 
 PROCESSES = {
@@ -107,6 +106,9 @@ def event_batch() -> list[events.Event]:
         events.RedirectFailed(ts + 3_000_000, end("198.18.0.1:45000", "198.18.0.2:9090"),
                               end("198.18.0.2:9090", "198.18.0.1:45000"), Owner(2001, 0, 0),
                               msgs=10, bytes=4096, passed=1),
+        events.Demoted(ts + 4_000_000, end("127.0.0.1:41000", "127.0.0.1:9080", LO_NS),
+                       end("127.0.0.1:9080", "127.0.0.1:41000", LO_NS), Owner(2001, 0, 0),
+                       msgs=64, bytes=4096, passed=0),
     ]
 
 
@@ -170,6 +172,11 @@ def shown(widget) -> str:
     return console.file.getvalue()
 
 
+def screen_lines(app) -> list[str]:
+    """What the terminal shows now, line by line, as plain text."""
+    return [strip.text for strip in app.screen._compositor.render_strips()]
+
+
 async def wait_frames(pilot, n: int, timeout: float = 10.0) -> None:
     """Wait until the app has shown n frames, and for what they caused to settle."""
     deadline = time.monotonic() + timeout
@@ -181,10 +188,11 @@ async def wait_frames(pilot, n: int, timeout: float = 10.0) -> None:
 
 
 class FakeBackend:
-    """Snapshots advance one second per call (steady rates), then stay at `steps`."""
+    """Snapshots advance one second per call (steady rates), then stay at `steps`. The kernel
+    runs the file's rules unless given a rules text of its own."""
 
     def __init__(self, enabled: bool = True, steps: int = 1, problem: str | None = None,
-                 can_enable: bool = True):
+                 can_enable: bool = True, kernel_rules: str = RULES_TEXT):
         self.pin_dir = "/sys/fs/bpf/mdatui"
         self.enabled = enabled
         self.problem = problem
@@ -192,6 +200,7 @@ class FakeBackend:
         self._step = 0
         self._steps = steps
         self.file_text = RULES_TEXT
+        self.ruleset = rules.to_ruleset(rules.parse(kernel_rules).rules)  # sock_param_map's live set
         self.applied: list[list[rules.Rule]] = []
         self.saved: list[tuple[str, str]] = []
         self.dump_open = False
@@ -204,10 +213,8 @@ class FakeBackend:
             raise Unavailable(self.problem)
         if not self.enabled:
             return disabled(self.pin_dir)
-        snap = snapshot(self._step)
+        snap = snapshot(self._step, self.ruleset)
         self._step = min(self._step + 1, self._steps)
-        if self.applied:
-            snap = replace(snap, rules_active=len(self.applied[-1]))
         return snap
 
     def attribute(self, snap: Snapshot, now: float) -> dict[Endpoint, ProcessInfo]:
@@ -243,7 +250,8 @@ class FakeBackend:
 
     def apply_rules(self, config: rules.Config) -> apply.Applied:
         self.applied.append(config.rules)
-        taken_off = preview(snapshot(self._step), config.rules).taken_off
+        taken_off = preview(snapshot(self._step, self.ruleset), config.rules).taken_off
+        self.ruleset = rules.to_ruleset(config.rules)
         return apply.Applied(len(config.rules), taken_off, None)
 
     def save_rules(self, config: rules.Config, path: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from textual.geometry import Region
 from textual.widgets import Button, DataTable, Input, RichLog, TabbedContent
 
 from mdatui.core.console import Frame
@@ -16,7 +17,7 @@ from mdatui.ui.screens.rule_form import RuleFormScreen
 from mdatui.ui.widgets.sortable_table import SortableTable
 from mdatui.ui.widgets.status_bar import status_line
 
-from .fake import ENABLED_AT, FakeBackend, snapshot, wait_frames
+from .fake import ENABLED_AT, RULES_TEXT, FakeBackend, screen_lines, wait_frames
 from .fake import shown as text
 
 SIZE = (100, 30)
@@ -47,7 +48,7 @@ async def test_status_line_shows_state_and_rates():
 
 
 def test_status_line_says_when_the_ends_are_read_less_often_than_every_refresh():
-    snap = snapshot(1)
+    snap = FakeBackend().snapshot()
     frame = Frame.next(None, snap, ENABLED_AT + 100)
     assert "ends every" not in status_line(frame, 1.0, 0).plain
     held = Frame.next(frame, replace(snap, ends_every_s=1.4), ENABLED_AT + 101)
@@ -157,10 +158,24 @@ async def test_pairs_put_broken_pairs_first():
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
         healths = [table.get_row_at(i)[2].plain for i in range(table.row_count)]
-        assert healths == ["one-sided", "pending", "ok", "ok", "ok"]
-        assert "1 one-sided or stale" in text(pilot.app.screen.query_one("#pairs-summary"))
-        row = table.get_row_at(2)
+        assert healths == ["one-sided", "pending", "normal", "ok", "ok"]
+        assert text(pilot.app.screen.query_one("#pairs-summary")).endswith("1 broken")
+        row = table.get_row_at(3)
         assert "→" in row[1]  # a complete pair shows its peer, both directions counted
+
+
+async def test_a_pair_on_the_normal_path_is_not_an_accelerated_one_anywhere():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("3")
+        table = pilot.app.screen.query_one("#pairs-table", SortableTable)
+        taken_off = table.get_row_at(keys(table).index("198.18.0.1:45000>198.18.0.2:9090@0"))
+        assert (taken_off[2].plain, taken_off[3].plain) == ("normal", "normal")  # health, state
+        summary = text(pilot.app.screen.query_one("#pairs-summary"))
+        assert summary.startswith("5 pairs: 2 ok (accelerated), 1 on the normal path, 1 pending")
+        assert "│ 2 pairs │" in text(pilot.app.screen.query_one("StatusBar"))
+        await pilot.press("1")
+        assert "2 accelerated of 5" in text(pilot.app.screen.query_one("#ov-rates"))
 
 
 async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
@@ -233,7 +248,7 @@ async def test_rule_editor_bad_cidr_shows_the_parser_error_and_applies_nothing()
         await pilot.press("A")                    # applying now applies the unchanged table
         view = pilot.app.screen.query_one("#rules-view")
         assert len(view.edited.rules) == 3
-        assert all(rules == view.applied for rules in backend.applied)
+        assert all(rules == view.edited.rules for rules in backend.applied)
         assert backend.saved == []
 
 
@@ -265,8 +280,14 @@ async def test_rule_add_preview_apply_save_revert():
                 break
             await pilot.pause(0.02)
         assert [str(r) for r in backend.applied[-1]][-1] == "chain --port 15006 -j RETURN"
-        await pilot.pause()
-        assert "edited, not saved" in text(view.query_one("#rules-status"))
+        status = view.query_one("#rules-status")
+        for _ in range(100):  # until the kernel's rules are read back
+            if "edited, not saved" in text(status):
+                break
+            await pilot.pause(0.02)
+        assert ("in kernel: differs: it runs 1 rule the file has not, from rule 3: chain --port "
+                "15006 -j RETURN  ·  edited, not saved") in text(status)
+        assert "nothing to apply" in text(view.query_one("#rules-preview"))
         await pilot.press("S")
         assert backend.saved[-1][1].endswith("chain --port 15006 -j RETURN\n")
         assert backend.saved[-1][1].startswith("# accelerate the mesh")  # comments kept
@@ -274,6 +295,32 @@ async def test_rule_add_preview_apply_save_revert():
         assert len(view.edited.rules) == 3
         await pilot.press("R")                                             # back to the file
         assert len(view.edited.rules) == 4
+
+
+@pytest.mark.parametrize("file, kernel, says", [
+    (RULES_TEXT, RULES_TEXT, "in kernel: same as file"),
+    # Names survive in the file only: the kernel has the numbers they stand for.
+    (RULES_TEXT + "chain --uid-owner root --gid-owner root -p 80-89 -j RETURN\n",
+     RULES_TEXT + "chain -u 0 -g 0 -p 80-89 -j RETURN\n", "in kernel: same as file"),
+    (RULES_TEXT, RULES_TEXT.replace("9090", "9091"),
+     "in kernel: differs: rule 2 is chain --port 9091 -j RETURN there, chain --port 9090 -j RETURN "
+     "in the file"),
+    (RULES_TEXT, "chain --ip 198.18.0.0/15 -j ACCEPT\n",
+     "in kernel: differs: it lacks the file's 2 rules from rule 1: chain --ip 127.0.0.0/8 -j ACCEPT"),
+])
+async def test_rules_status_says_whether_the_kernel_runs_the_file(file, kernel, says):
+    backend = FakeBackend(kernel_rules=kernel)
+    backend.file_text = file
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("5")
+        view = pilot.app.screen.query_one("#rules-view")
+        status = text(view.query_one("#rules-status"))
+        assert says in status
+        # The table is the file's: it is applied exactly when the kernel runs the file.
+        same = says.endswith("same as file")
+        assert ("not applied" in status) is not same
+        assert ("nothing to apply" in text(view.query_one("#rules-preview"))) is same
 
 
 async def test_rule_edit_and_move():
@@ -305,7 +352,27 @@ async def test_events_are_listed_as_they_arrive():
         lines = [line.text for line in log.lines]
         assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
         assert any("refused" in l and "by rule 2" in l for l in lines)
-        assert "1 redirect failed" in text(pilot.app.screen.query_one("#events-summary"))
+        assert any("demoted" in l and "handed back to the stack" in l for l in lines)
+
+
+async def test_event_summary_has_the_kernel_totals_since_enable_over_what_the_log_saw():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("6")
+        log = pilot.app.screen.query_one("#events-log", RichLog)
+        for _ in range(100):
+            if len(log.lines) >= 5:
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+        header, kernel, seen = text(pilot.app.screen.query_one("#events-summary")).splitlines()
+        assert header.split() == ["accelerated", "refused", "demoted", "redirect", "failed", "closed"]
+        # The fake kernel's mda_stats; it keeps no count of closed ends.
+        assert kernel.split() == ["since", "enable", "40", "3", "2", "0", "—"]
+        assert seen.split() == ["in", "this", "log", "1", "1", "1", "1", "1"]
+        await pilot.press("c")
+        assert text(pilot.app.screen.query_one("#events-summary")).splitlines()[1:] == [
+            kernel, seen.replace("1", "0")]
 
 
 async def test_not_running_offers_enable_and_then_shows_the_console():
@@ -343,7 +410,7 @@ async def test_without_root_it_explains_and_offers_only_quit(backend, says):
     assert pilot.app.return_code == 0
 
 
-@pytest.mark.parametrize("size, beside", [((80, 24), False), ((200, 50), True)])
+@pytest.mark.parametrize("size, beside", [((80, 24), False), ((160, 40), False), ((200, 50), True)])
 async def test_layout_uses_the_room_it_has(size, beside):
     async with console().run_test(size=size) as pilot:
         await two_frames(pilot)
@@ -353,6 +420,25 @@ async def test_layout_uses_the_room_it_has(size, beside):
         assert pane.height >= 9 and table.height >= 5
         assert (pane.x > table.x) is beside
         assert pane.bottom <= size[1] - 1  # above the footer
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 40), (200, 50)])
+async def test_connection_counters_are_in_view_and_clear_of_the_detail_pane(size):
+    async with console().run_test(size=size) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        pane = pilot.app.screen.query_one("#conn-detail").region
+        seen = table.scrollable_content_region  # on screen, less the scrollbars
+        lines = screen_lines(pilot.app)
+        x = seen.x - round(table.scroll_x)
+        for column in table.ordered_columns:
+            header = Region(x, seen.y, column.get_render_width(table), 1)
+            x += header.width
+            if column.key.value in ("msgs", "bytes", "rate"):
+                assert seen.contains_region(header) and not header.overlaps(pane), column.key
+                label = column.label.plain.split()[0]
+                assert label in lines[header.y][header.x:header.right], (label, lines[header.y])
 
 
 async def test_disable_behind_its_back_shows_the_offer_and_enable_brings_it_back():

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mdatui.core import snapshot
+from mdatui.core import rules, snapshot
 from mdatui.core.console import LiveBackend
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.screens.not_running import NotRunningScreen
@@ -61,7 +61,12 @@ async def test_return_rule_applied_from_the_editor_takes_a_live_connection_off_t
         await until(pilot, lambda: "1 open connections leave the fast path"
                     in shown(view.query_one("#rules-preview")))
         await pilot.press("A")
-        await until(pilot, lambda: view.applied == view.edited.rules)
+        # Applied once the kernel's rule set, read back, is the table (the file is not saved).
+        status = view.query_one("#rules-status")
+        await until(pilot, lambda: "edited, not saved" in shown(status))
+        assert app.frame.snapshot.active_rules == [rules.Rule(rules.Target.RETURN, ports=(PORT, PORT))]
+        assert (f"in kernel: differs: it runs 1 rule the file has not, from rule 0: chain --port "
+                f"{PORT} -j RETURN") in shown(status)
 
     after = ends_to(accel, PORT)
     assert {c.state for c in after} == {"normal"}

@@ -21,12 +21,14 @@ ABOUT = """\
   [b]2 Connections[/b]  every accelerated end; / filters as you type, s sorts (S reverses),
                  a click on a column header sorts by it; the pane shows the selected end
                  and its peer with live counters
-  [b]3 Pairs[/b]        each connection's two ends together; one-sided and stale pairs marked
+  [b]3 Pairs[/b]        each connection's two ends together, marked ok (accelerated), normal
+                 (on the normal path), pending, one-sided or stale
   [b]4 Dump[/b]         what accelerated connections send (tcpdump cannot see it): start/stop,
                  ip/port filter, snaplen, pause to scroll back, hex view, save as pcap
   [b]5 Rules[/b]        the chain rules: edit, see which open connections a change takes off
                  the fast path, apply live, save to the file, revert to it
-  [b]6 Events[/b]       connections accelerated, refused, closed, and what the console did
+  [b]6 Events[/b]       connections accelerated, refused, demoted, closed, and what the console
+                 did; counted since the log opened and, by the kernel, since enable
 [b]Refresh[/b]  + and - change how often the maps are read; ctrl+r reads them now"""
 
 

@@ -40,8 +40,9 @@ _VIEWS: dict[str, type[View]] = {
 class MainScreen(Screen):
     CSS_PATH = ["main.tcss", *(f"../views/{tab_id}.tcss" for tab_id, _ in TABS)]
     # Medium terminals get two columns of panels; wide ones put detail panes beside their
-    # tables instead of under them (the tables need about 100 columns of their own).
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-medium"), (160, "-wide")]
+    # tables instead of under them (the dump's and rules' tables need about 100 columns of their
+    # own); the connections table needs some 140, so its detail pane waits for wider ones.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-medium"), (160, "-wide"), (200, "-wider")]
     BINDINGS = [
         Binding(str(n), f"show_tab('{tab_id}')", title, show=False)
         for n, (tab_id, title) in enumerate(TABS, 1)

@@ -52,7 +52,7 @@ class View(Vertical):
 
     def show_frame(self, frame: Frame) -> None:
         """Render a frame of a running accelerator. Views fed by a stream of their own
-        (events, dump) leave this alone and watch the app's frame for starts and stops."""
+        (events, dump) watch the app's frame for starts and stops as well."""
 
     def forget_frame(self) -> None:
         """A hidden view lets go of the older frame it shows: a frame holds the columns of every

@@ -9,11 +9,12 @@ import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Vertical
 from textual.widgets import Static
 
 from ...core.abi import UNKNOWN_ID
-from ...core.console import Frame, pair_rows_of
+from ...core.console import Frame
+from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
@@ -101,26 +102,17 @@ def _user(row: ConnRow) -> str | None:
 
 
 # The filter looks at the columns of words and names; counters, rates and ages change every
-# second and are left to the sort.
+# second and are left to the sort. What the end carries comes right after which end it is: on
+# terminals too narrow for every column those are what is seen, and the detail pane shows the
+# selected end's owner.
 COLUMNS: list[Column[ConnRow]] = [
     Column("local", "Local", text=lambda r: r.conn.end.local, order=lambda rows: rows.local.order,
            search=lambda rows, needle: rows.local.search(needle)),
     Column("remote", "Remote", text=lambda r: r.conn.end.remote,
            order=lambda rows: rows.remote.order,
            search=lambda rows, needle: rows.remote.search(needle)),
-    Column("netns", "Netns", text=lambda r: fmt.netns(r.conn.end.netns),
-           order=lambda rows: rows.table.keys["netns"],
-           search=lambda rows, needle: rows.netns.search(fmt.netns, needle)),
     Column("state", "State", text=lambda r: styled(r.conn.state), order=lambda rows: rows.table.state,
            search=lambda rows, needle: indexed_search(rows.table.state, list(STATES), needle)),
-    Column("pid", "PID", text=lambda r: fmt.ident(r.conn.owner.pid), order=lambda rows: rows.table.pid,
-           search=lambda rows, needle: rows.pid.search(_pid, needle), numeric=True),
-    Column("command", "Command", text=lambda r: _command(r) or "?",
-           order=lambda rows: indexed_order(rows.frame.processes.index, rows.commands),
-           search=lambda rows, needle: _owned_search(rows, rows.commands, needle), width=24),
-    Column("user", "User", text=lambda r: _user(r) or "?",
-           order=lambda rows: indexed_order(rows.frame.processes.index, rows.users),
-           search=lambda rows, needle: _owned_search(rows, rows.users, needle)),
     Column("msgs", "Msgs", text=lambda r: fmt.count(r.conn.msgs), order=lambda rows: rows.table.msgs,
            numeric=True),
     Column("bytes", "Bytes", text=lambda r: fmt.size(r.conn.bytes),
@@ -129,13 +121,24 @@ COLUMNS: list[Column[ConnRow]] = [
            numeric=True),
     Column("age", "Age", text=lambda r: fmt.duration(r.conn.age_s),
            order=lambda rows: rows.table.age_s, numeric=True),
+    Column("pid", "PID", text=lambda r: fmt.ident(r.conn.owner.pid), order=lambda rows: rows.table.pid,
+           search=lambda rows, needle: rows.pid.search(_pid, needle), numeric=True),
+    Column("command", "Command", text=lambda r: _command(r) or "?",
+           order=lambda rows: indexed_order(rows.frame.processes.index, rows.commands),
+           search=lambda rows, needle: _owned_search(rows, rows.commands, needle), width=24),
+    Column("user", "User", text=lambda r: _user(r) or "?",
+           order=lambda rows: indexed_order(rows.frame.processes.index, rows.users),
+           search=lambda rows, needle: _owned_search(rows, rows.users, needle)),
+    Column("netns", "Netns", text=lambda r: fmt.netns(r.conn.end.netns),
+           order=lambda rows: rows.table.keys["netns"],
+           search=lambda rows, needle: rows.netns.search(fmt.netns, needle)),
 ]
 
 
 def _end_lines(title: str, c: Connection, rate: Rates, process: ProcessInfo | None,
                compact: bool) -> list[Text]:
     """Three lines per end where the pane is wide (under the table, both ends fit at 80x24),
-    four where it is narrow (beside the table on wide terminals)."""
+    four where it is narrow (beside the table on the widest terminals)."""
     role = "connecting" if c.active else "accepting"
     command = fmt.command(process.command) if process and process.command else "?"
     user = process.user if process and process.user else fmt.ident(c.owner.uid)
@@ -182,7 +185,7 @@ class ConnectionsView(View):
     def compose(self) -> ComposeResult:
         yield FilterInput("conn-table", id="conn-filter")
         yield Static(id="conn-summary")
-        with Horizontal(id="conn-body"):
+        with Vertical(id="conn-body"):
             yield SortableTable(COLUMNS, lambda r: r.key, sort="bytes", id="conn-table")
             yield Static(id="conn-detail")
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -19,9 +23,13 @@ MAX_LINES = 5000
 POLL_S = 0.25
 RETRY_S = 3.0  # between attempts to attach while the accelerator is off or another reader holds it
 
-KIND_STYLES = {"accelerated": "green", "refused": "yellow", "closed": "dim",
+KIND_STYLES = {"accelerated": "green", "refused": "yellow", "demoted": "magenta", "closed": "dim",
                "redirect_failed": "bold red", "console": "cyan", "warning": "bold yellow",
                "error": "bold red"}
+# What the summary counts, in its columns. The kernel counts all but closed since it was enabled
+# (mda_stats: snapshot stats by the same names), which the log cannot: it sees only what happens
+# while it is open, and loses what its reader falls behind on.
+KINDS = ("accelerated", "refused", "demoted", "redirect_failed", "closed")
 
 
 def describe(event: ev.Event) -> Text:
@@ -34,12 +42,27 @@ def describe(event: ev.Event) -> Text:
     elif isinstance(event, ev.Refused):
         why = "no ACCEPT rule matched" if event.rule is None else f"by rule {event.rule}"
         line.append(f"  {why}", style="yellow")
-    else:  # Closed, RedirectFailed: what the end's sends did
+    else:  # Closed, RedirectFailed, Demoted: what the end's sends did
         line.append(f"  sent {fmt.count(event.msgs)} msgs, {fmt.size(event.bytes)}, "
                     f"{fmt.count(event.passed)} through the stack")
         if isinstance(event, ev.RedirectFailed):
             line.append("; its peer left the sockhash, later sends go through the stack")
+        elif isinstance(event, ev.Demoted):
+            line.append("; a loopback stream of small writes, handed back to the stack")
     return line
+
+
+def counts_table(since_enable: Mapping[str, int] | None, in_log: Mapping[str, int]) -> Table:
+    """The kernel's counts since enable (None: not read yet) over the log's, kind by kind."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    for _ in KINDS:
+        table.add_column(justify="right", no_wrap=True)
+    table.add_row("", *(Text(k.replace("_", " "), style=KIND_STYLES[k]) for k in KINDS))
+    kernel = since_enable or {}
+    table.add_row("since enable", *(str(kernel[k]) if k in kernel else "—" for k in KINDS))
+    table.add_row("in this log", *(str(in_log.get(k, 0)) for k in KINDS))
+    return table
 
 
 class EventsView(View):
@@ -71,6 +94,9 @@ class EventsView(View):
         self._reading: int | None = None  # enabled_at of the accelerator being read
         self._summarize()
         self.watch(self.app, "frame", self._follow_accelerator, init=True)
+
+    def show_frame(self, frame: Frame) -> None:
+        self._summarize()  # the kernel's counts since enable
 
     def _follow_accelerator(self, frame: Frame | None) -> None:
         """One reader per accelerator: a new one after disable + enable, none while it is off
@@ -132,16 +158,16 @@ class EventsView(View):
                                             " ", text))
 
     def _summarize(self) -> None:
-        parts = [f"{self._counts.get(k, 0)} {k.replace('_', ' ')}"
-                 for k in ("accelerated", "refused", "closed", "redirect_failed")]
-        text = Text(", ".join(parts), style="dim")
-        if self._lost:
-            text.append(f"; {self._lost} lost (the reader fell behind)", style="bold red")
+        frame = self.app.frame
+        running = frame is not None and frame.snapshot.enabled
+        counts = counts_table(frame.snapshot.stats if running else None, self._counts)
+        notes = [(f"{self._lost} events lost (the reader fell behind)", "bold red")] if self._lost else []
         if self._trouble:
-            text.append("; not attached, retrying", style="yellow")
+            notes.append(("not attached, retrying", "yellow"))
         if not self.log_widget.auto_scroll:
-            text.append("; paused (f follows again)", style="yellow")
-        self.query_one("#events-summary", Static).update(text)
+            notes.append(("paused (f follows again)", "yellow"))
+        shown = Group(counts, Text("; ").join(Text(*note) for note in notes)) if notes else counts
+        self.query_one("#events-summary", Static).update(shown)
 
     def action_toggle_follow(self) -> None:
         self.log_widget.auto_scroll = not self.log_widget.auto_scroll

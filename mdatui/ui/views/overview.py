@@ -83,7 +83,7 @@ class OverviewView(View):
         ])
         states = dict(zip(STATES, np.bincount(snap.table.state, minlength=len(STATES)).tolist()))
         self._panel("#ov-rates", [
-            ("pairs", Text(str(snap.pairs), style="bold")),
+            ("pairs", Text.assemble((f"{snap.pairs} accelerated", "bold"), f" of {len(frame.pairs)}")),
             ("ends", f"{states['accelerated']} accelerated, {states['pending']} pending, "
                      f"{states['normal']} normal"),
             ("now", Text(f"{fmt.count(frame.total.msgs_per_s)} msg/s  "

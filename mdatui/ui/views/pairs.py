@@ -11,7 +11,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Static
 
-from ...core.console import HEALTH, Frame, Pair
+from ...core.console import Frame
+from ...core.pairing import HEALTH, Pair
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
 from ..widgets.columns import Addresses, indexed_search, styled
@@ -109,7 +110,7 @@ def _b(row: PairRow, attr: str) -> int | None:
 
 
 # Sorting by health puts what needs a look first.
-HEALTH_ORDER = {"one-sided": 0, "stale": 1, "pending": 2, "ok": 3}
+HEALTH_ORDER = {"one-sided": 0, "stale": 1, "pending": 2, "normal": 3, "ok": 4}
 _HEALTH_RANK = np.array([HEALTH_ORDER[h] for h in HEALTH], dtype=np.uint8)
 
 # The filter looks at the ends' addresses (a needle across " → " finds nothing), health and state.
@@ -161,6 +162,8 @@ class PairsView(View):
         self.table.show(PairRows(frame))
         counts = frame.pairs.counts()
         broken = counts["one-sided"] + counts["stale"]
-        summary = Text(f"{len(frame.pairs)} pairs, {counts['ok']} ok, {counts['pending']} pending, ")
-        summary.append(f"{broken} one-sided or stale", style="bold red" if broken else "")
+        summary = Text(f"{len(frame.pairs)} pairs: {counts['ok']} ok (accelerated), "
+                       f"{counts['normal']} on the normal path, {counts['pending']} pending, ")
+        # "broken" (one-sided or stale) keeps the line within 80 columns
+        summary.append(f"{broken} broken", style="bold red" if broken else "")
         self.query_one("#pairs-summary", Static).update(summary, layout=False)  # one line

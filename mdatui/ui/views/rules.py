@@ -1,7 +1,7 @@
 """Rules: the chain rules as a table; edit them, see what a change would do, apply, save, revert.
 
 Three copies are in play and the status line says how they differ: the rules file, what the
-kernel runs (as far as this console applied it), and the edited table.
+kernel runs (read back from it every refresh), and the edited table.
 """
 
 from __future__ import annotations
@@ -49,6 +49,25 @@ def _pair_text(pair: apply.Pair) -> str:
     return f"{c.end.local} → {c.end.remote}"
 
 
+def _rules_count(n: int) -> str:
+    return f"{n} rule" if n == 1 else f"{n} rules"
+
+
+def kernel_vs_file(kernel: list[rules.Rule], file: list[rules.Rule]) -> Text:
+    """Whether the kernel runs the file's rules (as it sees them: users and groups by number),
+    and if not, the first place they part."""
+    at = rules.first_difference(kernel, file)
+    if at is None:
+        return Text("same as file", style="green")
+    if at == len(file):
+        how = f"it runs {_rules_count(len(kernel) - at)} the file has not, from rule {at}: {kernel[at]}"
+    elif at == len(kernel):
+        how = f"it lacks the file's {_rules_count(len(file) - at)} from rule {at}: {file[at]}"
+    else:
+        how = f"rule {at} is {kernel[at]} there, {file[at]} in the file"
+    return Text(f"differs: {how}", style="bold red")
+
+
 class RulesView(View):
     MAIN = "#rules-table"
     BINDINGS = [
@@ -66,7 +85,6 @@ class RulesView(View):
         super().__init__(**kw)
         self.doc: RulesDoc | None = None
         self.edited: rules.Config = rules.Config()
-        self.applied: list[rules.Rule] = []  # what the kernel runs, as far as this console knows
         self._frame: Frame | None = None
         self._load_error: str | None = None
 
@@ -88,7 +106,7 @@ class RulesView(View):
     # ------------------------------------------------------------ loading
 
     def reload(self) -> None:
-        """The file as it is on disk; what this console applied stays what it was."""
+        """The file as it is on disk."""
         try:
             doc = self.app.backend.load_rules()
         except (OSError, rules.ParseError, Unavailable) as e:
@@ -96,11 +114,8 @@ class RulesView(View):
             self.app.note(f"rules: {e}", "error")
             self._show_rules()
             return
-        first = self.doc is None
         self.doc, self._load_error = doc, None
         self.edited = _copy(doc.config, doc.path)
-        if first:
-            self.applied = list(doc.config.rules)
         self._show_rules()
 
     def show_frame(self, frame: Frame) -> None:
@@ -111,6 +126,11 @@ class RulesView(View):
         self._frame = None
 
     # ------------------------------------------------------------ rendering
+
+    def _unapplied(self) -> bool:
+        """Whether the edited table differs from what the kernel runs (known once a frame is)."""
+        return (self._frame is not None and
+                rules.first_difference(self._frame.snapshot.active_rules, self.edited.rules) is not None)
 
     def _show_rules(self) -> None:
         self._render_table()
@@ -143,9 +163,9 @@ class RulesView(View):
                              "" if self.doc.exists else (" (not created yet)", "yellow"),
                              ("  ·  ", "dim"), f"{len(self.edited.rules)} rules")
         if self._frame is not None:
-            live = self._frame.snapshot.rules_active
-            text.append(f"  ·  kernel runs {live}", style="bold red" if live != len(self.applied) else "")
-        unapplied = self.edited.rules != self.applied
+            text.append("  ·  in kernel: ", style="dim")
+            text.append_text(kernel_vs_file(self._frame.snapshot.active_rules, self.doc.config.rules))
+        unapplied = self._unapplied()
         unsaved = self.edited.text() != self.doc.config.text()
         if unapplied or unsaved:
             what = [w for w, on in (("not applied", unapplied), ("not saved", unsaved)) if on]
@@ -154,7 +174,7 @@ class RulesView(View):
 
     def _render_preview(self) -> None:
         pane = self.query_one("#rules-preview", Static)
-        if self._frame is None or self.edited.rules == self.applied:
+        if not self._unapplied():
             pane.update(Text("The table is what the kernel runs: nothing to apply.", style="dim"))
             return
         change = preview(self._frame.snapshot, self.edited.rules, SHOWN_CHANGES)
@@ -227,19 +247,17 @@ class RulesView(View):
         self._apply(_copy(self.edited, self.doc.path if self.doc else "<rules>"))
 
     @work(thread=True, exclusive=True, group="rules-apply", exit_on_error=False)
-    def _apply(self, config: rules.Config) -> tuple[rules.Config, apply.Applied]:
-        return config, self.app.backend.apply_rules(config)
+    def _apply(self, config: rules.Config) -> apply.Applied:
+        return self.app.backend.apply_rules(config)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "rules-apply":
             return
         if event.state is WorkerState.SUCCESS:
-            config, done = event.worker.result
-            self.applied = list(config.rules)
+            done = event.worker.result
             self.app.note(f"rules applied: {done.rules} rules live, "
                           f"{done.taken_off} connections taken off the fast path")
-            self.app.action_refresh_now()
-            self._show_rules()
+            self.app.action_refresh_now()  # the status follows with the kernel's rules read back
         elif event.state is WorkerState.ERROR:
             self.app.note(f"rules not applied: {event.worker.error}", "error")
             self.app.notify(str(event.worker.error), title="Rules not applied", severity="error")

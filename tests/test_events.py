@@ -80,8 +80,11 @@ def test_a_reader_held_to_a_cpu_share_reads_the_ends_again_once_its_time_is_up(l
     clock = snapshot._ktime_now_ns
     monkeypatch.setattr(snapshot, "_ktime_now_ns",
                         lambda: clock() + round(second.ends_every_s * 1e9))
-    conn = next(c for c in reader.read(accel).connections if c.end.local == local)
+    later = reader.read(accel)
+    conn = next(c for c in later.connections if c.end.local == local)
     assert (conn.msgs, conn.bytes) == (len(SIZES), sum(SIZES))
+    assert reader.read(accel).table is later.table
+    assert reader.read(accel, fresh=True).table is not later.table  # ctrl+r in the console
     peers.proceed(cli)
 
 

@@ -248,8 +248,9 @@ class DumpSource(Protocol):
 class ConsoleBackend(Protocol):
     pin_dir: str
 
-    def snapshot(self) -> Snapshot:
-        """The maps now; snapshot.disabled() when nothing runs. Raises Unavailable."""
+    def snapshot(self, fresh: bool = False) -> Snapshot:
+        """The maps now; snapshot.disabled() when nothing runs. Raises Unavailable. fresh: an
+        operator asked for it, so the ends are read even where a refresh would skip them."""
 
     def attribute(self, snap: Snapshot, now: float) -> Attribution | Mapping[Endpoint, ProcessInfo]:
         """The process behind each end that has a known owner pid."""
@@ -345,9 +346,9 @@ class LiveBackend:
             raise Unavailable(f"mdatui is not enabled at {self.pin_dir}")
         return inst
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, fresh: bool = False) -> Snapshot:
         inst = self._instance()
-        return self._reader.read(inst) if inst else snapshot.disabled(self.pin_dir)
+        return self._reader.read(inst, fresh) if inst else snapshot.disabled(self.pin_dir)
 
     def attribute(self, snap: Snapshot, now: float) -> Attribution:
         """Ends already seen in the last read keep what they were attributed to, for as long as

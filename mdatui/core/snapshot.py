@@ -572,8 +572,8 @@ class Reader:
         self._every_s = 0.0        # the last read's cost over cpu_share
         self._next_ns = 0          # CLOCK_MONOTONIC time from which the ends are read again
 
-    def _ends(self, inst: Instance, taken_ns: int, capacity: dict[str, int]) -> Table:
-        if self._table is not None and self._cpu_share and taken_ns < self._next_ns:
+    def _ends(self, inst: Instance, taken_ns: int, capacity: dict[str, int], fresh: bool) -> Table:
+        if not fresh and self._table is not None and self._cpu_share and taken_ns < self._next_ns:
             return self._table
         cpu = time.thread_time()
         keys, conns = read_entries(inst.maps["sock_proxy_map"], KEY, CONN,
@@ -587,12 +587,13 @@ class Reader:
         self._table = table
         return table
 
-    def read(self, inst: Instance) -> Snapshot:
-        """One pass over the maps. Entries that change meanwhile are read as they are found."""
+    def read(self, inst: Instance, fresh: bool = False) -> Snapshot:
+        """One pass over the maps. Entries that change meanwhile are read as they are found.
+        fresh: read the ends whatever the CPU share says (someone asked for it)."""
         taken_ns = _ktime_now_ns()
         names = ("sock_ops_map", "sock_proxy_map", "sock_helper_map")
         capacity = {n: inst.map_capacity(n) for n in names}
-        table = self._ends(inst, taken_ns, capacity)
+        table = self._ends(inst, taken_ns, capacity, fresh)
         helper_keys, _ = read_entries(inst.maps["sock_helper_map"], KEY, PENDING_ENTRY,
                                       capacity["sock_helper_map"])
         counts = {"sock_ops_map": self._sockhash.count, "sock_proxy_map": len(table),

@@ -59,6 +59,7 @@ class MdaConsole(App[int]):
         self.set_reactive(MdaConsole.interval, interval)
         self.frames = 0  # frames shown so far; tests wait on it
         self._wake = threading.Event()
+        self._fresh = False  # the next read is one somebody asked for (refresh_now)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -85,8 +86,9 @@ class MdaConsole(App[int]):
         worker = get_current_worker()
         prev: Frame | None = None
         while not worker.is_cancelled:
+            fresh, self._fresh = self._fresh, False
             try:
-                snap = self.backend.snapshot()
+                snap = self.backend.snapshot(fresh)
             except Unavailable as e:
                 self.post_message(Polled(None, str(e)))
             else:
@@ -118,6 +120,7 @@ class MdaConsole(App[int]):
     # ------------------------------------------------------------ actions
 
     def action_refresh_now(self) -> None:
+        self._fresh = True
         self._wake.set()
 
     def action_refresh_interval(self, step: int) -> None:

@@ -207,8 +207,10 @@ class FakeBackend:
         self.dumps_started: list[tuple] = []
         self.events = FakeEvents(event_batch())
         self.enable_calls = 0
+        self.fresh_reads = 0
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, fresh: bool = False) -> Snapshot:
+        self.fresh_reads += fresh
         if self.problem:
             raise Unavailable(self.problem)
         if not self.enabled:

@@ -99,6 +99,18 @@ async def test_plus_and_minus_change_the_refresh_period():
         assert "⟳ 0.5s" in text(app.screen.query_one("StatusBar"))
 
 
+async def test_ctrl_r_reads_the_ends_now_even_where_refreshes_would_skip_them():
+    backend = FakeBackend()
+    async with console(backend).run_test(size=SIZE) as pilot:
+        await two_frames(pilot)  # two_frames asks for its second frame as ctrl+r does
+        assert backend.fresh_reads == 1
+        await pilot.press("minus")  # a new period wakes the reader too, but asks nothing fresh
+        await wait_frames(pilot, 3)
+        await pilot.press("ctrl+r")
+        await wait_frames(pilot, 4)
+        assert backend.fresh_reads == 2
+
+
 async def test_connections_sort_by_key_and_by_header_click():
     async with console().run_test(size=SIZE) as pilot:
         await two_frames(pilot)

@@ -29,7 +29,10 @@ ABOUT = """\
                  the fast path, apply live, save to the file, revert to it
   [b]6 Events[/b]       connections accelerated, refused, demoted, closed, and what the console
                  did; counted since the log opened and, by the kernel, since enable
-[b]Refresh[/b]  + and - change how often the maps are read; ctrl+r reads them now"""
+[b]Refresh[/b]  + and - change how often the maps are read; ctrl+r reads them now. With some
+         100,000 ends or more, reading them takes longer than a twentieth of the time
+         between refreshes: they are then read every other refresh or less often,
+         as the status line says ("ends every 2s")"""
 
 
 def _keys_table(screen: Screen) -> Table:

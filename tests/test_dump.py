@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import mmap
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from mdatui.core import dump, traffic
+from mdatui.core import abi, dump, traffic
 from tests import peers
 from tests.test_events import _line, held_client, wait_accelerated
 
@@ -106,6 +107,28 @@ def test_every_matching_message_is_captured_or_counted_lost(lab, accel):
         assert len(records) + session.lost == len(sizes)
         # The ring reports its drops with its next record, so its count may lag the kernel's.
         assert session.lost_in_ring <= session.failed_submits == session.lost
+    finish(cli)
+
+
+@pytest.mark.kernel
+def test_records_that_wrap_around_the_ring_arrive_intact_and_in_order(lab, accel):
+    """Paced sends into a ring of two pages: the reader keeps up, and since the record size does
+    not divide the ring, records keep straddling its end."""
+    ns = lab.add_netns("pod")
+    peers.server(lab, "sink", 7000, ns)
+    chunk, count, snaplen, page_cnt = 5000, 300, 1000, 2
+    record = 8 + (4 + abi.DUMP_HEADER_SIZE + snaplen + 7) // 8 * 8  # header, size, padded raw
+    assert (page_cnt * mmap.PAGESIZE) % record
+    with dump.DumpSession(accel, snaplen=snaplen, page_cnt=page_cnt) as session:
+        cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(chunk * count),
+                           "--chunk", str(chunk), "--pause", "0.005", hold=True)
+        wait_accelerated(accel, peers.report(cli)["local"])
+        peers.proceed(cli)
+        records = collect(session, count, timeout=30)
+        assert peers.report(cli)["state"] == "done"
+        assert session.lost == 0
+    assert [r.len for r in records] == [chunk] * count
+    assert [r.data for r in records] == [m[:snaplen] for m in traffic.messages([chunk] * count)]
     finish(cli)
 
 

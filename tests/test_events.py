@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from mdatui.core import abi, events, snapshot
-from mdatui.core.perfbuf import ReaderBusy
+from mdatui.core.perfbuf import ReaderBusy, online_cpus
 from tests import peers
 
 SIZES = [1, 17, 500, 1460, 3000, 9, 4096]
@@ -153,6 +154,12 @@ def test_second_reader_is_refused_until_the_first_closes(accel):
     finally:
         first.close()
     events.EventStream(accel).close()
+
+
+def test_online_cpus_reads_ranges_and_single_cpus():
+    assert online_cpus("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9]
+    assert online_cpus("0\n") == [0]
+    assert len(online_cpus()) == os.cpu_count()  # sysconf(_SC_NPROCESSORS_ONLN)
 
 
 def test_decode_rejects_short_records_and_skips_unknown_types():

@@ -259,10 +259,10 @@ async def measure_app(pin_dir: str, seconds: float) -> dict:
     ui_frame: list[float] = []   # UI thread CPU handling one Polled message
 
     class TimedBackend(LiveBackend):
-        def snapshot(self):
+        def snapshot(self, fresh=False):
             t = time.thread_time()
             try:
-                return super().snapshot()
+                return super().snapshot(fresh)
             finally:
                 worker["snapshot"].append(time.thread_time() - t)
 

@@ -352,15 +352,21 @@ async def test_rule_edit_and_move():
         assert view.query_one("#rules-table", DataTable).cursor_row == 0
 
 
+async def log_lines(pilot, n: int) -> RichLog:
+    """The Events tab's log once it holds n lines (or two seconds on)."""
+    log = pilot.app.screen.query_one("#events-log", RichLog)
+    for _ in range(100):
+        if len(log.lines) >= n:
+            break
+        await pilot.pause(0.02)
+    return log
+
+
 async def test_events_are_listed_as_they_arrive():
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
         await pilot.press("6")
-        log = pilot.app.screen.query_one("#events-log", RichLog)
-        for _ in range(100):
-            if len(log.lines) >= 4:
-                break
-            await pilot.pause(0.02)
+        log = await log_lines(pilot, 4)
         lines = [line.text for line in log.lines]
         assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
         assert any("refused" in l and "by rule 2" in l for l in lines)
@@ -371,11 +377,7 @@ async def test_event_summary_has_the_kernel_totals_since_enable_over_what_the_lo
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
         await pilot.press("6")
-        log = pilot.app.screen.query_one("#events-log", RichLog)
-        for _ in range(100):
-            if len(log.lines) >= 5:
-                break
-            await pilot.pause(0.02)
+        log = await log_lines(pilot, 5)
         await pilot.pause()
         header, kernel, seen = text(pilot.app.screen.query_one("#events-summary")).splitlines()
         assert header.split() == ["accelerated", "refused", "demoted", "redirect", "failed", "closed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import subprocess
 from pathlib import Path
@@ -49,3 +50,17 @@ def ensure_bpffs(pin_dir: str) -> None:
     done = subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], capture_output=True, text=True)
     if done.returncode != 0:
         raise SetupError(f"could not mount bpffs at {BPFFS}: mount it by hand (mount -t bpf bpf {BPFFS})")
+
+
+# mallopt(3)
+_M_MMAP_THRESHOLD = -3
+_LARGE_BLOCK = 4 << 20
+
+
+def unmap_large_blocks() -> None:
+    """Blocks of 4 MiB and more are mapped on their own and unmapped when freed. glibc would
+    raise this threshold after the first such free (up to 32 MiB), and then keep the console's
+    map reads (25 MiB a read at 200,000 ends) in heaps that fragment: 40-50 MB more resident
+    memory, measured with bench/console.py. Smaller blocks stay in the heap, where reusing them
+    costs no page faults."""
+    ct.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)

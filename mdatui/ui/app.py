@@ -18,6 +18,7 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
+from ..core import system
 from ..core.console import ConsoleBackend, Frame, LiveBackend, Unavailable
 from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen
@@ -151,6 +152,7 @@ class MdaConsole(App[int]):
 def run_console(pin_dir: str, interval: float = 1.0, config: str | None = None,
                 cgroup: str | None = None) -> int:
     """`mdatui` with no subcommand. config and cgroup are what `enable` gets when offered."""
+    system.unmap_large_blocks()
     app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval)
     result = app.run()
     # run() gives None when the app died of an exception; return_code is then non-zero.

@@ -12,7 +12,10 @@ the other calls come from the UI thread.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -309,6 +312,22 @@ class _Attributed:
 READ_CPU_SHARE = 0.05
 
 
+_ENABLE_CHILD = ("import json, sys; from mdatui.core.console import _enable; "
+                 "print(json.dumps(_enable(*json.load(sys.stdin))))")
+
+
+def _enable(cgroup: str | None, pin_dir: str, path: str) -> tuple[bool, str]:
+    """LiveBackend.enable in its child: whether it worked, and what it did or why not."""
+    try:
+        config = rules.load(path) if Path(path).exists() else rules.Config()
+        res = loader.enable(cgroup=cgroup, pin_dir=pin_dir, config=os.path.abspath(path),
+                            ruleset=rules.to_ruleset(config.rules))
+    except (system.SetupError, rules.ParseError) as e:
+        return False, str(e)
+    with res.instance as inst:
+        return True, f"enabled on {inst.cgroup} with {len(config.rules)} rules from {path}"
+
+
 class LiveBackend:
     """The accelerator pinned at pin_dir."""
 
@@ -390,15 +409,21 @@ class LiveBackend:
         return True, f"attach to {where} with the rules in {self._enable_config()}"
 
     def enable(self) -> str:
-        path = self._enable_config()
-        try:
-            config = rules.load(path) if Path(path).exists() else rules.Config()
-            res = loader.enable(cgroup=self._cgroup, pin_dir=self.pin_dir,
-                                config=os.path.abspath(path), ruleset=rules.to_ruleset(config.rules))
-        except (system.SetupError, rules.ParseError) as e:
-            raise Unavailable(str(e)) from None
-        with res.instance as inst:
-            return f"enabled on {inst.cgroup} with {len(config.rules)} rules from {path}"
+        # In a process of its own: compiling loads BCC's LLVM, some 60 MB that the console
+        # would otherwise keep for as long as it runs.
+        args = json.dumps([self._cgroup, self.pin_dir, self._enable_config()])
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+        child = subprocess.run([sys.executable, "-c", _ENABLE_CHILD], input=args, env=env,
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            raise Unavailable(f"enabling failed: {last}")
+        done, text = json.loads(child.stdout)
+        if not done:
+            raise Unavailable(text)
+        return text
 
     def open_events(self) -> EventSource:
         try:

@@ -4,6 +4,7 @@ live accelerated connection off the fast path."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,17 @@ async def test_enable_offered_when_nothing_runs_attaches_to_the_given_cgroup(lab
         await pilot.press("e")
         await until(pilot, lambda: not isinstance(app.screen, NotRunningScreen), seconds=60)
         assert app.frame.snapshot.cgroup == lab.cgroup and app.frame.snapshot.rules_active == 1
+
+
+async def test_enable_with_a_bad_rules_file_says_where_and_attaches_nothing(lab, pin_dir, tmp_path):
+    config = tmp_path / "oncn-mda.conf"
+    config.write_text("chain --ip 300.1.1.1/24 -j ACCEPT\n")
+    app = MdaConsole(LiveBackend(pin_dir, config=str(config), cgroup=lab.cgroup), interval=0.25)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("e")
+        offer = app.screen.query_one("#nr-offer")
+        await until(pilot, lambda: "Enable failed" in shown(offer), seconds=60)
+        assert "oncn-mda.conf:1:" in shown(offer) and "300.1.1.1/24" in shown(offer)
+        assert isinstance(app.screen, NotRunningScreen)
+    assert not Path(pin_dir, "sock_ops_map").exists()

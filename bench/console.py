@@ -353,6 +353,7 @@ def child(pin_dir: str, seconds: float) -> dict:
     system.unmap_large_blocks()  # as run_console does
     out = {"rss_mb": {"after_imports": _rss_mb("VmRSS")}}
     out["backend"] = measure_backend(pin_dir)
+    out["rss_mb"]["peak_after_backend"] = _rss_mb("VmHWM")
     out["app"] = asyncio.run(measure_app(pin_dir, seconds))
     out["rss_mb"].update(peak=_rss_mb("VmHWM"), at_end=_rss_mb("VmRSS"))
     return out
@@ -433,7 +434,8 @@ def table(r: dict) -> str:
         lines.append("    slowest: " + ", ".join(f"{key} {ms}" for key, ms in a["slowest_keys"]))
         rss = res["rss_mb"]
         lines.append(f"  peak RSS MB {_verdict(rss['peak'], RSS_MB)}"
-                     f"  (after imports {rss['after_imports']}, at the end {rss['at_end']})")
+                     f"  (after imports {rss['after_imports']}, peak after the poll worker's part "
+                     f"{rss['peak_after_backend']}, at the end {rss['at_end']})")
     return "\n".join(lines)
 
 

@@ -148,6 +148,9 @@ class EventsView(View):
     def on_events_view_trouble(self, message: Trouble) -> None:
         if message.text and message.text != self._trouble:
             self.add_note(f"event log unavailable: {message.text}", "warning")
+        elif not message.text:
+            # Else an empty log reads as broken: what came before is only in the counts.
+            self.add_note("reading events from now on; earlier ones are counted above")
         self._trouble = message.text or None
         self._summarize()
 

@@ -8,10 +8,12 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from mdatui.core import abi, events, snapshot
+from mdatui.core import abi, events, perfbuf, snapshot
+from mdatui.core.dump import DumpSession
 from mdatui.core.perfbuf import ReaderBusy, online_cpus
 from tests import peers
 
@@ -153,6 +155,26 @@ def test_second_reader_is_refused_until_the_first_closes(accel):
             events.EventStream(accel)
     finally:
         first.close()
+    events.EventStream(accel).close()
+
+
+@pytest.mark.kernel
+def test_a_killed_readers_lock_file_is_swept_by_the_next_reader(accel):
+    code = ("import sys, time; from mdatui.core import events; from mdatui.core.instance import "
+            "Instance; s = events.EventStream(Instance(sys.argv[1])); print('READY', flush=True); "
+            "time.sleep(60)")
+    reader = subprocess.Popen([sys.executable, "-c", code, accel.pin_dir], stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout.readline().strip() == b"READY"
+        left = [p for p in Path(perfbuf.LOCK_DIR).glob("*.lock")
+                if p.read_text().strip() == str(reader.pid)]
+        assert len(left) == 1
+    finally:
+        reader.kill()
+        reader.wait()
+    assert left[0].exists()  # SIGKILL: nobody removed it
+    with DumpSession(accel):  # any reader, of any array, sweeps it
+        assert not left[0].exists()
     events.EventStream(accel).close()
 
 

@@ -48,6 +48,7 @@ def wall_offset_ns() -> int:
 def _lock(path: str) -> tuple[int, str]:
     """An exclusive lock file for the array at path; removed again by _unlock."""
     os.makedirs(LOCK_DIR, exist_ok=True)
+    _sweep_stale_locks()
     name = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:16] + ".lock"
     lock_path = os.path.join(LOCK_DIR, name)
     for _ in range(3):  # a holder may remove the file between our open and our flock
@@ -69,6 +70,26 @@ def _lock(path: str) -> tuple[int, str]:
             return fd, lock_path
         os.close(fd)
     raise ReaderBusy(f"{path}: its lock file {lock_path} keeps changing hands; try again")
+
+
+def _sweep_stale_locks() -> None:
+    """Removes the lock files of readers that were killed: the kernel released their locks,
+    the files stayed. Removed as _unlock does, while holding the lock."""
+    for entry in os.scandir(LOCK_DIR):
+        if not entry.name.endswith(".lock"):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(entry.path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(entry.path)
+        except (BlockingIOError, FileNotFoundError):
+            pass  # held by a live reader, or removed by another sweep meanwhile
+        finally:
+            os.close(fd)
 
 
 def _unlock(fd: int, lock_path: str) -> None:

@@ -1,8 +1,8 @@
 """`mdatui demo` end to end, the way a person runs it: in a real terminal (a private tmux server),
 watching counters move on the Connections tab, quitting with `q`, and leaving nothing behind.
 
-The terminal is 200 columns wide: from 160 columns on, the selected-connection pane sits beside
-the table, and at 160 it covers the counter columns this test reads.
+The terminal is 200 columns wide, where the selected-connection pane sits beside the table (under
+200 columns it goes below it), so that the test reads table rows and the pane's lines apart.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ BPFFS = "/sys/fs/bpf"
 WIDTH, HEIGHT = 200, 45
 
 ADDR = r"\d{1,3}(?:\.\d{1,3}){3}:\d+"
-# One table row: local, remote, netns ... msgs, bytes, rate, age. The command cell may hold spaces,
-# so the counters are matched from the right. The detail pane, if any, starts at the first "│".
-ROW = re.compile(rf"^\s*(?P<local>{ADDR})\s+(?P<remote>{ADDR})\s+(?P<netns>\S+)\s.*?"
-                 r"\s(?P<msgs>\d+(?:\.\d)?[kMGT]?)\s+(?P<bytes>\d+(?:\.\d)?(?:B|Ki|Mi|Gi|Ti))"
-                 r"\s+\S+/s\s+\S+\s*$")
+# One table row: local, remote, state, msgs, bytes, rate, age, pid, command, user, netns. The
+# command cell may hold spaces, so netns is the last word. The detail pane starts at the first "│".
+ROW = re.compile(rf"^\s*(?P<local>{ADDR})\s+(?P<remote>{ADDR})\s+[a-z]+\s+"
+                 r"(?P<msgs>\d+(?:\.\d)?[kMGT]?)\s+(?P<bytes>\d+(?:\.\d)?(?:B|Ki|Mi|Gi|Ti))"
+                 r"\s+\S+/s\s+\S+\s.*\s(?P<netns>\S+)\s*$")
 LAB_NAME = re.compile(r"mdatui-demo-\d+-\d+")
 COUNT_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 SIZE_UNITS = {"B": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}

@@ -10,9 +10,9 @@ pod's loopback, owned by real processes of the lab or by nobody known. Their end
 into the sockhash (sock_ops_map), all under one listening socket of the lab's netns that never
 carries a byte, so that reading the sockhash costs what it costs with that many real sockets.
 
-The console runs in a child process, so that its peak RSS is its own (the parent compiled the
-BPF programs); the child runs twice: with the real connections only (the reference) and with the
-synthetic ones added. In the child:
+The console runs in child processes, so that its peak RSS is its own (the parent compiled the
+BPF programs): with the real connections only (the reference) and with the synthetic ones added,
+each time one child for the poll worker's part alone and one for the app:
 
   refresh   LiveBackend.snapshot(fresh=True) + attribute() + Frame.next, as the poll worker
             runs them for a refresh that reads the ends, in thread CPU time; then
@@ -347,25 +347,35 @@ def _rss_mb(field: str) -> float:
     raise LookupError(field)
 
 
-def child(pin_dir: str, seconds: float) -> dict:
+def child(pin_dir: str, part: str, seconds: float) -> dict:
+    """One part in a process of its own: the poll worker's reads alone would leave the console
+    heaps of freed memory that its own worker thread (another malloc arena) does not reuse."""
     import mdatui.ui.app  # noqa: F401  (what the console imports, for the reference point)
     from mdatui.core import system
     system.unmap_large_blocks()  # as run_console does
     out = {"rss_mb": {"after_imports": _rss_mb("VmRSS")}}
-    out["backend"] = measure_backend(pin_dir)
-    out["rss_mb"]["peak_after_backend"] = _rss_mb("VmHWM")
-    out["app"] = asyncio.run(measure_app(pin_dir, seconds))
+    if part == "backend":
+        out["backend"] = measure_backend(pin_dir)
+    else:
+        out["app"] = asyncio.run(measure_app(pin_dir, seconds))
     out["rss_mb"].update(peak=_rss_mb("VmHWM"), at_end=_rss_mb("VmRSS"))
     return out
 
 
 def run_child(pin_dir: str, seconds: float) -> dict:
-    argv = [sys.executable, "-m", "bench.console", "--child", pin_dir, "--seconds", str(seconds)]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True,
-                          text=True, timeout=CHILD_TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"console child failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout)
+    out = {}
+    for part in ("backend", "app"):
+        argv = [sys.executable, "-m", "bench.console", "--child", pin_dir, "--part", part,
+                "--seconds", str(seconds)]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True,
+                              text=True, timeout=CHILD_TIMEOUT_S)
+        if done.returncode != 0:
+            raise RuntimeError(f"console child ({part}) failed:\n{done.stderr[-4000:]}")
+        result = json.loads(done.stdout)
+        out[part] = result[part]
+        out[f"{part}_rss_mb"] = result["rss_mb"]
+    out["rss_mb"] = out.pop("app_rss_mb")
+    return out
 
 
 # ---------------------------------------------------------------- orchestration (parent)
@@ -434,8 +444,8 @@ def table(r: dict) -> str:
         lines.append("    slowest: " + ", ".join(f"{key} {ms}" for key, ms in a["slowest_keys"]))
         rss = res["rss_mb"]
         lines.append(f"  peak RSS MB {_verdict(rss['peak'], RSS_MB)}"
-                     f"  (after imports {rss['after_imports']}, peak after the poll worker's part "
-                     f"{rss['peak_after_backend']}, at the end {rss['at_end']})")
+                     f"  (after imports {rss['after_imports']}, at the end {rss['at_end']}; the "
+                     f"poll worker's reads alone peaked at {res['backend_rss_mb']['peak']})")
     return "\n".join(lines)
 
 
@@ -447,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"of key presses per run (at least {MIN_PRESSES} presses)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--child", metavar="PIN_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=("backend", "app"), help=argparse.SUPPRESS)
     ap.add_argument("--hold", metavar="PIN_DIR", help=argparse.SUPPRESS)
     ap.add_argument("--pids", help=argparse.SUPPRESS)
     ap.add_argument("--slice", help=argparse.SUPPRESS)
@@ -456,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         hold(args.hold, args.connections, [int(p) for p in args.pids.split(",")], start, count)
         return 0
     if args.child:
-        print(json.dumps(child(args.child, args.seconds)))
+        print(json.dumps(child(args.child, args.part, args.seconds)))
         return 0
     if not 0 <= args.connections <= 4_000_000 or args.seconds <= 0:
         ap.error("--connections 0..4000000, --seconds > 0")

@@ -49,7 +49,7 @@ def _pair_rows(table: Table, rows: np.ndarray, peers: np.ndarray, back: np.ndarr
     mutual = (peers >= 0) & (back == rows)
     # A complete pair is told from its connecting end; failing that, from its earlier row.
     def rank(r: np.ndarray) -> np.ndarray:
-        return (~table.active[r]).astype(np.int64) * len(table) + r
+        return (~table.active[r]).astype(np.int32) * len(table) + r  # maps hold < 2^30 ends
     second = mutual & (rank(peers.clip(min=0)) < rank(rows))
     a, b = np.where(second, peers, rows), np.where(second, rows, peers)
     b_ = b.clip(min=0)
@@ -77,7 +77,7 @@ class PairTable:
 
     @classmethod
     def of(cls, table: Table) -> "PairTable":
-        rows = np.arange(len(table))
+        rows = np.arange(len(table), dtype=np.int32)  # as peer_row: half the memory of int64
         peers = table.peer_row
         back = np.where(peers >= 0, peers[peers.clip(min=0)], -1)
         a, b, health, second = _pair_rows(table, rows, peers, back)

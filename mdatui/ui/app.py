@@ -56,6 +56,9 @@ class MdaConsole(App[int]):
 
     def __init__(self, backend: ConsoleBackend, interval: float = 1.0):
         super().__init__()
+        # A tab switch answers at once instead of sliding its underline: the animation kept the
+        # screen repainting for some 50 ms after each switch (bench/console.py's key latency).
+        self.animation_level = "none"
         self.backend = backend
         self.set_reactive(MdaConsole.interval, interval)
         self.frames = 0  # frames shown so far; tests wait on it

@@ -11,8 +11,9 @@ import errno
 import os
 from collections.abc import Iterator
 
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
+# The C library, errno kept for ct.get_errno(); the other raw-syscall modules use it too.
+libc = ct.CDLL(None, use_errno=True)
+libc.syscall.restype = ct.c_long
 _SYS_BPF = 321  # x86_64
 
 BPF_MAP_LOOKUP_ELEM = 1
@@ -45,7 +46,7 @@ class BpfError(OSError):
 
 
 def _sys(cmd: int, attr: ct.Structure) -> int:
-    ret = _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
+    ret = libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
     if ret < 0:
         err = ct.get_errno()
         raise BpfError(err, f"bpf cmd {cmd}: {os.strerror(err)}")
@@ -194,7 +195,7 @@ class Map:
         A key deleted meanwhile makes the kernel start again from the first."""
         size = ct.sizeof(self.key_type)
         attr = _MapElemAttr(map_fd=self.fd, key=after)
-        ref, attr_size, syscall = ct.byref(attr), ct.sizeof(attr), _libc.syscall
+        ref, attr_size, syscall = ct.byref(attr), ct.sizeof(attr), libc.syscall
         for n in range(count):
             attr.value = out + n * size
             if syscall(_SYS_BPF, BPF_MAP_GET_NEXT_KEY, ref, attr_size) < 0:

@@ -7,7 +7,6 @@ everything made here is removed by `close()`, also after a failure.
 
 from __future__ import annotations
 
-import ctypes as ct
 import itertools
 import os
 import signal
@@ -16,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import system
+from . import bpfsys, system
 
-_libc = ct.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 _serial = itertools.count()
 
@@ -37,7 +35,7 @@ def _enter(cgroup: str | None, netns: str | None, uid: int | None, gid: int | No
             f.write(str(os.getpid()))
     if netns:
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
+        if bpfsys.libc.setns(fd, CLONE_NEWNET) != 0:
             os._exit(127)
         os.close(fd)
     if gid is not None:

@@ -97,8 +97,6 @@ def _unlock(fd: int, lock_path: str) -> None:
     os.close(fd)
 
 
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
 _SYS_PERF_EVENT_OPEN = 298  # x86_64
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
@@ -140,11 +138,11 @@ class _PollFd(ct.Structure):
     _fields_ = [("fd", ct.c_int), ("events", ct.c_short), ("revents", ct.c_short)]
 
 
-_libc.poll.argtypes = [ct.POINTER(_PollFd), ct.c_ulong, ct.c_int]
+bpfsys.libc.poll.argtypes = [ct.POINTER(_PollFd), ct.c_ulong, ct.c_int]
 
 
 def _perf_event_open(attr: _PerfEventAttr, cpu: int) -> int:
-    fd = _libc.syscall(_SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    fd = bpfsys.libc.syscall(_SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
         err = ct.get_errno()
         raise OSError(err, f"perf_event_open on CPU {cpu}: {os.strerror(err)}")
@@ -251,7 +249,7 @@ class PerfReader:
         # poll(2) itself, not select.poll: that one sleeps on after a signal handler has run
         # (PEP 475), so a stop flag set by Ctrl-C would wait out the timeout. This returns early
         # (EINTR), the handler runs, and the caller sees its flag before waiting again.
-        _libc.poll(self._pollfds, len(self._pollfds), math.ceil(timeout_s * 1000))
+        bpfsys.libc.poll(self._pollfds, len(self._pollfds), math.ceil(timeout_s * 1000))
         drain_started = time.monotonic_ns()
         for data in [ring.read() for ring in self._rings]:  # every ring freed before parsing
             self._hold(data)

@@ -377,7 +377,7 @@ async def test_event_summary_has_the_kernel_totals_since_enable_over_what_the_lo
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
         await pilot.press("6")
-        log = await log_lines(pilot, 5)
+        await log_lines(pilot, 6)  # the log's opening note and the fake's five events
         await pilot.pause()
         header, kernel, seen = text(pilot.app.screen.query_one("#events-summary")).splitlines()
         assert header.split() == ["accelerated", "refused", "demoted", "redirect", "failed", "closed"]

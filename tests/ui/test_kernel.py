@@ -81,10 +81,15 @@ async def test_return_rule_applied_from_the_editor_takes_a_live_connection_off_t
     assert chat.poll() is None  # the application did not notice
 
 
-async def test_enable_offered_when_nothing_runs_attaches_to_the_given_cgroup(lab, pin_dir, tmp_path):
+def offering_console(lab, pin_dir: str, tmp_path, rules_text: str) -> MdaConsole:
+    """A console on nothing running, that offers to enable on the lab's cgroup with these rules."""
     config = tmp_path / "oncn-mda.conf"
-    config.write_text("chain --port 15006 -j RETURN\n")
-    app = MdaConsole(LiveBackend(pin_dir, config=str(config), cgroup=lab.cgroup), interval=0.25)
+    config.write_text(rules_text)
+    return MdaConsole(LiveBackend(pin_dir, config=str(config), cgroup=lab.cgroup), interval=0.25)
+
+
+async def test_enable_offered_when_nothing_runs_attaches_to_the_given_cgroup(lab, pin_dir, tmp_path):
+    app = offering_console(lab, pin_dir, tmp_path, "chain --port 15006 -j RETURN\n")
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_frames(pilot, 1)
         assert isinstance(app.screen, NotRunningScreen)
@@ -95,9 +100,7 @@ async def test_enable_offered_when_nothing_runs_attaches_to_the_given_cgroup(lab
 
 
 async def test_enable_with_a_bad_rules_file_says_where_and_attaches_nothing(lab, pin_dir, tmp_path):
-    config = tmp_path / "oncn-mda.conf"
-    config.write_text("chain --ip 300.1.1.1/24 -j ACCEPT\n")
-    app = MdaConsole(LiveBackend(pin_dir, config=str(config), cgroup=lab.cgroup), interval=0.25)
+    app = offering_console(lab, pin_dir, tmp_path, "chain --ip 300.1.1.1/24 -j ACCEPT\n")
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_frames(pilot, 1)
         await pilot.press("e")

@@ -338,7 +338,7 @@ class LiveBackend:
         self._inst: Instance | None = None
         self._lock = threading.Lock()
         self._processes = Processes()
-        self._reader = snapshot.Reader(cpu_share=READ_CPU_SHARE)  # of the instance open now
+        self._reader: snapshot.Reader | None = None  # of the instance open now, made with it
         self._attributed: _Attributed | None = None  # the last attribute()
 
     def _instance(self) -> Instance | None:

@@ -14,6 +14,7 @@ from mdatui.ui.screens.help import HelpScreen
 from mdatui.ui.screens.not_running import NotRunningScreen
 from mdatui.ui.screens.prompt import PromptScreen
 from mdatui.ui.screens.rule_form import RuleFormScreen
+from mdatui.ui.widgets.key_bar import KeyBar
 from mdatui.ui.widgets.sortable_table import SortableTable
 from mdatui.ui.widgets.status_bar import status_line
 
@@ -76,6 +77,22 @@ async def test_tabs_respond_to_the_mouse():
         await wait_frames(pilot, 1)
         await pilot.click("#--content-tab-pairs")
         assert pilot.app.screen.query_one(TabbedContent).active == "pairs"
+
+
+async def test_key_bar_shows_the_keys_of_the_tab_and_a_click_presses_one():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4")
+        await pilot.pause()
+        bar = pilot.app.screen.query_one(KeyBar)
+        line = bar.render().plain
+        assert "s Start/stop" in line and "w Save pcap" in line and "^p palette" in line
+        await pilot.press("2")
+        await pilot.pause()
+        line = bar.render().plain
+        assert "s Sort" in line and "Start/stop" not in line
+        await pilot.click(KeyBar, offset=(line.index("? Help") + 1, 0))
+        assert isinstance(pilot.app.screen, HelpScreen)
 
 
 async def test_command_palette_switches_tabs():

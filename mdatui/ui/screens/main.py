@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane
 
 from ..views.base import View
 from ..views.connections import ConnectionsView
@@ -16,6 +16,7 @@ from ..views.events import EventsView
 from ..views.overview import OverviewView
 from ..views.pairs import PairsView
 from ..views.rules import RulesView
+from ..widgets.key_bar import KeyBar
 from ..widgets.status_bar import StatusBar
 
 # (tab id, title), in the order of the tabs and of their number keys.
@@ -54,7 +55,7 @@ class MainScreen(Screen):
             for n, (tab_id, title) in enumerate(TABS, 1):
                 with TabPane(f"[dim]{n}[/] {title}", id=tab_id):
                     yield _VIEWS[tab_id](id=f"{tab_id}-view")
-        yield Footer()
+        yield KeyBar()
 
     def view(self, tab_id: str) -> View:
         return self.query_one(f"#{tab_id}-view", View)

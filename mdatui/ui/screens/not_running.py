@@ -7,10 +7,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Footer, LoadingIndicator, Static
+from textual.widgets import Button, LoadingIndicator, Static
 from textual.worker import Worker, WorkerState
 
 from ...core.console import Unavailable
+from ..widgets.key_bar import KeyBar
 
 
 class NotRunningScreen(Screen):
@@ -28,7 +29,7 @@ class NotRunningScreen(Screen):
             with Horizontal(id="nr-buttons"):
                 yield Button("Enable", id="nr-enable", variant="primary")
                 yield Button("Quit", id="nr-quit", variant="default")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#nr-box").border_title = "mdatui"

@@ -30,8 +30,7 @@ class View(Vertical):
     def _frame_changed(self, frame: Frame | None) -> None:
         if frame is None or not frame.snapshot.enabled:
             return
-        if (self.ENDS_ONLY and self._latest is not None
-                and frame.snapshot.table is self._latest.snapshot.table):
+        if self.shows_nothing_new(frame):
             return
         self._latest = frame
         self.record_frame(frame)
@@ -41,6 +40,14 @@ class View(Vertical):
             self.show_frame(frame)
         else:
             self.forget_frame()
+
+    def shows_nothing_new(self, frame: Frame) -> bool:
+        """Whether frame would show nothing the latest one did not: for a view of the ends
+        only (ENDS_ONLY), a frame that brings the same table again."""
+        return self.ENDS_ONLY and self.same_ends(frame)
+
+    def same_ends(self, frame: Frame) -> bool:
+        return self._latest is not None and frame.snapshot.table is self._latest.snapshot.table
 
     def catch_up(self) -> None:
         """The tab was opened: render the newest frame it skipped."""

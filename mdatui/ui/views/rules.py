@@ -115,11 +115,12 @@ class RulesView(View):
         self.edited = _copy(doc.config, doc.path)
         self._show_rules()
 
+    def shows_nothing_new(self, frame: Frame) -> bool:
+        # Rule match counts and the preview come from the ends, the status from the live rules.
+        return self.same_ends(frame) and frame.snapshot.active_rules == self._latest.snapshot.active_rules
+
     def show_frame(self, frame: Frame) -> None:
-        last, self._frame = self._frame, frame
-        if (last is not None and last.snapshot.table is frame.snapshot.table
-                and last.snapshot.active_rules == frame.snapshot.active_rules):
-            return  # the same ends and the same live rules: nothing shown here changed
+        self._frame = frame
         self._show_rules()
 
     def forget_frame(self) -> None:

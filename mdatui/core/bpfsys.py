@@ -11,9 +11,8 @@ import errno
 import os
 from collections.abc import Iterator
 
-# The C library, errno kept for ct.get_errno(); the other raw-syscall modules use it too.
-libc = ct.CDLL(None, use_errno=True)
-libc.syscall.restype = ct.c_long
+from .system import libc
+
 _SYS_BPF = 321  # x86_64
 
 BPF_MAP_LOOKUP_ELEM = 1

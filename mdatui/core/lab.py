@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import bpfsys, system
+from . import system
 
 CLONE_NEWNET = 0x40000000
 _serial = itertools.count()
@@ -35,7 +35,7 @@ def _enter(cgroup: str | None, netns: str | None, uid: int | None, gid: int | No
             f.write(str(os.getpid()))
     if netns:
         fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        if bpfsys.libc.setns(fd, CLONE_NEWNET) != 0:
+        if system.libc.setns(fd, CLONE_NEWNET) != 0:
             os._exit(127)
         os.close(fd)
     if gid is not None:

@@ -27,6 +27,7 @@ import struct
 import time
 
 from . import bpfsys
+from .system import libc
 
 LOCK_DIR = "/run/mdatui"
 
@@ -138,11 +139,11 @@ class _PollFd(ct.Structure):
     _fields_ = [("fd", ct.c_int), ("events", ct.c_short), ("revents", ct.c_short)]
 
 
-bpfsys.libc.poll.argtypes = [ct.POINTER(_PollFd), ct.c_ulong, ct.c_int]
+libc.poll.argtypes = [ct.POINTER(_PollFd), ct.c_ulong, ct.c_int]
 
 
 def _perf_event_open(attr: _PerfEventAttr, cpu: int) -> int:
-    fd = bpfsys.libc.syscall(_SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    fd = libc.syscall(_SYS_PERF_EVENT_OPEN, ct.byref(attr), -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
     if fd < 0:
         err = ct.get_errno()
         raise OSError(err, f"perf_event_open on CPU {cpu}: {os.strerror(err)}")
@@ -249,7 +250,7 @@ class PerfReader:
         # poll(2) itself, not select.poll: that one sleeps on after a signal handler has run
         # (PEP 475), so a stop flag set by Ctrl-C would wait out the timeout. This returns early
         # (EINTR), the handler runs, and the caller sees its flag before waiting again.
-        bpfsys.libc.poll(self._pollfds, len(self._pollfds), math.ceil(timeout_s * 1000))
+        libc.poll(self._pollfds, len(self._pollfds), math.ceil(timeout_s * 1000))
         drain_started = time.monotonic_ns()
         for data in [ring.read() for ring in self._rings]:  # every ring freed before parsing
             self._hold(data)

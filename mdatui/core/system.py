@@ -7,6 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
+# The C library, errno kept for ct.get_errno(): for the calls Python's os module lacks (bpf,
+# perf_event_open, setns, poll that returns on EINTR, mallopt).
+libc = ct.CDLL(None, use_errno=True)
+libc.syscall.restype = ct.c_long
+
 BPFFS = "/sys/fs/bpf"
 
 
@@ -63,4 +68,4 @@ def unmap_large_blocks() -> None:
     map reads (25 MiB a read at 200,000 ends) in heaps that fragment: 40-50 MB more resident
     memory, measured with bench/console.py. Smaller blocks stay in the heap, where reusing them
     costs no page faults."""
-    ct.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)
+    libc.mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK)

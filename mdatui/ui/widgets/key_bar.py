@@ -31,21 +31,25 @@ class KeyBar(Widget):
         self._keys: tuple[Key, ...] = ()
         self._spans: list[tuple[int, int, str]] = []  # (first cell, past last cell, key)
         self._pending = False
+        self._screen: Screen | None = None  # kept: a screen being removed detaches us first
 
     def on_mount(self) -> None:
-        self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
-        self._bindings_changed(self.screen)
+        self._screen = self.screen
+        self._screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
+        self._bindings_changed(self._screen)
 
     def on_unmount(self) -> None:
-        self.screen.bindings_updated_signal.unsubscribe(self)
+        self._screen.bindings_updated_signal.unsubscribe(self)
 
     def _bindings_changed(self, screen: Screen) -> None:
-        if screen is self.screen and not self._pending:
+        if screen is self._screen and not self._pending:
             self._pending = True
             self.call_after_refresh(self._take_keys)
 
     def _take_keys(self) -> None:
         self._pending = False
+        if not self.is_attached:  # the screen went away before the refresh came
+            return
         keys = self.shown_keys()
         if keys != self._keys:
             self._keys = keys

@@ -11,6 +11,7 @@ import random
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from mdatui.core import abi, apply, rules, snapshot
 from mdatui.core.console import Attribution, ConnectionPairs, Frame, preview
@@ -208,6 +209,94 @@ def test_the_sockhash_walked_a_slice_per_read_says_which_ends_it_holds():
     assert reads == -(-len(keys) // 100) and members.count == len(keys)
     assert members.held(Table.of(conns)).tolist() == [
         c.in_sockhash and c.end != held_ends[0] for c in conns]
+
+
+class BatchedMap:
+    """sock_proxy_map's entries in a fixed order, read as bpfsys.Map.lookup_batch reads them."""
+
+    def __init__(self, conns: list[Connection]):
+        table = Table.of(conns)
+        self.keys = table.keys
+        self.values = np.zeros(len(conns), snapshot.CONN)
+        for part, fields in ((table.static, snapshot.STATIC_FIELDS),
+                             (table.counters, snapshot.COUNTER_FIELDS)):
+            for f in fields:
+                self.values[f] = part[f]
+        self.taken_ns = table.taken_ns
+
+    def lookup_batch(self, keys: int, values: int, room: int, token: ct.c_uint64,
+                     first: bool) -> tuple[int, bool]:
+        start = 0 if first else token.value
+        stop = min(start + room, len(self.keys))
+        for out, records in ((keys, self.keys), (values, self.values)):
+            part = np.ascontiguousarray(records[start:stop])
+            ct.memmove(out, part.ctypes.data, part.nbytes)
+        token.value = stop
+        return stop - start, stop == len(self.keys)
+
+
+def moved(conns: list[Connection], step: int) -> list[Connection]:
+    return [replace(c, msgs=c.msgs + step * (i % 3), bytes=c.bytes + 10 * step)
+            for i, c in enumerate(conns)]
+
+
+def as_read(conns: list[Connection]) -> list[Connection]:
+    """What a read of sock_proxy_map alone says of them (ages aside)."""
+    return [replace(c, age_s=0.0, in_sockhash=True) for c in conns]
+
+
+def read_back(table: Table) -> list[Connection]:
+    return as_read(table.connections())
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Reads in batches of 256 ends: a map of a thousand is read in a few."""
+    monkeypatch.setattr(snapshot, "BATCH", 256)
+
+
+def test_a_read_of_the_same_ends_shares_their_columns_and_only_the_counters_are_new(small_batches):
+    conns = mesh(3 * snapshot.BATCH, 9)
+    assert len(conns) > 3 * snapshot.BATCH
+    ages_zero = as_read(conns)
+    m = BatchedMap(ages_zero)
+    first = snapshot.read_ends(m, len(conns), m.taken_ns)
+    assert read_back(first) == ages_zero
+    first.peer_row, first.index  # worked out once
+    later = moved(ages_zero, 1)
+    second = snapshot.read_ends(BatchedMap(later), len(conns), m.taken_ns, earlier=first)
+    assert read_back(second) == later
+    assert second.keys is first.keys and second.static is first.static
+    assert second.__dict__["peer_row"] is first.peer_row  # not worked out again
+    assert snapshot.rates(Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", table=first),
+                          Snapshot(taken_at=2.0, enabled=True, pin_dir="/x", table=second)
+                          )[1].tolist() == [float(i % 3) for i in range(len(conns))]
+
+
+@pytest.mark.parametrize("change", ["state", "owner", "peer", "gone", "new", "fewer"])
+def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
+    conns = as_read(mesh(3 * snapshot.BATCH, 10))
+    first = snapshot.read_ends(BatchedMap(conns), len(conns), 0)
+    later = moved(conns, 2)
+    at = 2 * snapshot.BATCH + 5  # in the third batch: the first two were shared so far
+    c = later[at]
+    if change == "state":
+        later[at] = replace(c, state="normal" if c.state != "normal" else "accelerated")
+    elif change == "owner":
+        later[at] = replace(c, owner=Owner(4242, 1, 1))
+    elif change == "peer":
+        later[at] = replace(c, peer=Endpoint("10.9.9.9:9", "10.9.9.8:8"), state="accelerated")
+    elif change == "gone":
+        del later[at]
+    elif change == "new":
+        later.insert(at, replace(c, end=Endpoint("10.1.1.1:1", "10.1.1.2:2")))
+    else:
+        del later[at:]
+    second = snapshot.read_ends(BatchedMap(later), len(conns), 0, earlier=first)
+    assert read_back(second) == later
+    assert second.static is not first.static
+    assert (second.peer_row == Table.of(later).peer_row).all()
+    assert read_back(first) == conns  # the earlier table is as it was read
 
 
 def random_rules(rng: random.Random) -> list[rules.Rule]:

@@ -110,8 +110,9 @@ class Frame:
             processes = Attribution.of(snap.table, processes or {})
         if prev is None or not prev.snapshot.enabled or not snap.enabled:
             return cls(snap, now, processes=processes)
+        if snap.table.same_ends(prev.snapshot.table):  # they pair alike (Snapshot.pairing)
+            snap.__dict__.setdefault("pairing", prev.pairs.of_same_ends(snap.table))
         if snap.table is prev.snapshot.table:  # the ends were not read again (Reader)
-            snap.__dict__.setdefault("pairing", prev.pairs)  # Snapshot.pairing: they pair alike
             return cls(snap, now, prev.total, prev.msgs_rate, prev.bytes_rate, processes,
                        prev.read_in)
         total, msgs_rate, bytes_rate = snapshot.rates(prev.read_in, snap)
@@ -156,7 +157,7 @@ class ConnectionPairs:
     def matching(self, rule: rules.Rule) -> np.ndarray:
         """rule.matches(pair.view()) of every pair, from the columns (apply.Pair.view: the
         connecting end's addresses and the accepting end's local one, both ends' owners)."""
-        keys, owners = self.table.keys, self.table.conns["owner"]
+        keys, owners = self.table.keys, self.table.owners
         c, a = self.connecting, self.accepting
         hit = np.ones(len(c), dtype=bool)
         if rule.net is not None:

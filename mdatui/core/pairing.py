@@ -6,7 +6,7 @@ Worked out over the columns of a snapshot.Table. Snapshot.pairs (the status line
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,10 +57,10 @@ def _pair_rows(table: Table, rows: np.ndarray, peers: np.ndarray, back: np.ndarr
     sound = mutual & held[a] & held[b_]
     # Either end tainted (its sends go through the stack: the state "normal") and the
     # connection is no longer accelerated, though nothing is broken.
-    tainted = table.conns["tainted"]
+    tainted = table.static["tainted"]
     stack = (tainted[a] != 0) | (tainted[b_] != 0)
     health = np.select(
-        [table.conns["paired"][a] == 0, b < 0, sound & stack, sound],
+        [table.static["paired"][a] == 0, b < 0, sound & stack, sound],
         [PENDING, ONE_SIDED, NORMAL, OK], STALE).astype(np.uint8)
     return a, b, health, second
 
@@ -83,6 +83,10 @@ class PairTable:
         a, b, health, second = _pair_rows(table, rows, peers, back)
         keep = ~second
         return cls(table, a[keep], b[keep], health[keep])
+
+    def of_same_ends(self, table: Table) -> "PairTable":
+        """These pairs in another read of the same ends (Table.same_ends)."""
+        return self if table is self.table else replace(self, table=table)
 
     def __len__(self) -> int:
         return len(self.a)

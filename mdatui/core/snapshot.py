@@ -28,6 +28,18 @@ KEY = np.dtype(abi.SockKey)
 CONN = np.dtype(abi.Conn)
 PENDING_ENTRY = np.dtype(abi.Pending)
 
+
+def _packed(fields: Sequence[str]) -> np.dtype:
+    return np.dtype([(f, CONN.fields[f][0]) for f in fields])
+
+
+# A Table keeps what an end's CONN record says in two parts: what stays while the end lives
+# (STATIC; pad makes a record 64 bytes, whole words) and the counters its sends move.
+STATIC_FIELDS = ("peer", "since_ns", "owner", "paired", "tainted", "active")
+COUNTER_FIELDS = ("msgs", "bytes", "passed")
+STATIC = np.dtype(_packed(STATIC_FIELDS).descr + [("pad", "<u4")])
+COUNTERS = _packed(COUNTER_FIELDS)
+
 # Row states as small integers; in this order they sort as their names do.
 STATES = ("accelerated", "normal", "pending")
 ACCELERATED, NORMAL, PENDING = range(len(STATES))
@@ -97,7 +109,7 @@ class Connection:
 # ---------------------------------------------------------------- the ends as columns
 
 def _words(records: np.ndarray, at: int = 0) -> np.ndarray:
-    """The key at byte offset `at` of each record (KEY records, or CONN ones for the peer) as
+    """The key at byte offset `at` of each record (KEY records, or STATIC ones for the peer) as
     three 64-bit words, to compare and hash keys whole: a view, nothing is copied."""
     records = np.ascontiguousarray(records)
     words = records.view(np.uint64).reshape(len(records), records.dtype.itemsize // 8)
@@ -187,18 +199,34 @@ def key_record(end: Endpoint) -> tuple:
 class Table:
     """Every end of sock_proxy_map at one instant, as columns: row i of each array is one end.
 
-    keys and conns are the kernel's records (KEY, CONN); in_sockhash says whether the end is in
-    the sockhash as well; taken_ns is the CLOCK_MONOTONIC time they were read at (ages count
-    to it). Derived columns are computed when first asked for.
+    keys are the kernel's records (KEY), static and counters the two parts of its values (STATIC,
+    COUNTERS); in_sockhash says whether the end is in the sockhash as well; taken_ns is the
+    CLOCK_MONOTONIC time they were read at (ages count to it). Derived columns are computed when
+    first asked for. A table read after `earlier` whose ends had not changed shares its keys and
+    static arrays (read_ends), and with them whatever was derived from those alone.
     """
 
-    def __init__(self, keys: np.ndarray, conns: np.ndarray, taken_ns: int,
-                 in_sockhash: np.ndarray | None = None):
+    # The cached columns that depend on keys and static alone.
+    _OF_STATIC = ("words", "index", "state", "active", "peer_words", "peer_row")
+
+    def __init__(self, keys: np.ndarray, static: np.ndarray, counters: np.ndarray, taken_ns: int,
+                 in_sockhash: np.ndarray | None = None, earlier: "Table | None" = None):
         self.keys = keys
-        self.conns = conns
+        self.static = static
+        self.counters = counters
         self.taken_ns = taken_ns
         self.in_sockhash = np.ones(len(keys), dtype=bool) if in_sockhash is None else in_sockhash
         self._rows_in: tuple[weakref.ref, np.ndarray] | None = None
+        if earlier is not None and earlier.keys is keys and earlier.static is static:
+            for name in self._OF_STATIC:
+                if name in earlier.__dict__:
+                    self.__dict__[name] = earlier.__dict__[name]
+
+    def same_ends(self, other: "Table") -> bool:
+        """Whether other holds these ends with the same peers, owners and states (shared arrays)
+        and the same ones in the sockhash."""
+        return (self.keys is other.keys and self.static is other.static
+                and np.array_equal(self.in_sockhash, other.in_sockhash))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -209,15 +237,17 @@ class Table:
         counted against a clock of its own."""
         taken_ns = 1 << 62
         keys = np.zeros(len(connections), KEY)
-        conns = np.zeros(len(connections), CONN)
+        static = np.zeros(len(connections), STATIC)
+        counters = np.zeros(len(connections), COUNTERS)
         for i, c in enumerate(connections):
             keys[i] = key_record(c.end)
             owner = [abi.UNKNOWN_ID if v is None else v for v in (c.owner.pid, c.owner.uid, c.owner.gid)]
             paired = c.peer is not None and c.state != "pending"
-            conns[i] = (key_record(c.peer) if c.peer else (0,) * 5, c.msgs, c.bytes, c.passed,
-                        taken_ns - round(c.age_s * 1e9), (*owner, 0), paired,
-                        c.state == "normal", c.active, 0, 0)
-        return cls(keys, conns, taken_ns, np.array([c.in_sockhash for c in connections], dtype=bool))
+            static[i] = (key_record(c.peer) if c.peer else (0,) * 5, taken_ns - round(c.age_s * 1e9),
+                         (*owner, 0), paired, c.state == "normal", c.active, 0)
+            counters[i] = (c.msgs, c.bytes, c.passed)
+        return cls(keys, static, counters, taken_ns,
+                   np.array([c.in_sockhash for c in connections], dtype=bool))
 
     # ------------------------------------------------------------ columns
 
@@ -232,33 +262,37 @@ class Table:
     @cached_property
     def state(self) -> np.ndarray:
         """STATES index of each row."""
-        paired = self.conns["paired"] != 0
-        return np.where(self.conns["tainted"] != 0, NORMAL,
+        paired = self.static["paired"] != 0
+        return np.where(self.static["tainted"] != 0, NORMAL,
                         np.where(paired, ACCELERATED, PENDING)).astype(np.uint8)
 
     @cached_property
     def active(self) -> np.ndarray:
-        return self.conns["active"] != 0
+        return self.static["active"] != 0
 
     @property
     def msgs(self) -> np.ndarray:
-        return self.conns["msgs"]
+        return self.counters["msgs"]
 
     @property
     def bytes(self) -> np.ndarray:
-        return self.conns["bytes"]
+        return self.counters["bytes"]
+
+    @property
+    def owners(self) -> np.ndarray:
+        return self.static["owner"]
 
     @property
     def pid(self) -> np.ndarray:
-        return self.conns["owner"]["pid"]
+        return self.owners["pid"]
 
     @property
     def uid(self) -> np.ndarray:
-        return self.conns["owner"]["uid"]
+        return self.owners["uid"]
 
     @property
     def since_ns(self) -> np.ndarray:
-        return self.conns["since_ns"]
+        return self.static["since_ns"]
 
     @cached_property
     def age_s(self) -> np.ndarray:
@@ -267,25 +301,18 @@ class Table:
 
     @cached_property
     def peer_words(self) -> np.ndarray:
-        return _words(self.conns, CONN.fields["peer"][1])
+        return _words(self.static, STATIC.fields["peer"][1])
 
     @cached_property
     def peer_row(self) -> np.ndarray:
-        """The row of each end's peer: -1 while it has none, or where the peer has no entry.
-        The earlier read's answer when no end came, went or changed its peer meanwhile."""
-        earlier = self._rows_in[0]() if self._rows_in is not None else None
-        if (earlier is not None and "peer_row" in earlier.__dict__ and len(earlier) == len(self)
-                and np.array_equal(self.words, earlier.words)
-                and np.array_equal(self.peer_words, earlier.peer_words)
-                and np.array_equal(self.conns["paired"], earlier.conns["paired"])):
-            return earlier.peer_row
-        return np.where(self.conns["paired"] != 0, self.find(self.peer_words), -1)
+        """The row of each end's peer: -1 while it has none, or where the peer has no entry."""
+        return np.where(self.static["paired"] != 0, self.find(self.peer_words), -1)
 
     def peer_rows(self, rows: np.ndarray) -> np.ndarray:
         """peer_row of some rows, without finding every row's peer."""
         if "peer_row" in self.__dict__:
             return self.peer_row[rows]
-        return np.where(self.conns["paired"][rows] != 0, self.find(self.peer_words[rows]), -1)
+        return np.where(self.static["paired"][rows] != 0, self.find(self.peer_words[rows]), -1)
 
     # ------------------------------------------------------------ finding rows
 
@@ -297,7 +324,8 @@ class Table:
             return np.arange(len(self), dtype=np.int32)
         if self._rows_in is not None and self._rows_in[0]() is other:
             return self._rows_in[1]
-        if len(self) == len(other) and np.array_equal(self.words, other.words):
+        if self.keys is other.keys or (len(self) == len(other)
+                                       and np.array_equal(self.words, other.words)):
             rows = np.arange(len(self), dtype=np.int32)  # nothing came or went
         else:
             rows = other.index.find_all(self.index)
@@ -327,11 +355,11 @@ class Table:
     def connections(self, start: int = 0, stop: int | None = None) -> list[Connection]:
         stop = len(self) if stop is None else stop
         out = []
-        rows = zip(self.keys[start:stop].tolist(), self.conns[start:stop].tolist(),
-                   self.state[start:stop].tolist(), self.age_s[start:stop].tolist(),
-                   self.in_sockhash[start:stop].tolist())
-        for key, conn, state, age, held in rows:
-            peer, msgs, nbytes, passed, _since, (pid, uid, gid, _), paired, _, active, _, _ = conn
+        rows = zip(self.keys[start:stop].tolist(), self.static[start:stop].tolist(),
+                   self.counters[start:stop].tolist(), self.state[start:stop].tolist(),
+                   self.age_s[start:stop].tolist(), self.in_sockhash[start:stop].tolist())
+        for key, static, (msgs, nbytes, passed), state, age, held in rows:
+            peer, _since, (pid, uid, gid, _), paired, _, active, _ = static
             out.append(Connection(
                 end=_endpoint(key), peer=_endpoint(peer) if paired else None, state=STATES[state],
                 msgs=msgs, bytes=nbytes, passed=passed, age_s=age, owner=Owner.of_ids(pid, uid, gid),
@@ -465,31 +493,93 @@ def _dump_state(ctl: abi.Control) -> DumpState:
     return DumpState(bool(ctl.dump_on), ip, ctl.dump_port or None, ctl.snaplen)
 
 
-def read_entries(m: bpfsys.Map, key_dtype: np.dtype, value_dtype: np.dtype,
-                 room: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every entry of a hash map as two record arrays, in one bpf() call when `room` (the map's
-    capacity) entries fit in the buffers. Pages the kernel does not write to are never made
-    resident, so room costs address space only; the arrays are views of the buffers."""
-    keys, values = np.empty(room, key_dtype), np.empty(room, value_dtype)
+BATCH = 8192  # entries per bpf() call when reading a map in parts
+
+
+def _batches(m: bpfsys.Map, key_dtype: np.dtype,
+             value_dtype: np.dtype) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every entry of a hash map, BATCH at a time, as record arrays that the next batch
+    overwrites. Entries that change meanwhile are read as they are found."""
+    keys, values = np.empty(BATCH, key_dtype), np.empty(BATCH, value_dtype)
     token = ct.c_uint64()
-    n, first = 0, True
+    first = True
     while True:
-        if len(keys) - n < 1024:  # a map that grew past its capacity while being read
-            keys = np.concatenate([keys[:n], np.empty(len(keys), key_dtype)])
-            values = np.concatenate([values[:n], np.empty(len(values), value_dtype)])
         try:
-            got, done = m.lookup_batch(keys.ctypes.data + n * key_dtype.itemsize,
-                                       values.ctypes.data + n * value_dtype.itemsize,
-                                       len(keys) - n, token, first)
+            got, done = m.lookup_batch(keys.ctypes.data, values.ctypes.data, BATCH, token, first)
         except bpfsys.BpfError as e:
             if first and e.errno in (errno.EINVAL, bpfsys.ENOTSUPP, errno.EOPNOTSUPP):
                 items = list(m.items())  # a kernel without batch lookups: one call per key
-                return (np.array([bytes(k) for k, _ in items], dtype=f"V{key_dtype.itemsize}").view(key_dtype),
-                        np.array([bytes(v) for _, v in items], dtype=f"V{value_dtype.itemsize}").view(value_dtype))
+                yield (np.array([bytes(k) for k, _ in items], dtype=f"V{key_dtype.itemsize}").view(key_dtype),
+                       np.array([bytes(v) for _, v in items], dtype=f"V{value_dtype.itemsize}").view(value_dtype))
+                return
             raise
-        n, first = n + got, False
+        first = False
+        yield keys[:got], values[:got]
         if done:
-            return keys[:n], values[:n]
+            return
+
+
+def _room(a: np.ndarray, n: int, more: int) -> np.ndarray:
+    """a, or a copy of its first n records with room for `more` after them."""
+    if n + more <= len(a):
+        return a
+    grown = np.empty(max(2 * len(a), n + more), a.dtype)
+    grown[:n] = a[:n]
+    return grown
+
+
+def read_entries(m: bpfsys.Map, key_dtype: np.dtype, value_dtype: np.dtype,
+                 room: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every entry of a hash map as two record arrays, with room (its capacity) allocated
+    ahead: pages never written to are never made resident, so room costs address space only."""
+    keys, values = np.empty(room, key_dtype), np.empty(room, value_dtype)
+    n = 0
+    for k, v in _batches(m, key_dtype, value_dtype):
+        keys, values = _room(keys, n, len(k)), _room(values, n, len(k))
+        keys[n:n + len(k)], values[n:n + len(k)] = k, v
+        n += len(k)
+    return keys[:n], values[:n]
+
+
+def _same_records(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) == len(b) and np.array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+def read_ends(m: bpfsys.Map, room: int, taken_ns: int, earlier: Table | None = None) -> Table:
+    """sock_proxy_map as a Table. Ends mostly live for many reads, and a hash map that nothing
+    entered or left is walked in the same order: while the ends read are earlier's, with the
+    same peers, owners and states, the new table shares earlier's keys and static arrays and
+    only its counters are new. At 200,000 ends a read then makes 5 MB resident instead of 24,
+    and the key index, the peers' rows and the pairs need not be worked out again."""
+    counters = np.empty(room, COUNTERS)
+    part = np.zeros(BATCH, STATIC)  # zeros: pad stays 0, so records compare word by word
+    shared = earlier is not None    # every end so far is earlier's, at its row
+    keys = static = None
+    if not shared:
+        keys, static = np.empty(room, KEY), np.empty(room, STATIC)
+    n = 0
+    for batch_keys, values in _batches(m, KEY, CONN):
+        got = len(batch_keys)
+        counters = _room(counters, n, got)
+        for f in COUNTER_FIELDS:
+            counters[f][n:n + got] = values[f]
+        static_part = part[:got] if got <= BATCH else np.zeros(got, STATIC)
+        for f in STATIC_FIELDS:
+            static_part[f] = values[f]
+        if shared and not (_same_records(batch_keys, earlier.keys[n:n + got])
+                           and _same_records(static_part, earlier.static[n:n + got])):
+            shared = False
+            keys, static = np.empty(max(room, n), KEY), np.empty(max(room, n), STATIC)
+            keys[:n], static[:n] = earlier.keys[:n], earlier.static[:n]
+        if not shared:
+            keys, static = _room(keys, n, got), _room(static, n, got)
+            keys[n:n + got], static[n:n + got] = batch_keys, static_part
+        n += got
+    if shared:
+        if n == len(earlier):
+            return Table(earlier.keys, earlier.static, counters[:n], taken_ns, earlier=earlier)
+        keys, static = earlier.keys, earlier.static  # fewer ends, the first ones earlier's
+    return Table(keys[:n], static[:n], counters[:n], taken_ns)
 
 
 class SockhashMembers:
@@ -576,10 +666,9 @@ class Reader:
         if not fresh and self._table is not None and self._cpu_share and taken_ns < self._next_ns:
             return self._table
         cpu = time.thread_time()
-        keys, conns = read_entries(inst.maps["sock_proxy_map"], KEY, CONN,
-                                   capacity["sock_proxy_map"])
+        table = read_ends(inst.maps["sock_proxy_map"], capacity["sock_proxy_map"], taken_ns,
+                          self._table)
         self._sockhash.walk(inst.maps["sock_ops_map"], taken_ns, capacity["sock_ops_map"])
-        table = Table(keys, conns, taken_ns)
         table.in_sockhash = self._sockhash.held(table)
         if self._cpu_share and self._table is not None:  # the first read walks the sockhash whole
             self._every_s = (time.thread_time() - cpu) / self._cpu_share
@@ -641,8 +730,8 @@ def rates(prev: Snapshot, cur: Snapshot) -> tuple[Rates, np.ndarray, np.ndarray]
     rows = cur.table.rows_in(prev.table)
     per = []
     for column in ("msgs", "bytes"):
-        now = cur.table.conns[column]
-        before = prev.table.conns[column][rows.clip(min=0)] if len(prev.table) else 0
+        now = cur.table.counters[column]
+        before = prev.table.counters[column][rows.clip(min=0)] if len(prev.table) else 0
         before = np.where(rows >= 0, before, 0)
         # Counters only grow while an end lives; `where` keeps u64 from wrapping all the same.
         per.append((np.where(now > before, now - before, 0) / dt).astype(np.float32))

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 from textual.geometry import Region
-from textual.widgets import Button, DataTable, Input, RichLog, TabbedContent
+from textual.widgets import Button, DataTable, Input, Log, TabbedContent
 
 from mdatui.core.console import Frame
 from mdatui.ui.app import MdaConsole
@@ -369,9 +369,9 @@ async def test_rule_edit_and_move():
         assert view.query_one("#rules-table", DataTable).cursor_row == 0
 
 
-async def log_lines(pilot, n: int) -> RichLog:
+async def log_lines(pilot, n: int) -> Log:
     """The Events tab's log once it holds n lines (or two seconds on)."""
-    log = pilot.app.screen.query_one("#events-log", RichLog)
+    log = pilot.app.screen.query_one("#events-log", Log)
     for _ in range(100):
         if len(log.lines) >= n:
             break
@@ -384,7 +384,7 @@ async def test_events_are_listed_as_they_arrive():
         await wait_frames(pilot, 1)
         await pilot.press("6")
         log = await log_lines(pilot, 4)
-        lines = [line.text for line in log.lines]
+        lines = list(log.lines)
         assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
         assert any("refused" in l and "by rule 2" in l for l in lines)
         assert any("demoted" in l and "handed back to the stack" in l for l in lines)

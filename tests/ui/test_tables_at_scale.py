@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 from rich.style import Style
@@ -15,13 +16,14 @@ from textual.widgets import DataTable
 
 from mdatui.core.console import Frame
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import Snapshot
+from mdatui.core import snapshot
+from mdatui.core.snapshot import Endpoint, Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
 from mdatui.ui.widgets import sortable_table
 from mdatui.ui.widgets.sortable_table import SortableTable
 
-from ..test_columns import mesh
+from ..test_columns import BatchedMap, as_read, mesh, moved
 from .fake import FakeBackend
 
 PAGE = 40  # smaller than the rows, so that choosing a page's contenders is exercised
@@ -128,3 +130,31 @@ async def test_cells_drawn_directly_are_what_datatable_draws():
                                                            hover), (cell, width, cursor, hover)
                     checked += 1
         assert checked > 1000
+
+
+def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what_is_read(
+        monkeypatch):
+    monkeypatch.setattr(snapshot, "BATCH", 128)
+    conns = as_read(mesh(300, 13))
+    gone = next(i for i, c in enumerate(conns) if c.end.local.startswith("198.19.1."))
+    changed = conns[:gone] + conns[gone + 1:] + [replace(conns[gone], end=Endpoint(
+        "198.19.7.7:7777", conns[gone].end.remote))]
+    reads = []
+    for i, later in enumerate((conns, moved(conns, 1), changed)):
+        table = snapshot.read_ends(BatchedMap(later), 1024, 0, reads[-1].table if reads else None)
+        reads.append(Snapshot(10.0 + i, True, "/x", table=table))
+    frame = None
+    conn_rows, pair_rows = [], []
+    for snap in reads:
+        frame = Frame.next(frame, snap, snap.taken_at)
+        conn_rows.append(connections.ConnRows(frame, conn_rows[-1] if conn_rows else None))
+        pair_rows.append(pairs.PairRows(frame, pair_rows[-1] if pair_rows else None))
+        for needle in ("198.19.1.", "198.19.7.7:7777"):
+            ends = [c.end for c in snap.table.connections()]
+            assert conn_rows[-1].local.search(needle).tolist() == [needle in e.local for e in ends]
+            a_ends = [snap.table.connection(int(a)).end for a in frame.pairs.a]
+            assert pair_rows[-1].a_local.search(needle).tolist() == [needle in e.local for e in a_ends]
+    first, same, other = conn_rows
+    assert same.local is first.local and other.local is not same.local
+    assert pair_rows[1].a_local is pair_rows[0].a_local
+    assert pair_rows[2].a_local is not pair_rows[1].a_local

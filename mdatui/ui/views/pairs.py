@@ -15,7 +15,7 @@ from ...core.console import Frame
 from ...core.pairing import HEALTH, Pair
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
-from ..widgets.columns import Addresses, indexed_search, styled
+from ..widgets.columns import Addresses, carry_over, indexed_search, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
 from .base import View
@@ -33,7 +33,7 @@ class PairRow:
 class PairRows:
     """Every pair of a frame, as the table sorts and filters them: columns of the ends' rows."""
 
-    def __init__(self, frame: Frame):
+    def __init__(self, frame: Frame, earlier: "PairRows | None" = None):
         self.frame = frame
         self.pairs = frame.pairs
         table = frame.snapshot.table
@@ -41,6 +41,9 @@ class PairRows:
         self.has_b = self.b >= 0
         self._b = self.b.clip(min=0)  # where there is no b, these rows' values are not used
         self.table = table
+        if (earlier is not None and earlier.table.keys is table.keys
+                and earlier.a is self.a and earlier.b is self.b):  # the same ends, paired alike
+            carry_over(self, earlier, ("a_local", "a_remote", "b_local", "b_remote"))
 
     def __len__(self) -> int:
         return len(self.a)
@@ -159,7 +162,7 @@ class PairsView(View):
         self.table.forget()
 
     def show_frame(self, frame: Frame) -> None:
-        self.table.show(PairRows(frame))
+        self.table.show(PairRows(frame, self.table.source))
         counts = frame.pairs.counts()
         broken = counts["one-sided"] + counts["stale"]
         summary = Text(f"{len(frame.pairs)} pairs: {counts['ok']} ok (accelerated), "

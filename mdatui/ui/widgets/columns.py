@@ -91,6 +91,14 @@ class Distinct:
         return np.array([needle in text(v).casefold() for v in distinct.tolist()], dtype=bool)[which]
 
 
+def carry_over(rows: object, earlier: object, names: tuple[str, ...]) -> None:
+    """The cached columns `names` that the earlier rows worked out, given to rows of another
+    frame that share what those columns are made of (the same ends: snapshot.read_ends)."""
+    for name in names:
+        if name in earlier.__dict__:
+            rows.__dict__[name] = earlier.__dict__[name]
+
+
 def indexed_search(index: np.ndarray, texts: list[str], needle: str) -> np.ndarray:
     """Rows whose text is texts[index[row]] (the last one where index is negative) and contains
     the needle."""

@@ -95,11 +95,14 @@ CASES = [("connections", connections.COLUMNS, connections.ConnRows, CONN_VALUES,
           lambda r: key_order(r.pair.a.end), lambda r: r.pair.key)]
 
 
+@pytest.mark.parametrize("ranked_past", [10**9, 0], ids=["by-address", "by-rank"])
 @pytest.mark.parametrize("name, columns, make_rows, values, tiebreak, key", CASES,
                          ids=[c[0] for c in CASES])
 def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, name, columns,
-                                                                make_rows, values, tiebreak, key):
+                                                                make_rows, values, tiebreak, key,
+                                                                ranked_past):
     monkeypatch.setattr(sortable_table, "MAX_ROWS", PAGE)
+    monkeypatch.setattr(connections, "RANKED_PAST", ranked_past)  # how tied rows are ordered
     rows = make_rows(frames(1500))
     table = SortableTable(columns, key)
     for needle, column, reverse in itertools.product(("", "198.19.1", ":8", "ok", "envoy"),

@@ -19,7 +19,7 @@ from ..widgets.columns import Addresses, carry_over, indexed_search, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
 from .base import View
-from .connections import key_order
+from .connections import EndOrder
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class PairRows:
         self.table = table
         if (earlier is not None and earlier.table.keys is table.keys
                 and earlier.a is self.a and earlier.b is self.b):  # the same ends, paired alike
-            carry_over(self, earlier, ("a_local", "a_remote", "b_local", "b_remote"))
+            carry_over(self, earlier, ("a_local", "a_remote", "b_local", "b_remote", "end_order"))
 
     def __len__(self) -> int:
         return len(self.a)
@@ -68,8 +68,12 @@ class PairRows:
     def b_remote(self) -> Addresses:
         return self._addresses(self._b, "remote")
 
-    def tiebreak(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return key_order(self.table.keys[self.a[rows]])
+    @cached_property
+    def end_order(self) -> EndOrder:
+        return EndOrder(self.table.keys)
+
+    def tiebreak(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.end_order.of(self.a[rows])
 
     def item(self, k: int) -> PairRow:
         pair = self.pairs.pair(k)

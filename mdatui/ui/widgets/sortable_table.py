@@ -33,6 +33,15 @@ T = TypeVar("T")
 MAX_ROWS = 100
 
 
+def _nth_smallest(values: np.ndarray, at: int):
+    """values[at] of values sorted. numpy's partition takes 10-20 times longer when many values
+    are equal (25 ms at 200,000 rates of 0, a sort 1-2 ms); with few equal it is the faster."""
+    sample = values[::max(1, len(values) // 1024)]
+    if 8 * np.unique(sample, return_counts=True)[1].max(initial=0) > len(sample):
+        return np.sort(values)[at]
+    return np.partition(values, at)[at]
+
+
 class Rows(Protocol[T]):
     """All rows of a table as its columns see them."""
 
@@ -300,7 +309,7 @@ class SortableTable(DataTable, Generic[T]):
         tiebreak's most significant key (a column of a few states ties on all rows)."""
         def first(values: np.ndarray, n: int) -> np.ndarray:
             at = len(values) - n if reverse else n - 1
-            bound = np.partition(values, at)[at]
+            bound = _nth_smallest(values, at)
             return (values >= bound if reverse else values <= bound), bound
         near, bound = first(value, MAX_ROWS)
         tied = np.flatnonzero(value == bound)

@@ -36,6 +36,7 @@ class Polled(Message):
 
 # Refresh periods the +/- keys step through, in seconds.
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+YOUNG_OBJECTS_PER_GC = 5000
 
 
 class MdaConsole(App[int]):
@@ -111,8 +112,13 @@ class MdaConsole(App[int]):
             if self.frames == 1:
                 # The widgets live as long as the app: keep them out of the cyclic GC's full
                 # collections, which a refresh of many rows triggers every few seconds and
-                # which then took 80 ms, pausing the UI.
+                # which then took 80 ms, pausing the UI. Textual's drawing makes and drops
+                # objects by the thousand: collected every 700 new objects (Python's default),
+                # enough of them outlived the youngest generation to start a full collection
+                # every 2 s at 200,000 ends, each a 30-70 ms pause; every 5,000, a collection
+                # takes a few ms and a full one comes once in some 20 s (bench/console.py).
                 gc.freeze()
+                gc.set_threshold(YOUNG_OBJECTS_PER_GC)
         self._sync_not_running(message.frame is not None and message.frame.snapshot.enabled)
 
     def _sync_not_running(self, enabled: bool) -> None:

@@ -299,6 +299,30 @@ def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
     assert read_back(first) == conns  # the earlier table is as it was read
 
 
+def test_frames_of_the_same_ends_take_the_earlier_pairs_and_of_changed_ends_pair_anew(small_batches):
+    conns = as_read(mesh(3 * snapshot.BATCH, 11))
+    changed = moved(conns, 1)
+    ok = PairTable.of(Table.of(conns))
+    at = int(ok.a[list(ok.health).index(HEALTH.index("ok"))])  # rows are in the map's order
+    changed[at] = replace(changed[at], state="normal")  # an ok pair becomes "normal"
+    tables = []
+    for later in (conns, moved(conns, 1), changed):
+        tables.append(snapshot.read_ends(BatchedMap(later), len(conns), 0,
+                                         tables[-1] if tables else None))
+    frames = []
+    for i, table in enumerate(tables):
+        snap = Snapshot(taken_at=float(i), enabled=True, pin_dir="/x", table=table)
+        frames.append(Frame.next(frames[-1] if frames else None, snap, float(i)))
+    first, same, other = frames
+    assert same.pairs.a is first.pairs.a and same.pairs.table is same.snapshot.table
+    assert other.pairs.a is not same.pairs.a
+    for frame in frames:
+        fresh = PairTable.of(frame.snapshot.table)
+        assert (frame.pairs.health == fresh.health).all() and (frame.pairs.a == fresh.a).all()
+    assert other.pairs.counts()["normal"] == same.pairs.counts()["normal"] + 1
+    assert other.pairs.counts()["ok"] == same.pairs.counts()["ok"] - 1
+
+
 def random_rules(rng: random.Random) -> list[rules.Rule]:
     out = []
     for _ in range(rng.randrange(0, 5)):

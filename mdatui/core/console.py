@@ -110,8 +110,7 @@ class Frame:
             processes = Attribution.of(snap.table, processes or {})
         if prev is None or not prev.snapshot.enabled or not snap.enabled:
             return cls(snap, now, processes=processes)
-        if snap.table.same_ends(prev.snapshot.table):  # they pair alike (Snapshot.pairing)
-            snap.__dict__.setdefault("pairing", prev.pairs.of_same_ends(snap.table))
+        snap.pair_as(prev.snapshot)
         if snap.table is prev.snapshot.table:  # the ends were not read again (Reader)
             return cls(snap, now, prev.total, prev.msgs_rate, prev.bytes_rate, processes,
                        prev.read_in)

@@ -80,7 +80,7 @@ class EndOrder:
 class ConnRows:
     """Every end of a frame, as the table sorts and filters them. What the earlier frame's rows
     worked out of the same ends is taken over: a filter typed after each refresh would work out
-    the distinct addresses of 200,000 ends again (some 50 ms)."""
+    the distinct addresses, netns and pids of 200,000 ends again (30-50 ms)."""
 
     def __init__(self, frame: Frame, earlier: "ConnRows | None" = None):
         self.frame = frame

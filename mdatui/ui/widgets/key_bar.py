@@ -39,7 +39,8 @@ class KeyBar(Widget):
         self._bindings_changed(self._screen)
 
     def on_unmount(self) -> None:
-        self._screen.bindings_updated_signal.unsubscribe(self)
+        if self._screen is not None:
+            self._screen.bindings_updated_signal.unsubscribe(self)
 
     def _bindings_changed(self, screen: Screen) -> None:
         if screen is self._screen and not self._pending:

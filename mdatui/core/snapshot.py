@@ -217,16 +217,19 @@ class Table:
         self.taken_ns = taken_ns
         self.in_sockhash = np.ones(len(keys), dtype=bool) if in_sockhash is None else in_sockhash
         self._rows_in: tuple[weakref.ref, np.ndarray] | None = None
-        if earlier is not None and earlier.keys is keys and earlier.static is static:
+        if earlier is not None and self.shares_columns(earlier):
             for name in self._OF_STATIC:
                 if name in earlier.__dict__:
                     self.__dict__[name] = earlier.__dict__[name]
 
+    def shares_columns(self, other: "Table") -> bool:
+        """Whether other holds these ends with the same peers, owners and states: its keys and
+        static columns are these very arrays (read_ends)."""
+        return self.keys is other.keys and self.static is other.static
+
     def same_ends(self, other: "Table") -> bool:
-        """Whether other holds these ends with the same peers, owners and states (shared arrays)
-        and the same ones in the sockhash."""
-        return (self.keys is other.keys and self.static is other.static
-                and np.array_equal(self.in_sockhash, other.in_sockhash))
+        """shares_columns, and the same ends in the sockhash."""
+        return self.shares_columns(other) and np.array_equal(self.in_sockhash, other.in_sockhash)
 
     def __len__(self) -> int:
         return len(self.keys)

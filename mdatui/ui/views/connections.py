@@ -85,8 +85,7 @@ class ConnRows:
     def __init__(self, frame: Frame, earlier: "ConnRows | None" = None):
         self.frame = frame
         self.table = frame.snapshot.table
-        if (earlier is not None and earlier.table.keys is self.table.keys
-                and earlier.table.static is self.table.static):
+        if earlier is not None and self.table.shares_columns(earlier.table):
             carry_over(self, earlier, ("local", "remote", "netns", "pid", "end_order"))
 
     @cached_property

@@ -36,8 +36,8 @@ async def two_frames(pilot) -> None:
     await wait_frames(pilot, 2)
 
 
-def keys(table: DataTable) -> list[str]:
-    return [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
+def keys(table: SortableTable) -> list[str]:
+    return table.row_keys
 
 
 async def test_status_line_shows_state_and_rates():
@@ -186,10 +186,10 @@ async def test_pairs_put_broken_pairs_first():
         await two_frames(pilot)
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
-        healths = [table.get_row_at(i)[2].plain for i in range(table.row_count)]
+        healths = [table.cells(i)[2].plain for i in range(table.row_count)]
         assert healths == ["one-sided", "pending", "normal", "ok", "ok"]
         assert text(pilot.app.screen.query_one("#pairs-summary")).endswith("1 broken")
-        row = table.get_row_at(3)
+        row = table.cells(3)
         assert "→" in row[1]  # a complete pair shows its peer, both directions counted
 
 
@@ -198,7 +198,7 @@ async def test_a_pair_on_the_normal_path_is_not_an_accelerated_one_anywhere():
         await two_frames(pilot)
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
-        taken_off = table.get_row_at(keys(table).index("198.18.0.1:45000>198.18.0.2:9090@0"))
+        taken_off = table.cells(keys(table).index("198.18.0.1:45000>198.18.0.2:9090@0"))
         assert (taken_off[2].plain, taken_off[3].plain) == ("normal", "normal")  # health, state
         summary = text(pilot.app.screen.query_one("#pairs-summary"))
         assert summary.startswith("5 pairs: 2 ok (accelerated), 1 on the normal path, 1 pending")
@@ -463,12 +463,11 @@ async def test_connection_counters_are_in_view_and_clear_of_the_detail_pane(size
         seen = table.scrollable_content_region  # on screen, less the scrollbars
         lines = screen_lines(pilot.app)
         x = seen.x - round(table.scroll_x)
-        for column in table.ordered_columns:
-            header = Region(x, seen.y, column.get_render_width(table), 1)
-            x += header.width
-            if column.key.value in ("msgs", "bytes", "rate"):
+        for column, start, width in table.column_spans():
+            header = Region(x + start, seen.y, width, 1)
+            if column.key in ("msgs", "bytes", "rate"):
                 assert seen.contains_region(header) and not header.overlaps(pane), column.key
-                label = column.label.plain.split()[0]
+                label = column.label.split()[0]
                 assert label in lines[header.y][header.x:header.right], (label, lines[header.y])
 
 

@@ -1,7 +1,6 @@
 """The connections and pairs tables over thousands of rows. The page that the columns' arrays
 pick (numpy sorts and filters) is the page that sorting and filtering the rows' cells one by one
-picks, for every column both ways; and a cell SortableTable draws itself is made of the very
-segments DataTable draws through Rich."""
+picks, for every column both ways."""
 
 from __future__ import annotations
 
@@ -11,20 +10,16 @@ import random
 from dataclasses import replace
 
 import pytest
-from rich.style import Style
-from textual.widgets import DataTable
 
 from mdatui.core.console import Frame
 from mdatui.core.procs import ProcessInfo
 from mdatui.core import snapshot
 from mdatui.core.snapshot import Endpoint, Snapshot
-from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
 from mdatui.ui.widgets import sortable_table
 from mdatui.ui.widgets.sortable_table import SortableTable
 
 from ..test_columns import BatchedMap, as_read, mesh, moved
-from .fake import FakeBackend
 
 PAGE = 40  # smaller than the rows, so that choosing a page's contenders is exercised
 
@@ -111,28 +106,6 @@ def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, nam
         page = [key(rows.item(i)) for i in table._page(rows).tolist()]
         want = [key(it) for it in reference(rows, columns, values, tiebreak, column, reverse, needle)]
         assert page == want, (needle, column, reverse)
-
-
-async def test_cells_drawn_directly_are_what_datatable_draws():
-    async with MdaConsole(FakeBackend(), interval=3600).run_test(size=(100, 30)) as pilot:
-        while pilot.app.frames < 1:
-            await pilot.pause(0.01)
-        checked = 0
-        for tab, selector in (("2", "#conn-table"), ("3", "#pairs-table")):
-            await pilot.press(tab)
-            table = pilot.app.screen.query_one(selector, SortableTable)
-            for row, (col, column) in itertools.product(range(table.row_count),
-                                                        enumerate(table.columns.values())):
-                cell = table.get_cell_at((row, col))
-                for width, cursor, hover, base in itertools.product(
-                        (column.get_render_width(table), 3), (False, True), (False, True),
-                        (Style(), Style(bgcolor="red", bold=True))):
-                    table._cell_render_cache.clear()  # DataTable's cache ignores the width
-                    drawn = table.draw_cell(cell, row, col, base, width, cursor, hover)
-                    assert drawn == DataTable._render_cell(table, row, col, base, width, cursor,
-                                                           hover), (cell, width, cursor, hover)
-                    checked += 1
-        assert checked > 1000
 
 
 def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what_is_read(

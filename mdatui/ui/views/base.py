@@ -14,7 +14,7 @@ from ..widgets.filter_input import FilterInput
 class View(Vertical):
     """A tab's content. show_frame runs on the UI thread."""
 
-    MAIN = "DataTable"  # selector of the widget that gets the focus when the tab opens
+    MAIN = "SortableTable"  # selector of the widget that gets the focus when the tab opens
     # True: show_frame shows only the ends (the table, their rates and processes), so a frame
     # that brings the same table again (core.snapshot.Reader) changes nothing on the screen.
     ENDS_ONLY = False

@@ -259,7 +259,7 @@ class ConnectionsView(View):
     def _summarize(self) -> None:
         table = self.table
         total = len(self._frame.snapshot.table) if self._frame else 0
-        text = f"{table.shown_count} of {total} ends"
+        text = f"{table.row_count} of {total} ends"
         if table.hidden_rows:
             text += f" ({table.hidden_rows} more match: narrow the filter)"
         text += f"; sorted by {table.sort_column}{' (reversed)' if table.sort_reverse else ''}"

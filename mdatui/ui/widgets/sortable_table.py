@@ -1,9 +1,13 @@
-"""A DataTable over many rows: sortable by any column, filtered as you type, refreshed in place.
+"""A table over many rows: sortable by any column, filtered as you type, refreshed in place.
 
 Views hand the table all their rows on every refresh as a `Rows`: columns of numbers, one value
 per row (numpy arrays), that sort and filter a few hundred thousand rows in milliseconds. Only
 the first MAX_ROWS rows of the result become objects and cells, so a refresh costs about the same
 for 100 rows as for 200,000. The table keeps the cursor on the same row and the scroll where it was.
+
+It draws its lines itself (Textual's line API) rather than through a DataTable, which measured
+every cell it was given through Rich (15 ms for a page) and drew each line through Rich's layout
+again whenever any cell had changed: a key press that brought a new order spent 30-40 ms there.
 """
 
 from __future__ import annotations
@@ -13,23 +17,22 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
-from rich.cells import cell_len, set_cell_size
+from rich.cells import set_cell_size
+from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
-from textual.cache import LRUCache
-from textual.coordinate import Coordinate
-from textual.geometry import Region
+from textual.geometry import Region, Size
 from textual.message import Message
+from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.widgets import DataTable
 
 T = TypeVar("T")
 
-# Rows the DataTable holds: two screens' worth. Textual measures each cell it is given and draws
-# a cell in some 50 µs, so a new order or filter re-adding 500 rows took a quarter of a second.
-# Past this many rows, filter (the summary lines say how many more match).
+# Rows the table shows: two screens' worth. Each is an object and a dozen cells made in Python
+# (some 50 µs a row). Past this many rows, filter (the summary lines say how many more match).
 MAX_ROWS = 100
 
 
@@ -74,11 +77,75 @@ class Column(Generic[T]):
         return Text(shown, justify="right" if self.numeric else None)
 
 
-class SortableTable(DataTable, Generic[T]):
+PAD = 1  # blank cells each side of a column's content
+
+
+def draw_cell(cell: Text, width: int, base: Style, console: Console) -> list[Segment]:
+    """A cell on one line, padded or cut to width, right justified if it says so; the row's
+    style lies under the cell's own."""
+    edge = Segment(" " * PAD, base)
+    length = cell.cell_len
+    if cell.spans or "\n" in cell.plain:
+        line = Segment.adjust_line_length(list(cell.render(console)), width)
+        if cell.justify == "right" and length < width:
+            line = [Segment(" " * (width - length)), *line[:-1]]
+        return [edge, *Segment.apply_style(line, base), edge]
+    style = base + console.get_style(cell.style) if cell.style else base
+    plain = cell.plain
+    if length > width:
+        return [edge, Segment(set_cell_size(plain, width), style), edge]
+    gap = " " * (width - length)
+    if cell.justify == "right":
+        return [Segment(" " * PAD + gap, base), Segment(plain, style), edge]
+    return [edge, Segment(plain, style), Segment(gap + " " * PAD, base)]
+
+
+class SortableTable(ScrollView, Generic[T], can_focus=True):
+    """The header stays on the first line; the cursor is a row; a click on a header sorts."""
+
     BINDINGS = [
+        Binding("up", "cursor(-1)", "Up", show=False),
+        Binding("down", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "cursor_to(0)", "First", show=False),
+        Binding("end", "cursor_to(-1)", "Last", show=False),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", show=False),
     ]
+    COMPONENT_CLASSES = {"sortable-table--header", "sortable-table--cursor",
+                         "sortable-table--even-row", "sortable-table--odd-row"}
+    DEFAULT_CSS = """
+    SortableTable {
+        background: $surface;
+        color: $foreground;
+        scrollbar-size-vertical: 1;
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .sortable-table--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+        }
+        & > .sortable-table--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        & > .sortable-table--even-row {
+            background: $surface-lighten-1 50%;
+        }
+        &:dark > .sortable-table--even-row {
+            background: $surface-darken-1 40%;
+        }
+        & > .sortable-table--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+    }
+    """
 
     class Selected(Message):
         """The highlighted object changed (None: nothing is shown)."""
@@ -94,7 +161,7 @@ class SortableTable(DataTable, Generic[T]):
 
     def __init__(self, columns: Sequence[Column[T]], row_key: Callable[[T], str], *,
                  sort: str | None = None, id: str | None = None, classes: str | None = None):
-        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        super().__init__(id=id, classes=classes)
         self._columns = list(columns)
         self._row_key = row_key
         self.sort_column = sort or self._columns[0].key
@@ -103,119 +170,45 @@ class SortableTable(DataTable, Generic[T]):
         self._rows: Rows[T] | None = None
         self._found: tuple[Rows[T], str, np.ndarray] | None = None  # the last filter's rows
         self._items: dict[str, T] = {}
-        self._shown: list[str] = []
+        self._keys: list[str] = []                 # of the shown rows, in order
         self._cells: dict[str, list[Text]] = {}
+        self._widths = [c.width or label.cell_len for c, label in zip(columns, self._header())]
+        self._lines: dict[tuple, Strip] = {}        # drawn since the cells or widths changed
+        self._styles: dict[str, Style] = {}         # of each kind of line, while drawing
+        self.cursor_row = 0
         self.matched = 0      # rows the filter lets through
         self.hidden_rows = 0  # of those, rows past MAX_ROWS
-        self._selected: str | None = None
-        self._drawn: LRUCache[tuple, list[list[Segment]]] = LRUCache(1024)
-        # DataTable keeps a thousand lines and rows drawn, and ten thousand cells: each a few
-        # objects the cyclic GC walks at every full collection (150,000 in all took 80 ms).
-        # A screen shows some 50 rows; cells are kept above (the header's alone are left).
-        self._line_cache = LRUCache(256)
-        self._row_render_cache = LRUCache(256)
-        self._row_renderable_cache = LRUCache(256)
-        self._cell_render_cache = LRUCache(256)
-        self._styles_drawn: dict | None = None  # while lines are drawn (render_lines)
-
-    def on_mount(self) -> None:
-        self._add_columns()
-
-    def render_lines(self, crop: Region) -> list[Strip]:
-        """DataTable works out its own style and its rows' from the styles of every ancestor for
-        each line it draws, some 100 µs a line; drawing the lines of one region they are the same."""
-        self._styles_drawn = {}
-        try:
-            return super().render_lines(crop)
-        finally:
-            self._styles_drawn = None
-
-    @property
-    def rich_style(self) -> Style:
-        styles = self._styles_drawn
-        if styles is None:
-            return super().rich_style
-        if "" not in styles:
-            styles[""] = super().rich_style
-        return styles[""]
-
-    def _get_row_style(self, row_index: int, base_style: Style) -> Style:
-        styles = self._styles_drawn
-        if styles is None:
-            return super()._get_row_style(row_index, base_style)
-        key = (row_index if row_index < max(self.fixed_rows, 0) else row_index % 2, base_style)
-        if key not in styles:
-            styles[key] = super()._get_row_style(row_index, base_style)
-        return styles[key]
-
-    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
-                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
-        """DataTable draws a cell through Rich's layout (some 80 µs) and draws every visible
-        cell again whenever any cell has changed: its cache of drawn cells is keyed by a count
-        of updates, and each refresh changes a few cells of every row (ages, rates). Here cells
-        are kept by what they show and where, and a cell of one plain line is drawn directly
-        (draw_cell), so a refresh or a new order costs a few milliseconds. The key is
-        DataTable's own with the cell's content in place of the update count."""
-        if row_index < 0 or column_index < 0:  # the header
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        cell = self.get_cell_at(Coordinate(row_index, column_index))
-        key = (row_index, column_index, cell.plain, cell.style, cell.justify, tuple(cell.spans),
-               width, base_style, cursor, hover, self._show_hover_cursor, self._pseudo_class_state)
-        lines = self._drawn.get(key)
-        if lines is None:
-            lines = self.draw_cell(cell, row_index, column_index, base_style, width, cursor, hover)
-            if lines is None:
-                lines = super()._render_cell(row_index, column_index, base_style, width, cursor,
-                                             hover)
-            self._drawn[key] = lines
-        return lines
-
-    def draw_cell(self, cell: Text, row_index: int, column_index: int, base_style: Style,
-                  width: int, cursor: bool, hover: bool) -> list[list[Segment]] | None:
-        """The segments DataTable's Rich layout makes of a Text of one style on one line, with
-        no wrapping, left or right justified; None for any other cell (and for rows taller than
-        a line, or fixed rows and columns, which this table has not). Laid out as Padding, Text
-        and Styled do it: the text cut or padded to the width less the cell padding; padding in
-        the cell's base and component styles, the text in those with its own style between."""
-        plain = cell.plain
-        if (cell.spans or cell.justify not in (None, "default", "right") or cell.overflow
-                or plain != plain.rstrip() or any(c < " " for c in plain) or self.fixed_rows
-                or self.fixed_columns or self.rows[self.coordinate_to_cell_key(
-                    Coordinate(row_index, column_index)).row_key].height != 1):
-            return None
-        component, post = self._get_styles_to_render_cell(
-            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
-            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
-        pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
-        pad_style = pre + post
-        text_style = pre + self.app.console.get_style(cell.style) + post
-        room = width - 2 * self.cell_padding
-        edge = Segment(" " * self.cell_padding, pad_style)
-        length = cell_len(plain)
-        if length > room:
-            middle = [Segment(set_cell_size(plain, room), text_style)]
-        elif cell.justify == "right":
-            middle = [Segment(" " * (room - length) + plain, text_style)]
-        elif length == room:
-            middle = [Segment(plain, text_style)]
-        else:
-            middle = [Segment(plain, text_style), Segment(" " * (room - length), pad_style)]
-        return [[edge, *middle, edge]]
 
     # ------------------------------------------------------------ public
 
     @property
     def selected(self) -> T | None:
-        key = self._selected
-        return self._items.get(key) if key is not None else None
+        return self._items[self._keys[self.cursor_row]] if self._keys else None
 
     @property
-    def shown_count(self) -> int:
-        return len(self._shown)
+    def row_count(self) -> int:
+        return len(self._keys)
+
+    @property
+    def row_keys(self) -> list[str]:
+        """The keys of the shown rows, top to bottom."""
+        return list(self._keys)
+
+    def cells(self, row: int) -> list[Text]:
+        return self._cells[self._keys[row]]
+
+    def column_spans(self) -> list[tuple[Column[T], int, int]]:
+        """Each column with where it starts and how wide it is, padding included, in the
+        table's own (unscrolled) coordinates."""
+        spans, x = [], 0
+        for column, width in zip(self._columns, self._widths):
+            spans.append((column, x, width + 2 * PAD))
+            x += width + 2 * PAD
+        return spans
 
     @property
     def source(self) -> Rows[T] | None:
-        """The rows the table shows now; None once forgotten. (DataTable.rows are its own.)"""
+        """The rows the table shows now; None once forgotten."""
         return self._rows
 
     def show(self, rows: Rows[T]) -> None:
@@ -235,10 +228,19 @@ class SortableTable(DataTable, Generic[T]):
         if reverse is None:
             reverse = (not self.sort_reverse) if key == self.sort_column else column.numeric
         self.sort_column, self.sort_reverse = key, reverse
-        self.clear(columns=True)
-        self._shown = []
-        self._add_columns()
-        self._render_rows()
+        self._render_rows(fit=True)
+        self._scroll_to_cursor()
+
+    def move_cursor(self, row: int) -> None:
+        """Put the cursor on a shown row (clamped) and bring that row into view."""
+        row = max(0, min(row, len(self._keys) - 1))
+        if row != self.cursor_row:
+            self.cursor_row = row
+            self.refresh()
+            self.post_message(self.Selected(self, self.selected))
+        self._scroll_to_cursor()
+
+    # ------------------------------------------------------------ actions and events
 
     def action_sort_next(self) -> None:
         keys = [c.key for c in self._columns]
@@ -247,27 +249,81 @@ class SortableTable(DataTable, Generic[T]):
     def action_sort_reverse(self) -> None:
         self.sort_by(self.sort_column, not self.sort_reverse)
 
-    # ------------------------------------------------------------ Textual events
+    def action_cursor(self, step: int) -> None:
+        self.move_cursor(self.cursor_row + step)
 
-    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
-        event.stop()
-        self.sort_by(str(event.column_key.value))
+    def action_page(self, pages: int) -> None:
+        self.move_cursor(self.cursor_row + pages * max(1, self.size.height - 1))
 
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        event.stop()
-        self._selected = event.row_key.value if event.row_key is not None else None
-        self.post_message(self.Selected(self, self.selected))
+    def action_cursor_to(self, row: int) -> None:
+        self.move_cursor(row if row >= 0 else len(self._keys) - 1)
+
+    def on_click(self, event: events.Click) -> None:
+        at = event.get_content_offset(self)
+        if at is None:
+            return
+        if at.y == 0:
+            x = at.x + round(self.scroll_x)
+            for column, start, width in self.column_spans():
+                if start <= x < start + width:
+                    self.sort_by(column.key)
+                    return
+        else:
+            self.move_cursor(round(self.scroll_y) + at.y - 1)
+
+    # ------------------------------------------------------------ drawing
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # A widget's style is worked out from every ancestor's (some 100 µs): once per region.
+        base = self.rich_style
+        self._styles = {kind: base + self.get_component_rich_style(kind)
+                        for kind in self.COMPONENT_CLASSES}
+        self._styles[""] = base
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        scroll_x, scroll_y = self.scroll_offset
+        row = -1 if y == 0 else y - 1 + scroll_y
+        if row >= len(self._keys):
+            return Strip.blank(width, self._styles[""])
+        if row < 0:
+            kind = "sortable-table--header"
+        elif row == self.cursor_row:
+            kind = "sortable-table--cursor"
+        else:
+            kind = "sortable-table--odd-row" if row % 2 else "sortable-table--even-row"
+        style = self._styles[kind]
+        key = (row, kind, style, scroll_x, width)
+        strip = self._lines.get(key)
+        if strip is None:
+            cells = self._header() if row < 0 else self._cells[self._keys[row]]
+            console = self.app.console
+            segments = [segment for cell, room in zip(cells, self._widths)
+                        for segment in draw_cell(cell, room, style, console)]
+            strip = Strip(segments).crop(scroll_x, scroll_x + width).adjust_cell_length(width, style)
+            self._lines[key] = strip
+        return strip
+
+    def _header(self) -> list[Text]:
+        labels = []
+        for c in self._columns:
+            arrow = (" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_column else ""
+            labels.append(Text(c.label + arrow, justify="right" if c.numeric else "left"))
+        return labels
+
+    def _scroll_to_cursor(self) -> None:
+        seen = max(1, self.size.height - 1)  # less the header
+        top = round(self.scroll_y)
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False)
+        elif self.cursor_row >= top + seen:
+            self.scroll_to(y=self.cursor_row - seen + 1, animate=False)
 
     # ------------------------------------------------------------ internals
 
     def _column(self, key: str) -> Column[T]:
         return next(c for c in self._columns if c.key == key)
-
-    def _add_columns(self) -> None:
-        for c in self._columns:
-            arrow = (" ▼" if self.sort_reverse else " ▲") if c.key == self.sort_column else ""
-            label = Text(c.label + arrow, justify="right" if c.numeric else "left")
-            self.add_column(label, key=c.key, width=c.width)
 
     def _filtered(self, rows: Rows[T]) -> np.ndarray:
         """The rows the filter lets through, kept until the rows or the filter change."""
@@ -321,7 +377,10 @@ class SortableTable(DataTable, Generic[T]):
         keep = np.concatenate([ahead, tied])
         return found[keep], value[keep]
 
-    def _render_rows(self) -> None:
+    def _render_rows(self, fit: bool = False) -> None:
+        """Show the page of the rows as sorted and filtered now. Columns grow to fit their
+        cells, and shrink only when the order changes (fit) or other rows are shown: a column
+        that narrowed and widened as ages and rates changed would make the table jump."""
         if self._rows is None:
             return
         page = self._page(self._rows)
@@ -334,27 +393,19 @@ class SortableTable(DataTable, Generic[T]):
             cells[key] = [c.render(item) for c in self._columns]
         keys = list(items)
         self.hidden_rows = self.matched - len(keys)
-        if keys == self._shown:
-            for key in keys:
-                for column_def, old, new in zip(self._columns, self._cells[key], cells[key]):
-                    if old.plain != new.plain or old.style != new.style or old.spans != new.spans:
-                        # Columns grow here and shrink at the next rebuild: DataTable measures
-                        # a narrower cell's whole column again, every refresh for ages.
-                        self.update_cell(key, column_def.key, new,
-                                         update_width=new.cell_len > old.cell_len)
+        kept = self._keys[self.cursor_row] if self._keys else None
+        fit = fit or keys != self._keys
+        widths = [c.width or max([label.cell_len] + [row[i].cell_len for row in cells.values()])
+                  for i, (c, label) in enumerate(zip(self._columns, self._header()))]
+        if not fit:
+            widths = [max(now, was) for now, was in zip(widths, self._widths)]
+        self._items, self._cells, self._keys, self._widths = items, cells, keys, widths
+        self._lines = {}
+        self.virtual_size = Size(sum(widths) + 2 * PAD * len(widths), len(keys) + 1)
+        if kept in items:
+            self.cursor_row = keys.index(kept)  # the scroll stays where it was
         else:
-            self._rebuild(keys, cells)
-        self._items, self._cells = items, cells
-        if self._selected not in items:
-            self._selected = keys[0] if keys else None
+            self.cursor_row = 0
+            self.scroll_to(y=0, animate=False)
+        self.refresh()
         self.post_message(self.Selected(self, self.selected))
-
-    def _rebuild(self, keys: list[str], cells: dict[str, list[Text]]) -> None:
-        keep, scroll_y = self._selected, self.scroll_y
-        self.clear()
-        for key in keys:
-            self.add_row(*cells[key], key=key)
-        self._shown = keys
-        if keep in cells and keep in keys:
-            self.move_cursor(row=keys.index(keep), animate=False, scroll=False)
-            self.call_after_refresh(self.scroll_to, y=scroll_y, animate=False)

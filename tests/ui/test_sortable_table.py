@@ -18,24 +18,26 @@ NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 
 
 class Words:
-    """Rows of NAMES with a number each; sizes can be set per row (the counter that grows)."""
+    """Rows of names with a number each (by default NAMES, the number ten times the length)."""
 
-    def __init__(self, sizes: list[int] | None = None):
-        self.sizes = np.array(sizes if sizes is not None else [len(n) * 10 for n in NAMES])
+    def __init__(self, sizes: list[int] | None = None, names: list[str] = NAMES):
+        self.names = names
+        self.sizes = np.array(sizes if sizes is not None else [len(n) * 10 for n in names])
 
     def __len__(self) -> int:
-        return len(NAMES)
+        return len(self.names)
 
     def tiebreak(self, rows: np.ndarray):
         return (rows,)
 
     def item(self, row: int) -> tuple[str, int]:
-        return NAMES[row], int(self.sizes[row])
+        return self.names[row], int(self.sizes[row])
 
 
 COLUMNS = [
-    Column("name", "Name", text=lambda r: r[0], order=lambda rows: np.argsort(np.argsort(NAMES)),
-           search=lambda rows, needle: np.array([needle in n for n in NAMES])),
+    Column("name", "Name", text=lambda r: r[0],
+           order=lambda rows: np.argsort(np.argsort(rows.names)),
+           search=lambda rows, needle: np.array([needle in n for n in rows.names], dtype=bool)),
     Column("size", "Size", text=lambda r: str(r[1]), order=lambda rows: rows.sizes, numeric=True),
     Column("state", "State", text=lambda r: Text.assemble(("on", "green"), " ", ("fast", "bold")),
            order=lambda rows: np.zeros(len(rows))),
@@ -130,6 +132,17 @@ async def test_columns_grow_with_their_cells_and_shrink_at_a_new_order():
         assert table.column_spans()[1][2] == 8
         table.sort_by("name", reverse=True)   # a new order fits the columns again
         assert table.column_spans()[1][2] == 6
+
+
+async def test_a_refresh_without_the_cursor_row_leaves_the_cursor_on_its_line():
+    async with TableApp().run_test(size=(40, 8)) as pilot:
+        table = await started(pilot)
+        await pilot.press("pagedown")   # a page is 7 rows: hotel, and the table scrolled by 1
+        assert (table.selected[0], table.cursor_row, table.scroll_y) == ("hotel", 7, 1)
+        table.show(Words(names=[n for n in NAMES if n != "hotel"]))   # hotel closed
+        await pilot.pause()
+        assert (table.selected[0], table.cursor_row, table.scroll_y) == ("india", 7, 1)
+        assert pilot.app.selected[-1] == "india"
 
 
 async def test_the_filter_keeps_the_cursor_on_its_row_or_starts_at_the_top():

@@ -221,7 +221,7 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text
-        self._render_rows()
+        self._render_rows(lost="top")
 
     def sort_by(self, key: str, reverse: bool | None = None) -> None:
         column = self._column(key)
@@ -377,10 +377,12 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         keep = np.concatenate([ahead, tied])
         return found[keep], value[keep]
 
-    def _render_rows(self, fit: bool = False) -> None:
-        """Show the page of the rows as sorted and filtered now. Columns grow to fit their
-        cells, and shrink only when the order changes (fit) or other rows are shown: a column
-        that narrowed and widened as ages and rates changed would make the table jump."""
+    def _render_rows(self, fit: bool = False, lost: str = "stay") -> None:
+        """Show the page of the rows as sorted and filtered now. The cursor stays on its row;
+        if that row is gone, on the same line ("stay", a refresh) or on the first ("top", a new
+        filter). Columns grow to fit their cells, and shrink only when the order changes (fit)
+        or other rows are shown: a column that narrowed and widened as ages and rates changed
+        would make the table jump."""
         if self._rows is None:
             return
         page = self._page(self._rows)
@@ -404,6 +406,8 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         self.virtual_size = Size(sum(widths) + 2 * PAD * len(widths), len(keys) + 1)
         if kept in items:
             self.cursor_row = keys.index(kept)  # the scroll stays where it was
+        elif lost == "stay":
+            self.cursor_row = max(0, min(self.cursor_row, len(keys) - 1))
         else:
             self.cursor_row = 0
             self.scroll_to(y=0, animate=False)

@@ -81,11 +81,11 @@ PAD = 1  # blank cells each side of a column's content
 
 
 def draw_cell(cell: Text, width: int, base: Style, console: Console) -> list[Segment]:
-    """A cell on one line, padded or cut to width, right justified if it says so; the row's
-    style lies under the cell's own."""
+    """A cell (one line of text) padded or cut to width, right justified if it says so; the
+    row's style lies under the cell's own."""
     edge = Segment(" " * PAD, base)
     length = cell.cell_len
-    if cell.spans or "\n" in cell.plain:
+    if cell.spans:
         line = Segment.adjust_line_length(list(cell.render(console)), width)
         if cell.justify == "right" and length < width:
             line = [Segment(" " * (width - length)), *line[:-1]]

@@ -3,6 +3,8 @@ scroll go, what a click does, and how columns fit their cells."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from rich.console import Console
@@ -157,6 +159,30 @@ async def test_the_filter_keeps_the_cursor_on_its_row_or_starts_at_the_top():
         assert lines(table)[1].strip() == ""
         table.set_filter("")
         assert table.cursor_row == 0 and table.scroll_y == 0
+
+
+async def test_preparing_the_filter_searches_the_rows_off_the_ui_thread():
+    searched_on = []
+
+    class Recorded(Words):
+        def search(self, needle: str) -> np.ndarray:
+            searched_on.append((threading.current_thread() is threading.main_thread(), needle))
+            return np.array([needle in n for n in self.names], dtype=bool)
+
+    columns = [*COLUMNS, Column("x", "X", text=lambda r: "", order=lambda rows: np.zeros(len(rows)),
+                                search=lambda rows, needle: rows.search(needle))]
+
+    class Prepared(TableApp):
+        def compose(self) -> ComposeResult:
+            yield SortableTable(columns, lambda r: r[0], sort="name")
+
+    async with Prepared().run_test(size=(40, 8)) as pilot:
+        table = await started(pilot, Recorded())
+        table.prepare_filter()
+        await pilot.app.workers.wait_for_complete()
+        assert searched_on == [(False, "")]
+        table.set_filter("ovem")
+        assert searched_on[-1] == (True, "ovem") and table.row_keys == ["november"]
 
 
 @pytest.mark.parametrize("cell, width, drawn", [

@@ -20,6 +20,9 @@ class FilterInput(Input):
     def _table(self) -> SortableTable:
         return self.screen.query_one(f"#{self._table_id}", SortableTable)
 
+    def on_focus(self) -> None:
+        self._table().prepare_filter()
+
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         self._table().set_filter(self.value)

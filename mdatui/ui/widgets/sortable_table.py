@@ -219,6 +219,15 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         """Let go of the rows (the shown ones stay on screen) until the next show()."""
         self._rows = self._found = None
 
+    def prepare_filter(self) -> None:
+        """Search the rows for nothing on a worker thread: the first search works out what
+        every later one needs (the distinct addresses, netns, pids: some 40 ms at 200,000
+        rows), and the first key typed in the filter would wait for it on the UI thread."""
+        rows = self._rows
+        if rows is not None:
+            self.run_worker(lambda: self._search(rows, ""), thread=True, exclusive=True,
+                            group="prepare-filter")
+
     def set_filter(self, text: str) -> None:
         self.filter_text = text
         self._render_rows(lost="top")
@@ -330,16 +339,16 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         needle = self.filter_text.casefold()
         if self._found is not None and self._found[0] is rows and self._found[1] == needle:
             return self._found[2]
-        if needle:
-            mask = np.zeros(len(rows), dtype=bool)
-            for c in self._columns:
-                if c.search is not None:
-                    mask |= c.search(rows, needle)
-            found = np.flatnonzero(mask)
-        else:
-            found = np.arange(len(rows))
+        found = np.flatnonzero(self._search(rows, needle)) if needle else np.arange(len(rows))
         self._found = (rows, needle, found)
         return found
+
+    def _search(self, rows: Rows[T], needle: str) -> np.ndarray:
+        mask = np.zeros(len(rows), dtype=bool)
+        for c in self._columns:
+            if c.search is not None:
+                mask |= c.search(rows, needle)
+        return mask
 
     def _page(self, rows: Rows[T]) -> np.ndarray:
         """The first MAX_ROWS rows in the order asked for. Rows that cannot be among them are

@@ -229,7 +229,7 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         self.call_after_refresh(self._start_preparing)
 
     def _start_preparing(self) -> None:
-        if self._rows is not None:
+        if self.is_attached and self._rows is not None:
             self.run_worker(self._prepare(self._rows), exclusive=True, group="prepare-filter")
 
     async def _prepare(self, rows: Rows[T]) -> None:

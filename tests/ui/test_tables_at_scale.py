@@ -15,11 +15,13 @@ from mdatui.core.console import Frame
 from mdatui.core.procs import ProcessInfo
 from mdatui.core import snapshot
 from mdatui.core.snapshot import Endpoint, Snapshot
+from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
 from mdatui.ui.widgets import sortable_table
 from mdatui.ui.widgets.sortable_table import SortableTable
 
 from ..test_columns import BatchedMap, as_read, mesh, moved
+from .fake import FakeBackend, wait_frames
 
 PAGE = 40  # smaller than the rows, so that choosing a page's contenders is exercised
 
@@ -123,8 +125,8 @@ def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what
     conn_rows, pair_rows = [], []
     for snap in reads:
         frame = Frame.next(frame, snap, snap.taken_at)
-        conn_rows.append(connections.ConnRows(frame, conn_rows[-1] if conn_rows else None))
-        pair_rows.append(pairs.PairRows(frame, pair_rows[-1] if pair_rows else None))
+        conn_rows.append(connections.ConnRows(frame, conn_rows[-1].leftover() if conn_rows else None))
+        pair_rows.append(pairs.PairRows(frame, pair_rows[-1].leftover() if pair_rows else None))
         for needle in ("198.19.1.", "198.19.7.7:7777"):
             ends = [c.end for c in snap.table.connections()]
             assert conn_rows[-1].local.search(needle).tolist() == [needle in e.local for e in ends]
@@ -134,3 +136,44 @@ def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what
     assert same.local is first.local and other.local is not same.local
     assert pair_rows[1].a_local is pair_rows[0].a_local
     assert pair_rows[2].a_local is not pair_rows[1].a_local
+
+
+class ReadAsTheKernelDoes(FakeBackend):
+    """The fake mesh with its ends read as from the map (snapshot.read_ends): from one read to
+    the next the same ends, and the tables share their columns, until one end closes."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = None
+        self.closed = 0
+
+    def snapshot(self, fresh: bool = False) -> Snapshot:
+        snap = super().snapshot(fresh)
+        ends = as_read(list(snap.connections))[self.closed:]
+        self.table = snapshot.read_ends(BatchedMap(ends), 1024, 0, self.table)
+        return replace(snap, connections=[], table=self.table)
+
+
+async def test_a_hidden_table_keeps_what_it_worked_out_while_the_ends_stay_the_same():
+    backend = ReadAsTheKernelDoes()
+    async with MdaConsole(backend, interval=3600).run_test(size=(100, 30)) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        table.sort_by("local")              # works out the local addresses' order
+        local = table.source.local
+        await pilot.press("1")
+        for n in (2, 3):                    # frames of the same ends, the tab hidden
+            pilot.app.action_refresh_now()
+            await wait_frames(pilot, n)
+        await pilot.press("2")
+        assert table.source.frame is pilot.app.frame and table.source.local is local
+        assert table.row_keys[0].startswith("127.0.0.1:15001>")   # still by local address
+        await pilot.press("1")
+        backend.closed = 1                  # an end closes: what was worked out is let go
+        pilot.app.action_refresh_now()
+        await wait_frames(pilot, 4)
+        view = pilot.app.screen.query_one("#connections-view")
+        assert view._leftover is None
+        await pilot.press("2")
+        assert "local" not in table.source.__dict__ or table.source.local is not local

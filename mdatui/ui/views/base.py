@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from textual.app import SystemCommand
+from textual.binding import Binding
 from textual.containers import Vertical
 
 from ...core.console import Frame
+from ..widgets.columns import Leftover
 from ..widgets.filter_input import FilterInput
+from ..widgets.sortable_table import SortableTable
 
 
 class View(Vertical):
@@ -75,3 +78,36 @@ class View(Vertical):
     def commands(self) -> Iterable[SystemCommand]:
         """Command palette entries; none unless a view has some."""
         return ()
+
+
+class EndsView(View):
+    """A tab whose table shows a frame's ends (connections, pairs). Its rows take over what
+    the rows before them worked out of the same ends, also across the frames it skipped while
+    hidden: a first sort or filter after switching tabs would work it out again."""
+
+    BINDINGS = [Binding("slash", "focus_filter", "Filter", key_display="/")]
+    ENDS_ONLY = True
+    ROWS: type  # made of a frame and a Leftover, with made_of(frame) and leftover()
+    TABLE_ID: str
+
+    _leftover: Leftover | None = None  # of the rows let go of while hidden
+
+    @property
+    def table(self) -> SortableTable:
+        return self.query_one(f"#{self.TABLE_ID}", SortableTable)
+
+    def show_rows(self, frame: Frame) -> None:
+        self.table.show(self.ROWS(frame, self._leftover_now()))
+        self._leftover = None
+
+    def forget_frame(self) -> None:
+        # Kept only while the newest frame holds the same ends: stale columns would hold
+        # the old ends' arrays (some 10 MB at 200,000) until the tab is opened.
+        leftover = self._leftover_now()
+        fits = leftover is not None and leftover.fits(self.ROWS.made_of(self._latest))
+        self._leftover = leftover if fits else None
+        self.table.forget()
+
+    def _leftover_now(self) -> Leftover | None:
+        rows = self.table.source
+        return rows.leftover() if rows is not None else self._leftover

@@ -8,7 +8,6 @@ from functools import cached_property
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Static
 
@@ -18,11 +17,11 @@ from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
-from ..widgets.columns import (Addresses, Distinct, carry_over, host_order, indexed_order,
+from ..widgets.columns import (Addresses, Distinct, Leftover, host_order, indexed_order,
                                indexed_search, styled)
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
-from .base import View
+from .base import EndsView
 
 
 @dataclass(frozen=True)
@@ -78,15 +77,24 @@ class EndOrder:
 
 
 class ConnRows:
-    """Every end of a frame, as the table sorts and filters them. What the earlier frame's rows
-    worked out of the same ends is taken over: a filter typed after each refresh would work out
-    the distinct addresses, netns and pids of 200,000 ends again (30-50 ms)."""
+    """Every end of a frame, as the table sorts and filters them. What earlier rows worked out
+    of the same ends is taken over (Leftover)."""
 
-    def __init__(self, frame: Frame, earlier: "ConnRows | None" = None):
+    REUSED = ("local", "remote", "netns", "pid", "end_order")
+
+    def __init__(self, frame: Frame, earlier: Leftover | None = None):
         self.frame = frame
         self.table = frame.snapshot.table
-        if earlier is not None and self.table.shares_columns(earlier.table):
-            carry_over(self, earlier, ("local", "remote", "netns", "pid", "end_order"))
+        if earlier is not None:
+            earlier.give(self, self.made_of(frame))
+
+    @staticmethod
+    def made_of(frame: Frame) -> tuple[np.ndarray, ...]:
+        """What the reused columns are made of: the ends with their peers, owners and states."""
+        return frame.snapshot.table.keys, frame.snapshot.table.static
+
+    def leftover(self) -> Leftover:
+        return Leftover.of(self, self.made_of(self.frame), self.REUSED)
 
     @cached_property
     def end_order(self) -> EndOrder:
@@ -223,25 +231,19 @@ def detail(frame: Frame, row: int | None, compact: bool) -> Text:
     return Text("\n").join(lines)
 
 
-class ConnectionsView(View):
-    BINDINGS = [
-        Binding("slash", "focus_filter", "Filter", key_display="/"),
-    ]
-    ENDS_ONLY = True
+class ConnectionsView(EndsView):
+    ROWS = ConnRows
+    TABLE_ID = "conn-table"
 
     def compose(self) -> ComposeResult:
-        yield FilterInput("conn-table", id="conn-filter")
+        yield FilterInput(self.TABLE_ID, id="conn-filter")
         yield Static(id="conn-summary")
         with Vertical(id="conn-body"):
-            yield SortableTable(COLUMNS, lambda r: r.key, sort="bytes", id="conn-table")
+            yield SortableTable(COLUMNS, lambda r: r.key, sort="bytes", id=self.TABLE_ID)
             yield Static(id="conn-detail")
 
     def on_mount(self) -> None:
         self.query_one("#conn-detail").border_title = "Selected"
-
-    @property
-    def table(self) -> SortableTable[ConnRow]:
-        return self.query_one("#conn-table", SortableTable)
 
     @property
     def _frame(self) -> Frame | None:
@@ -250,11 +252,8 @@ class ConnectionsView(View):
         return rows.frame if rows is not None else None
 
     def show_frame(self, frame: Frame) -> None:
-        self.table.show(ConnRows(frame, self.table.source))
+        self.show_rows(frame)
         self._summarize()
-
-    def forget_frame(self) -> None:
-        self.table.forget()
 
     def _summarize(self) -> None:
         table = self.table

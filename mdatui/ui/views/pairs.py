@@ -8,17 +8,16 @@ from functools import cached_property
 import numpy as np
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.widgets import Static
 
 from ...core.console import Frame
 from ...core.pairing import HEALTH, Pair
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
-from ..widgets.columns import Addresses, carry_over, indexed_search, styled
+from ..widgets.columns import Addresses, Leftover, indexed_search, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
-from .base import View
+from .base import EndsView
 from .connections import EndOrder
 
 
@@ -33,17 +32,25 @@ class PairRow:
 class PairRows:
     """Every pair of a frame, as the table sorts and filters them: columns of the ends' rows."""
 
-    def __init__(self, frame: Frame, earlier: "PairRows | None" = None):
+    REUSED = ("a_local", "a_remote", "b_local", "b_remote", "end_order")
+
+    def __init__(self, frame: Frame, earlier: Leftover | None = None):
         self.frame = frame
         self.pairs = frame.pairs
-        table = frame.snapshot.table
         self.a, self.b = self.pairs.a, self.pairs.b
         self.has_b = self.b >= 0
         self._b = self.b.clip(min=0)  # where there is no b, these rows' values are not used
-        self.table = table
-        if (earlier is not None and earlier.table.keys is table.keys
-                and earlier.a is self.a and earlier.b is self.b):  # the same ends, paired alike
-            carry_over(self, earlier, ("a_local", "a_remote", "b_local", "b_remote", "end_order"))
+        self.table = frame.snapshot.table
+        if earlier is not None:
+            earlier.give(self, self.made_of(frame))
+
+    @staticmethod
+    def made_of(frame: Frame) -> tuple[np.ndarray, ...]:
+        """What the reused columns are made of: the same ends, paired alike."""
+        return frame.snapshot.table.keys, frame.pairs.a, frame.pairs.b
+
+    def leftover(self) -> Leftover:
+        return Leftover.of(self, self.made_of(self.frame), self.REUSED)
 
     def __len__(self) -> int:
         return len(self.a)
@@ -149,24 +156,17 @@ COLUMNS: list[Column[PairRow]] = [
 ]
 
 
-class PairsView(View):
-    BINDINGS = [Binding("slash", "focus_filter", "Filter", key_display="/")]
-    ENDS_ONLY = True
+class PairsView(EndsView):
+    ROWS = PairRows
+    TABLE_ID = "pairs-table"
 
     def compose(self) -> ComposeResult:
-        yield FilterInput("pairs-table", id="pairs-filter")
+        yield FilterInput(self.TABLE_ID, id="pairs-filter")
         yield Static(id="pairs-summary")
-        yield SortableTable(COLUMNS, lambda r: r.pair.key, sort="health", id="pairs-table")
-
-    @property
-    def table(self) -> SortableTable[PairRow]:
-        return self.query_one("#pairs-table", SortableTable)
-
-    def forget_frame(self) -> None:
-        self.table.forget()
+        yield SortableTable(COLUMNS, lambda r: r.pair.key, sort="health", id=self.TABLE_ID)
 
     def show_frame(self, frame: Frame) -> None:
-        self.table.show(PairRows(frame, self.table.source))
+        self.show_rows(frame)
         counts = frame.pairs.counts()
         broken = counts["one-sided"] + counts["stale"]
         summary = Text(f"{len(frame.pairs)} pairs: {counts['ok']} ok (accelerated), "

@@ -4,6 +4,7 @@ of a few distinct values that sort and filter without a string per row."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -91,12 +92,28 @@ class Distinct:
         return np.array([needle in text(v).casefold() for v in distinct.tolist()], dtype=bool)[which]
 
 
-def carry_over(rows: object, earlier: object, names: tuple[str, ...]) -> None:
-    """The cached columns `names` that the earlier rows worked out, given to rows of another
-    frame that share what those columns are made of (the same ends: snapshot.read_ends)."""
-    for name in names:
-        if name in earlier.__dict__:
-            rows.__dict__[name] = earlier.__dict__[name]
+@dataclass(frozen=True)
+class Leftover:
+    """Columns that rows worked out of a set of ends (addresses, distinct values, the ends'
+    order), apart from the rows' frame: rows of a later frame with the same ends take them over
+    instead of working them out again (at 200,000 ends a first filter takes 30-50 ms, the ends'
+    order 30 ms), also once their view, hidden, let go of its frame."""
+
+    made_of: tuple[np.ndarray, ...]  # the arrays they were worked out from
+    columns: dict[str, object]
+
+    @classmethod
+    def of(cls, rows: object, made_of: tuple[np.ndarray, ...], names: tuple[str, ...]) -> "Leftover":
+        return cls(made_of, {name: rows.__dict__[name] for name in names if name in rows.__dict__})
+
+    def fits(self, made_of: tuple[np.ndarray, ...]) -> bool:
+        return len(made_of) == len(self.made_of) and all(
+            now is then for now, then in zip(made_of, self.made_of))
+
+    def give(self, rows: object, made_of: tuple[np.ndarray, ...]) -> None:
+        """Hand the columns to rows made of these very arrays (the same ends: read_ends)."""
+        if self.fits(made_of):
+            rows.__dict__.update(self.columns)
 
 
 def indexed_search(index: np.ndarray, texts: list[str], needle: str) -> np.ndarray:

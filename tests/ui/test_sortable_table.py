@@ -92,6 +92,21 @@ async def test_the_cursor_row_is_drawn_in_the_cursor_style():
         assert drawn["on"].color != drawn["bravo"].color and drawn["fast"].bold
 
 
+async def test_the_row_under_the_mouse_is_drawn_in_the_hover_style():
+    async with TableApp().run_test(size=(40, 8)) as pilot:
+        table = await started(pilot)
+        hover = table.get_component_rich_style("sortable-table--hover").bgcolor
+
+        def backgrounds() -> list[set]:
+            return [{s.style.bgcolor for s in strip}
+                    for strip in table.render_lines(Region(0, 0, *table.size))]
+        assert all(hover not in line for line in backgrounds())
+        await pilot.hover(SortableTable, offset=(3, 3))   # the third row: charlie
+        assert [hover in line for line in backgrounds()[:5]] == [False, False, False, True, False]
+        await pilot.hover(SortableTable, offset=(3, 0))   # the header
+        assert all(hover not in line for line in backgrounds())
+
+
 async def test_keys_move_the_cursor_and_the_scroll_follows_it():
     async with TableApp().run_test(size=(40, 8)) as pilot:
         table = await started(pilot)           # 7 rows in view below the header

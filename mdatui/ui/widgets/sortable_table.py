@@ -115,7 +115,8 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         Binding("S", "sort_reverse", "Reverse", show=False),
     ]
     COMPONENT_CLASSES = {"sortable-table--header", "sortable-table--cursor",
-                         "sortable-table--even-row", "sortable-table--odd-row"}
+                         "sortable-table--hover", "sortable-table--even-row",
+                         "sortable-table--odd-row"}
     DEFAULT_CSS = """
     SortableTable {
         background: $surface;
@@ -139,6 +140,9 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         }
         &:dark > .sortable-table--even-row {
             background: $surface-darken-1 40%;
+        }
+        & > .sortable-table--hover {
+            background: $block-hover-background;
         }
         & > .sortable-table--cursor {
             background: $block-cursor-blurred-background;
@@ -177,6 +181,7 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         self._lines: dict[tuple, Strip] = {}        # drawn since the cells or widths changed
         self._styles: dict[str, Style] = {}         # of each kind of line, while drawing
         self.cursor_row = 0
+        self._hover_row: int | None = None  # under the mouse
         self.matched = 0      # rows the filter lets through
         self.hidden_rows = 0  # of those, rows past MAX_ROWS
 
@@ -278,6 +283,18 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
     def action_cursor_to(self, row: int) -> None:
         self.move_cursor(row if row >= 0 else len(self._keys) - 1)
 
+    def on_mouse_move(self, event: events.MouseMove) -> None:
+        at = event.get_content_offset(self)
+        row = round(self.scroll_y) + at.y - 1 if at is not None and at.y > 0 else None
+        if row != self._hover_row:
+            self._hover_row = row
+            self.refresh()
+
+    def on_leave(self) -> None:
+        if self._hover_row is not None:
+            self._hover_row = None
+            self.refresh()
+
     def on_click(self, event: events.Click) -> None:
         at = event.get_content_offset(self)
         if at is None:
@@ -311,6 +328,8 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
             kind = "sortable-table--header"
         elif row == self.cursor_row:
             kind = "sortable-table--cursor"
+        elif row == self._hover_row:
+            kind = "sortable-table--hover"
         else:
             kind = "sortable-table--odd-row" if row % 2 else "sortable-table--even-row"
         style = self._styles[kind]

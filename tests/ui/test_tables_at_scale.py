@@ -9,6 +9,7 @@ import itertools
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from mdatui.core.console import Frame
@@ -17,6 +18,7 @@ from mdatui.core import snapshot
 from mdatui.core.snapshot import Endpoint, Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
+from mdatui.ui.widgets.columns import positions
 from mdatui.ui.widgets import sortable_table
 from mdatui.ui.widgets.sortable_table import SortableTable
 
@@ -136,6 +138,19 @@ def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what
     assert same.local is first.local and other.local is not same.local
     assert pair_rows[1].a_local is pair_rows[0].a_local
     assert pair_rows[2].a_local is not pair_rows[1].a_local
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("n", [1, 7, 201, 512, 513, 5000])
+def test_positions_among_the_distinct_values_are_what_a_binary_search_finds(dtype, n):
+    rng = np.random.default_rng(n)
+    # Addresses as the kernel keeps them: 127.0.0.1 and 198.19.x.y share their last two bytes.
+    ips = [int.from_bytes(ipaddress.ip_address(f"198.19.{i // 250}.{i % 250 + 1}").packed, "little")
+           for i in range(n - 1)] + [int.from_bytes(bytes([127, 0, 0, 1]), "little")]
+    distinct = np.unique(np.array(ips, dtype=dtype) if dtype == np.uint32
+                         else rng.integers(0, 2**63, n, dtype=np.uint64))
+    values = distinct[rng.integers(0, len(distinct), 20000)]
+    assert np.array_equal(positions(distinct, values), np.searchsorted(distinct, values))
 
 
 class ReadAsTheKernelDoes(FakeBackend):

@@ -32,6 +32,26 @@ def host_order(ip_be: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(ip_be, dtype=np.uint32).view(">u4").astype(np.uint64)
 
 
+# Odd 64-bit multipliers for hashing values into 16 bits (Knuth's multiplicative hashing).
+_HASHES = tuple(np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F,
+                                       0x165667B19E3779F9, 0xD6E8FEB86659FD93))
+_SLOT_SHIFT = np.uint64(64 - 16)
+
+
+def positions(distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Where each value is in distinct (sorted, and holding every value). Through a table of
+    2^16 slots when one of a few hashes gives each distinct value a slot of its own (likely
+    for a few hundred values: 1 ms at 200,000 rows), else by binary search (7 ms)."""
+    if len(distinct) <= 512:
+        for k in _HASHES:
+            slots = (distinct.astype(np.uint64) * k) >> _SLOT_SHIFT
+            if len(np.unique(slots)) == len(distinct):
+                table = np.zeros(1 << 16, dtype=np.intp)
+                table[slots.astype(np.intp)] = np.arange(len(distinct))
+                return table[((values.astype(np.uint64) * k) >> _SLOT_SHIFT).astype(np.intp)]
+    return np.searchsorted(distinct, values)
+
+
 class Addresses:
     """The ip:port of many rows."""
 
@@ -47,7 +67,7 @@ class Addresses:
     @cached_property
     def _ips(self) -> tuple[list[str], np.ndarray]:
         distinct = np.unique(self.ip)
-        return [ip_str(v) for v in distinct.tolist()], np.searchsorted(distinct, self.ip)
+        return [ip_str(v) for v in distinct.tolist()], positions(distinct, self.ip)
 
     @cached_property
     def _ports(self) -> np.ndarray:
@@ -83,8 +103,8 @@ class Distinct:
 
     @cached_property
     def _distinct(self) -> tuple[np.ndarray, np.ndarray]:
-        distinct = np.unique(self.values)  # and searchsorted: far faster than return_inverse
-        return distinct, np.searchsorted(distinct, self.values)
+        distinct = np.unique(self.values)  # and positions: far faster than return_inverse
+        return distinct, positions(distinct, self.values)
 
     def search(self, text: Callable[[int], str], needle: str) -> np.ndarray:
         """Rows whose value's text (casefolded) contains the needle."""

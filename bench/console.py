@@ -446,7 +446,19 @@ def table(r: dict) -> str:
         lines.append(f"  peak RSS MB {_verdict(rss['peak'], RSS_MB)}"
                      f"  (after imports {rss['after_imports']}, at the end {rss['at_end']}; the "
                      f"poll worker's reads alone peaked at {res['backend_rss_mb']['peak']})")
+    ref, load = r["reference"]["app"], r["loaded"]["app"]
+    lines.append("\n[loaded / reference] the same run, minutes apart: what the ends cost")
+    lines.append("  key latency: median " + _ratio(load["keys"]["median"], ref["keys"]["median"])
+                 + ", max " + _ratio(load["keys"]["max"], ref["keys"]["max"]))
+    lines.append("  process CPU per refresh: " + ", ".join(
+        f"{tab} " + _ratio(t["process_cpu_per_refresh_ms"], ref["tabs"][tab]["process_cpu_per_refresh_ms"])
+        for tab, t in load["tabs"].items()))
+    lines.append("  peak RSS: " + _ratio(r["loaded"]["rss_mb"]["peak"], r["reference"]["rss_mb"]["peak"]))
     return "\n".join(lines)
+
+
+def _ratio(loaded: float, reference: float) -> str:
+    return f"{loaded / reference:.2f}x ({loaded:g} / {reference:g})"
 
 
 def main(argv: list[str] | None = None) -> int:

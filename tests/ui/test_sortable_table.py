@@ -135,7 +135,7 @@ async def test_a_click_on_a_header_sorts_and_on_a_row_selects_it():
         assert table.selected[0] == "oscar" and pilot.app.selected[-1] == "oscar"
 
 
-async def test_columns_grow_with_their_cells_and_shrink_at_a_new_order():
+async def test_columns_grow_with_their_cells_and_shrink_at_a_new_order_or_filter():
     async with TableApp().run_test(size=(40, 8)) as pilot:
         rows = Words()
         table = await started(pilot, rows)
@@ -145,8 +145,14 @@ async def test_columns_grow_with_their_cells_and_shrink_at_a_new_order():
         rows.sizes[0] = 5
         table.show(rows)                      # the same rows: the column keeps its width
         assert table.column_spans()[1][2] == 8
-        table.sort_by("name", reverse=True)   # a new order fits the columns again
-        assert table.column_spans()[1][2] == 6
+        rows.sizes[1] = 10**9                 # bravo jumps to the top of a sort by size
+        table.sort_by("size", reverse=True)   # a new order fits the columns again
+        assert table.column_spans()[1][2] == 12 and table.row_keys[0] == "bravo"
+        rows.sizes[1] = 5                     # a refresh brings other rows first: no jump
+        table.show(rows)
+        assert table.column_spans()[1][2] == 12 and table.row_keys[0] != "bravo"
+        table.set_filter("a")                 # a new filter fits them too: "Size ▼" is 6
+        assert table.column_spans()[1][2] == 8
 
 
 async def test_a_refresh_without_the_cursor_row_leaves_the_cursor_on_its_line():

@@ -246,7 +246,7 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
 
     def set_filter(self, text: str) -> None:
         self.filter_text = text
-        self._render_rows(lost="top")
+        self._render_rows(fit=True, lost="top")
 
     def sort_by(self, key: str, reverse: bool | None = None) -> None:
         column = self._column(key)
@@ -419,9 +419,9 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
     def _render_rows(self, fit: bool = False, lost: str = "stay") -> None:
         """Show the page of the rows as sorted and filtered now. The cursor stays on its row;
         if that row is gone, on the same line ("stay", a refresh) or on the first ("top", a new
-        filter). Columns grow to fit their cells, and shrink only when the order changes (fit)
-        or other rows are shown: a column that narrowed and widened as ages and rates changed
-        would make the table jump."""
+        filter). Columns grow to fit their cells, and are fitted anew only at a new order or
+        filter (fit): columns that narrowed and widened as each refresh brought other rows, ages
+        and rates would make the table jump, and the screen be laid out again."""
         if self._rows is None:
             return
         page = self._page(self._rows)
@@ -435,7 +435,6 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         keys = list(items)
         self.hidden_rows = self.matched - len(keys)
         kept = self._keys[self.cursor_row] if self._keys else None
-        fit = fit or keys != self._keys
         widths = [c.width or max([label.cell_len] + [row[i].cell_len for row in cells.values()])
                   for i, (c, label) in enumerate(zip(self._columns, self._header()))]
         if not fit:

@@ -196,6 +196,8 @@ async def test_preparing_the_filter_searches_each_column_before_a_key_is_typed()
             yield SortableTable(columns, lambda r: r[0], sort="name")
 
     async with Prepared().run_test(size=(40, 8)) as pilot:
+        pilot.app.query_one(SortableTable).prepare_filter()   # no rows yet: nothing to do
+        await pilot.pause(0.1)
         table = await started(pilot, Recorded())
         table.prepare_filter()
         await pilot.pause(0.1)   # once the screen is refreshed, a column per turn of the loop

@@ -36,10 +36,6 @@ async def two_frames(pilot) -> None:
     await wait_frames(pilot, 2)
 
 
-def keys(table: SortableTable) -> list[str]:
-    return table.row_keys
-
-
 async def test_status_line_shows_state_and_rates():
     async with console().run_test(size=SIZE) as pilot:
         await two_frames(pilot)
@@ -133,15 +129,15 @@ async def test_connections_sort_by_key_and_by_header_click():
         await two_frames(pilot)
         await pilot.press("2")
         table = pilot.app.screen.query_one("#conn-table", SortableTable)
-        assert keys(table)[0].startswith("198.18.0.1:41000>")      # most bytes first
+        assert table.row_keys[0].startswith("198.18.0.1:41000>")      # most bytes first
         await pilot.press("s")                                      # next column: rate
         assert table.sort_column == "rate"
-        assert keys(table)[0].startswith("198.18.0.1:41000>")
+        assert table.row_keys[0].startswith("198.18.0.1:41000>")
         await pilot.press("S")
         assert table.sort_reverse is False
         await pilot.click("#conn-table", offset=(3, 0))             # the Local header
         assert table.sort_column == "local" and table.sort_reverse is False
-        assert [k.split(">")[0] for k in keys(table)][:3] == [
+        assert [k.split(">")[0] for k in table.row_keys][:3] == [
             "127.0.0.1:15001", "127.0.0.1:40000", "127.0.0.1:43000"]
 
 
@@ -157,7 +153,7 @@ async def test_connections_filter_as_you_type():
         assert table.row_count == 3
         assert "3 of 8 ends" in text(pilot.app.screen.query_one("#conn-summary"))
         await pilot.press("backspace", "backspace", "backspace", "backspace", "backspace", *"pending")
-        assert keys(table) == ["127.0.0.1:43000>127.0.0.1:7000@4026531993"]
+        assert table.row_keys == ["127.0.0.1:43000>127.0.0.1:7000@4026531993"]
         await pilot.press("escape")
         assert table.row_count == 8 and table.has_focus
         # Survives a refresh: the filter and the cursor stay put.
@@ -173,14 +169,14 @@ async def test_connection_detail_shows_the_peer_with_live_counters():
         await two_frames(pilot)
         await pilot.press("2")
         table = pilot.app.screen.query_one("#conn-table", SortableTable)
-        table.move_cursor(row=keys(table).index("127.0.0.1:40000>198.18.0.2:80@4026531993"))
+        table.move_cursor(row=table.row_keys.index("127.0.0.1:40000>198.18.0.2:80@4026531993"))
         await pilot.pause()
         pane = text(pilot.app.screen.query_one("#conn-detail"))
         assert "This end 127.0.0.1:40000 → 198.18.0.2:80" in pane
         assert "Peer     127.0.0.1:15001 → 127.0.0.1:40000" in pane
         assert "(istio-proxy) envoy --config sidecar-out.yaml" in pane
         assert "50 msg/s" in pane and "Pair     ok" in pane
-        table.move_cursor(row=keys(table).index("198.18.0.1:44000>198.18.0.2:8080@0"))
+        table.move_cursor(row=table.row_keys.index("198.18.0.1:44000>198.18.0.2:8080@0"))
         await pilot.pause()
         assert "has no entry in the map" in text(pilot.app.screen.query_one("#conn-detail"))
 
@@ -202,7 +198,7 @@ async def test_a_pair_on_the_normal_path_is_not_an_accelerated_one_anywhere():
         await two_frames(pilot)
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
-        taken_off = table.cells(keys(table).index("198.18.0.1:45000>198.18.0.2:9090@0"))
+        taken_off = table.cells(table.row_keys.index("198.18.0.1:45000>198.18.0.2:9090@0"))
         assert (taken_off[2].plain, taken_off[3].plain) == ("normal", "normal")  # health, state
         summary = text(pilot.app.screen.query_one("#pairs-summary"))
         assert summary.startswith("5 pairs: 2 ok (accelerated), 1 on the normal path, 1 pending")

@@ -12,10 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, rules, snapshot
+from . import abi, resources, rules, snapshot
 from .instance import Instance
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "etc" / "oncn-mda.conf"
 SYSTEM_CONFIG = Path("/etc/oncn-mda/oncn-mda.conf")
 
 
@@ -25,7 +24,7 @@ def default_config(inst: Instance | None = None) -> str:
         return inst.config
     if env := os.environ.get("MDATUI_CONFIG"):
         return env
-    return str(SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else REPO_CONFIG)
+    return str(SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else resources.DEFAULT_CONFIG)
 
 
 @dataclass(frozen=True)

@@ -312,10 +312,6 @@ class _Attributed:
 READ_CPU_SHARE = 0.05
 
 
-_ENABLE_CHILD = ("import json, sys; from mdatui.core.console import _enable; "
-                 "print(json.dumps(_enable(*json.load(sys.stdin))))")
-
-
 def _enable(cgroup: str | None, pin_dir: str, path: str) -> tuple[bool, str]:
     """LiveBackend.enable in its child: whether it worked, and what it did or why not."""
     try:
@@ -412,10 +408,7 @@ class LiveBackend:
         # In a process of its own: compiling loads BCC's LLVM, some 60 MB that the console
         # would otherwise keep for as long as it runs.
         args = json.dumps([self._cgroup, self.pin_dir, self._enable_config()])
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
-        child = subprocess.run([sys.executable, "-c", _ENABLE_CHILD], input=args, env=env,
+        child = subprocess.run([sys.executable, "-m", __name__], input=args,
                                capture_output=True, text=True)
         if child.returncode != 0:
             last = (child.stderr.strip().splitlines() or ["no output"])[-1]
@@ -462,3 +455,6 @@ class LiveBackend:
                 self._inst.close()
                 self._inst = None
 
+
+if __name__ == "__main__":  # LiveBackend.enable's child: (cgroup, pin dir, rules file) on stdin
+    print(json.dumps(_enable(*json.load(sys.stdin))))

@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import abi, bpfsys, system
+from . import abi, bpfsys, resources, system
 from .instance import DEFAULT_PIN_DIR, MAPS, PROGRAMS, Instance, NotEnabled
 
-BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
 HEADER = "mdatui.h"
 SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
 

@@ -1,34 +1,36 @@
-"""Data-path benchmark: sockperf latency and throughput over the plain stack and through mdatui.
+"""Data-path benchmark: issue #11's workloads over the plain stack and through mdatui, as ratios.
 
-Two identical labs are built and the accelerator is attached to one of them only, so runs can
-alternate between plain and accelerated without reloading anything; each pair swaps which one
-goes first, so that a drift in the machine's load falls on both alike. Topologies:
+Two identical labs are built side by side and the accelerator is attached to one of them only
+(its own cgroup), so runs alternate between plain and accelerated without reloading anything;
+each pair swaps which side goes first, so that a drift in the machine's load falls on both
+alike. Every case runs in both topologies:
 
-  same-pod      client and server in one netns, over 127.0.0.1: the two ends pair
-  cross-pod     two netns joined by a veth (198.18.0.0/15): the two ends pair
-  peer-outside  server in the client's netns but outside the lab's cgroup: the client's end never
-                pairs, so this shows what an unpaired socket pays (goal: at most 2 %)
+  same-pod      client and server in one netns, over 127.0.0.1
+  cross-pod     two netns joined by a veth (198.18.0.0/15)
+  peer-outside  (sockperf 64 B only, not in the issue) server in the client's netns but outside
+                the lab's cgroup: the client never pairs; what that socket pays (goal <= 2 %)
 
-Every accelerated run is checked against the maps while it runs: both ends of its connection are
-in the sockhash and the client's message counter moves (or, for peer-outside, its end is in no map).
-A run costs about max(seconds + 0.3, 2.1) s: sockperf idles 2 s before each test, and that idle
-time overlaps the run before it.
+Cases (bench/dp_cases.py, targets from issue #11 item 3): sockperf throughput at 64 B, 1 KiB and
+16 KiB with Nagle (sockperf's default in that mode) and with TCP_NODELAY (--tcp-avoid-nodelay);
+iperf3 -l 128 and -l 128K; sockperf ping-pong 64 B and 16 KiB (round trips); the mesh
+(bench/dp_mesh.py: wrk -> iptables REDIRECT -> haproxy sidecar -> nginx, 50 connections). For
+every accelerated run the lab's mda_stats counters are read just before its client starts and
+after it ended, and the ends of its connections in the maps are counted by state at 3/4 of the
+run: the table says which path its connections took.
 
-    sudo .venv/bin/python -m bench.datapath [--quick] [--pairs 3] [--seconds 2] [--json]
+    sudo .venv/bin/python -m bench.datapath [--quick] [--only REGEX] [--pairs 3] [--seconds 2] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import select
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,348 +41,150 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from mdatui.core import lab as labm  # noqa: E402
 from mdatui.core import loader, snapshot, system  # noqa: E402
 from mdatui.core.instance import Instance  # noqa: E402
+from bench import dp_cases, dp_mesh, dp_tools  # noqa: E402
+from bench.dp_cases import Case  # noqa: E402
+from bench.dp_tools import SOCKPERF_IDLE, RunFailed  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
 
-TOPOLOGIES = ("same-pod", "cross-pod", "peer-outside")
-PAIRED = {"same-pod": True, "cross-pod": True, "peer-outside": False}
-TESTS = ("ping-pong", "throughput")
-SERVER_START_SECONDS = 5
-RUN_SLACK_SECONDS = 15  # beyond its expected time, before a sockperf client counts as hung
-# sockperf's client sleeps 0.1 s before connecting and a fixed 2 s after it, then measures;
-# the first 0.4 s of a ping-pong test are warm-up that its statistics leave out.
-SOCKPERF_IDLE = 2.1
-SOCKPERF_WARMUP = 0.4
-NEXT_GAP = 0.3  # seconds between one client's test and the next one's: the first one's exit
-UNPAIRED_GOAL_PCT = 2.0
-ROBUST = ("rtt p50", "msg rate")  # what the unpaired cost is judged on: avg and p99 follow outliers
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    test: str
-    pattern: str
-    unit: str
-    higher_is_better: bool
-
-
-# Ping-pong runs with --full-rtt: latencies are round trips, not sockperf's default half of one.
-METRICS = (
-    Metric("rtt avg", "ping-pong", r"avg-rtt=\s*([\d.]+)", "usec", False),
-    Metric("rtt p50", "ping-pong", r"percentile 50\.000 =\s*([\d.]+)", "usec", False),
-    Metric("rtt p99", "ping-pong", r"percentile 99\.000 =\s*([\d.]+)", "usec", False),
-    Metric("msg rate", "throughput", r"Message Rate is\s*([\d.]+)", "msg/s", True),
-    Metric("bandwidth", "throughput", r"BandWidth is\s*([\d.]+) MBps", "MBps", True),
-)
-
-
-def parse(test: str, text: str) -> dict[str, float]:
-    """The numbers of one sockperf client run, by metric name."""
-    text = ANSI.sub("", text)
-    out = {}
-    for m in METRICS:
-        if m.test != test:
-            continue
-        found = re.search(m.pattern, text)
-        if not found:
-            raise RuntimeError(f"sockperf {test}: no '{m.name}' in its output:\n{text[-2000:]}")
-        out[m.name] = float(found.group(1))
-    return out
-
-
-@dataclass(frozen=True)
-class Target:
-    netns: str  # where the client runs
-    ip: str
-    port: int
+NEXT_GAP = 0.3  # seconds between one sockperf test and the next one's: the first one's exit
+LOOK_AT = 0.75  # of a run, when its connections' ends are counted by state
+PORTS = {  # topology -> sockperf server port, iperf3 port
+    "same-pod": (7001, 7101), "cross-pod": (7002, 7102), "peer-outside": (7003, 0)}
+TOOLS = ("sockperf", "iperf3", "wrk", "haproxy", "nginx")
 
 
 @dataclass
 class Side:
-    """One lab with a sockperf server per topology; inst is None on the plain side."""
+    """One lab and where its servers listen; inst is None on the plain side."""
     label: str
     lab: labm.Lab
-    targets: dict[str, Target]
+    pod: str
+    peer: str
+    peer_ip: str
+    mesh: dict[str, dp_mesh.Service]
     inst: Instance | None = None
 
+    def address(self, topo: str) -> tuple[str, str, str]:
+        """(client netns, server netns, server ip) of a topology."""
+        if topo == "cross-pod":
+            return self.pod, self.peer, self.peer_ip
+        return self.pod, self.pod, "127.0.0.1"
 
-def build(lab: labm.Lab, subnet: int) -> dict[str, Target]:
-    """Namespaces, the veth and three listening sockperf servers; returns where clients go."""
+
+def build(label: str, lab: labm.Lab, subnet: int, tmp: Path, need_mesh: bool) -> Side:
+    """Namespaces, the veth, the sockperf servers and (when a mesh case runs) the mesh."""
     pod = lab.add_netns("pod")
     peer = lab.add_netns("peer")
-    lab.link(pod, f"198.18.{subnet}.1/24", peer, f"198.18.{subnet}.2/24")
-    servers = {  # topology -> (target, server netns, server in the lab's cgroup)
-        "same-pod": (Target(pod, "127.0.0.1", 7001), pod, True),
-        "cross-pod": (Target(pod, f"198.18.{subnet}.2", 7002), peer, True),
-        "peer-outside": (Target(pod, "127.0.0.1", 7003), pod, False),
-    }
-    for target, netns, inside in servers.values():
-        srv = lab.spawn(["sockperf", "server", "--tcp", "-i", target.ip, "-p", str(target.port)],
-                        netns=netns, inside=inside,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_listening(srv, target.port)
-    return {topo: target for topo, (target, _, _) in servers.items()}
+    peer_ip = f"198.18.{subnet}.2"
+    lab.link(pod, f"198.18.{subnet}.1/24", peer, f"{peer_ip}/24")
+    side = Side(label, lab, pod, peer, peer_ip, {})
+    for topo, (port, _) in PORTS.items():
+        _, server_ns, ip = side.address(topo)
+        dp_tools.sockperf_server(lab, server_ns, ip, port, inside=topo != "peer-outside")
+    if need_mesh:
+        side.mesh = dp_mesh.build(lab, tmp / label, pod, peer, peer_ip)
+    return side
 
 
-def _wait_listening(proc: subprocess.Popen, port: int) -> None:
-    """/proc/PID/net/tcp lists the sockets of the namespace PID lives in."""
-    want = f":{port:04X} "
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sockperf server on port {port} exited with {proc.returncode}")
-        try:
-            lines = Path(f"/proc/{proc.pid}/net/tcp").read_text().splitlines()[1:]
-        except OSError:
-            lines = []
-        if any(want in line and line.split()[3] == "0A" for line in lines):  # 0A: LISTEN
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"sockperf server on port {port} did not listen within {SERVER_START_SECONDS} s")
+def case_ports(side: Side, case: Case) -> set[int]:
+    if case.tool == "mesh":
+        return set(side.mesh[case.topology].ports)
+    sockperf, iperf = PORTS[case.topology]
+    return {iperf if case.tool == "iperf3" else sockperf}
 
 
-class Client:
-    """One sockperf client, read as it goes: it sleeps 2 s after connecting, then says
-    "Starting test..." and measures for --seconds."""
-
-    def __init__(self, side: Side, topo: str, test: str, size: int, seconds: int):
-        self.side, self.topo, self.test = side, topo, test
-        self.target = side.targets[topo]
-        t = self.target
-        self.argv = ["sockperf", test, "--tcp", "-i", t.ip, "-p", str(t.port), "-m", str(size),
-                     "-t", str(seconds)]
-        if test == "ping-pong":
-            self.argv.append("--full-rtt")
-        self.proc = side.lab.spawn(self.argv, netns=t.netns, stderr=subprocess.STDOUT)
-        self.out = b""
-        self.deadline = time.monotonic() + SOCKPERF_IDLE + seconds + RUN_SLACK_SECONDS
-
-    def _read_until(self, marker: bytes | None) -> None:
-        """Read output until marker shows up, or to the end when marker is None."""
-        fd = self.proc.stdout.fileno()
-        while marker is None or marker not in self.out:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"{' '.join(self.argv)} hung:\n{self._tail()}")
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return
-                self.out += chunk
-
-    def _tail(self) -> str:
-        return ANSI.sub("", self.out.decode(errors="replace"))[-2000:]
-
-    def started(self) -> None:
-        self._read_until(b"Starting test")
-        if b"Starting test" not in self.out:
-            raise RuntimeError(f"{' '.join(self.argv)} ended before its test:\n{self._tail()}")
-
-    def port(self) -> int | None:
-        """The client's own port: its socket's inode, found in its namespace's table."""
-        inodes = set()
-        fd_dir = f"/proc/{self.proc.pid}/fd"
-        for fd in os.listdir(fd_dir):
-            try:
-                link = os.readlink(f"{fd_dir}/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[len("socket:["):-1])
-        for line in Path(f"/proc/{self.proc.pid}/net/tcp").read_text().splitlines()[1:]:
-            f = line.split()
-            if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == self.target.port:
-                return int(f[1].rsplit(":", 1)[1], 16)
-        return None
-
-    def result(self) -> dict[str, float]:
-        self._read_until(None)
-        self.proc.wait(timeout=RUN_SLACK_SECONDS)
-        if self.proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(self.argv)} exited {self.proc.returncode}:\n{self._tail()}")
-        return parse(self.test, self.out.decode(errors="replace"))
+def start(side: Side, case: Case, seconds: int) -> dp_tools.Client:
+    client_ns, server_ns, ip = side.address(case.topology)
+    if case.tool in ("sockperf-tp", "sockperf-pp"):
+        return dp_tools.Sockperf(side.lab, client_ns, ip, PORTS[case.topology][0],
+                                 case.tool.split("-")[1], case.size, seconds, case.nodelay)
+    if case.tool == "iperf3":
+        return dp_tools.Iperf3(side.lab, client_ns, server_ns, ip, PORTS[case.topology][1],
+                               case.size, seconds)
+    return dp_tools.Wrk(side.lab, client_ns, side.mesh[case.topology].url, seconds)
 
 
-def _ends(snap: snapshot.Snapshot, port: int) -> dict[str, snapshot.Connection]:
-    """The client's end and the server's end of the connection from client port `port`."""
-    found = {}
-    for c in snap.connections:
-        if c.end.local.endswith(f":{port}"):
-            found["client"] = c
-        elif c.end.remote.endswith(f":{port}"):
-            found["server"] = c
-    return found
+def states(snap: snapshot.Snapshot, ports: set[int]) -> dict[str, int]:
+    """The ends of a case's connections in sock_proxy_map, by state."""
+    def port(addr: str) -> int:
+        return int(addr.rsplit(":", 1)[1])
+    return dict(Counter(c.state for c in snap.connections
+                        if port(c.end.local) in ports or port(c.end.remote) in ports))
 
 
-def verify(topo: str, port: int | None, first: snapshot.Snapshot, second: snapshot.Snapshot) -> bool:
-    """Paired topologies: both ends accelerated in the sockhash and the client's messages
-    redirected between the two looks. peer-outside: the client's end in no map at all."""
-    if port is None:
-        return False
-    a, b = _ends(first, port), _ends(second, port)
-    if not PAIRED[topo]:
-        return not a and not b
-    if set(a) != {"client", "server"} or set(b) != {"client", "server"}:
-        return False
-    ok = all(c.state == "accelerated" and c.in_sockhash for c in b.values())
-    return ok and b["client"].msgs > a["client"].msgs
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
 
 
-def measure(plain: Side, accel: Side, topologies, sizes, pairs, seconds, progress) -> list[dict]:
-    """Alternating runs (pair i runs plain first when i is even, accelerated first when odd).
+def measure(plain: Side, accel: Side, cases: list[Case], pairs: int, seconds: int,
+            progress) -> list[dict]:
+    """Alternating runs: pair i runs plain first when i is even, accelerated first when odd.
 
-    Each client is started while the one before it measures, so that its 2 s idle start
-    overlaps that run; its test begins only once that run is over. Both sides take the same
-    two looks at the maps mid-run, so the probing costs them alike; only accelerated runs are
-    judged by them.
+    A sockperf client idles 2 s before its test, so the next one is started while the current
+    one measures and begins its test just after; never two accelerated ones at once, so that
+    the counters read before and after an accelerated run are its own. Both sides take the same
+    look at the maps mid-run, so the probing costs them alike.
     """
     cells, jobs = [], []
-    for topo in topologies:
-        for size in sizes:
-            for test in TESTS:
-                cell = {"topology": topo, "size": size, "test": test,
-                        "plain": [], "accel": [], "verified": []}
-                cells.append(cell)
-                for i in range(pairs):
-                    jobs += [(cell, side) for side in ((plain, accel) if i % 2 == 0 else (accel, plain))]
+    for case in cases:
+        cell = {"case": case, "plain": [], "accel": [], "deltas": [], "states": []}
+        cells.append(cell)
+        for i in range(pairs):
+            jobs += [(cell, side) for side in ((plain, accel) if i % 2 == 0 else (accel, plain))]
 
-    def start(job) -> Client:
-        cell, side = job
-        return Client(side, cell["topology"], cell["test"], cell["size"], seconds)
+    def launch(n: int):
+        """Start job n; a failure to start is its result."""
+        cell, side = jobs[n]
+        before = accel.inst.stats()
+        try:
+            return start(side, cell["case"], seconds), before
+        except RunFailed as e:
+            return e, before
 
-    upcoming = start(jobs[0])
+    def overlaps(n: int) -> bool:
+        (cell, side), (ncell, nside) = jobs[n], jobs[n + 1]
+        return (cell["case"].tool.startswith("sockperf") and ncell["case"].tool.startswith("sockperf")
+                and not (side is accel and nside is accel))
+
+    upcoming = launch(0)
     for n, (cell, side) in enumerate(jobs):
-        client, upcoming = upcoming, None
-        client.started()
-        t0 = time.monotonic()
-        port = client.port()
-        launch = (max(0.0, seconds + NEXT_GAP - SOCKPERF_IDLE), "launch")
-        looks = [(SOCKPERF_WARMUP + f * (seconds - SOCKPERF_WARMUP), "look") for f in (0.25, 0.75)]
-        snaps = []
-        for offset, what in sorted([launch, *looks]):
-            time.sleep(max(0.0, t0 + offset - time.monotonic()))
-            if what == "look":
-                snaps.append(snapshot.read(accel.inst))
-            elif n + 1 < len(jobs):
-                upcoming = start(jobs[n + 1])
-        values = client.result()
+        (client, before), upcoming = upcoming, None
+        case = cell["case"]
+        look = {}
+        try:
+            if isinstance(client, Exception):
+                raise client
+            client.started()
+            t0 = time.monotonic()
+            events = [(LOOK_AT * seconds, "look")]
+            if n + 1 < len(jobs) and overlaps(n):
+                events.append((max(0.0, seconds + NEXT_GAP - SOCKPERF_IDLE), "launch"))
+            for offset, what in sorted(events):
+                time.sleep(max(0.0, t0 + offset - time.monotonic()))
+                if what == "look":
+                    look = states(snapshot.read(accel.inst), case_ports(side, case))
+                else:
+                    upcoming = launch(n + 1)
+            values = client.result()
+        except RunFailed as e:
+            if not isinstance(client, Exception):
+                client.abandon()
+            values = {"error": str(e)}
         cell[side.label].append(values)
-        check = ""
+        extra = ""
         if side is accel:
-            ok = verify(cell["topology"], port, *snaps)
-            cell["verified"].append(ok)
-            check = f" check={'ok' if ok else 'FAILED'}"
-        shown = " ".join(f"{k}={v:g}" for k, v in values.items())
-        progress(f"[{n + 1}/{len(jobs)}] {cell['topology']} {cell['size']}B {cell['test']} "
-                 f"{side.label}: {shown}{check}")
+            time.sleep(0.05)  # the server's end closes just after the client's
+            delta = _delta(accel.inst.stats(), before)
+            cell["deltas"].append(delta)
+            cell["states"].append(look)
+            moved = {k: v for k, v in delta.items() if v and k not in dp_cases.QUIET}
+            extra = f"  stats {moved}  ends at {LOOK_AT:.0%}: {look}"
+        shown = values.get("error", "").splitlines()[0] if "error" in values else \
+            " ".join(f"{k}={v:.4g}" for k, v in values.items())
+        progress(f"[{n + 1}/{len(jobs)}] {case.name} {side.label}: {shown}{extra}")
+        if upcoming is None and n + 1 < len(jobs):
+            upcoming = launch(n + 1)
     return cells
-
-
-def rows(cells: list[dict]) -> list[dict]:
-    """One row per metric: medians over the pairs, their ratio, and the spread of per-pair ratios."""
-    out = []
-    for cell in cells:
-        n = len(cell["verified"])
-        good = sum(cell["verified"])
-        what = "redirected" if PAIRED[cell["topology"]] else "unpaired"
-        check = f"{what} {good}/{n}" + ("" if good == n else " FAIL")
-        for m in METRICS:
-            if m.test != cell["test"]:
-                continue
-            p = [run[m.name] for run in cell["plain"]]
-            a = [run[m.name] for run in cell["accel"]]
-            pm, am = statistics.median(p), statistics.median(a)
-            ratio = am / pm if pm else float("nan")
-            per_pair = [y / x for x, y in zip(p, a) if x]
-            # How much slower the accelerated side is, in %: negative when it is faster.
-            cost = ((1 - ratio) if m.higher_is_better else (ratio - 1)) * 100
-            out.append({
-                "topology": cell["topology"], "size": cell["size"], "metric": m.name,
-                "unit": m.unit, "plain_median": pm, "accel_median": am, "ratio": ratio,
-                "higher_is_better": m.higher_is_better,
-                "cost_pct": cost,
-                "verdict": f"{abs(cost):.1f}% {'worse' if cost > 0 else 'better'}",
-                "pair_ratio_min": min(per_pair, default=float("nan")),
-                "pair_ratio_max": max(per_pair, default=float("nan")),
-                "check": check, "plain": p, "accel": a,
-            })
-    return out
-
-
-def unpaired_cost(table_rows: list[dict]) -> dict | None:
-    """What sockets whose peer is outside pay (goal: <= 2 %), judged on the median latency and
-    the message rate, against the noise: the widest spread of single-pair ratios."""
-    costs = [r for r in table_rows if r["topology"] == "peer-outside" and r["metric"] in ROBUST]
-    if not costs:
-        return None
-    worst = max(costs, key=lambda r: r["cost_pct"])
-    noise = 100 * max(max(abs(r["pair_ratio_min"] - 1), abs(r["pair_ratio_max"] - 1)) for r in costs)
-    if worst["cost_pct"] <= UNPAIRED_GOAL_PCT:
-        verdict = "met"
-    elif worst["cost_pct"] <= noise:
-        verdict = "not resolved: within the noise"
-    else:
-        verdict = "NOT met"
-    return {"worst_pct": worst["cost_pct"], "worst": f"{worst['size']}B {worst['metric']}",
-            "mean_pct": statistics.mean(r["cost_pct"] for r in costs), "noise_pct": noise,
-            "verdict": verdict}
-
-
-def table(result: dict) -> str:
-    head = ("topology", "size", "metric", "unit", "plain med", "accel med",
-            "accel/plain", "pair ratios", "verdict", "check")
-    # Bandwidth is the message rate times the size: same ratios, so it shares that row.
-    bandwidth = {(r["topology"], r["size"]): r for r in result["rows"] if r["metric"] == "bandwidth"}
-    lines = []
-    for r in result["rows"]:
-        if r["metric"] == "bandwidth":
-            continue
-        unit, plain, accel = r["unit"], _num(r["plain_median"]), _num(r["accel_median"])
-        bw = bandwidth.get((r["topology"], r["size"])) if r["metric"] == "msg rate" else None
-        if bw:
-            unit += " (MBps)"
-            plain += f" ({_num(bw['plain_median'])})"
-            accel += f" ({_num(bw['accel_median'])})"
-        lines.append((r["topology"], str(r["size"]), r["metric"], unit, plain, accel,
-                      f"{r['ratio']:.3f}", f"{r['pair_ratio_min']:.2f}-{r['pair_ratio_max']:.2f}",
-                      r["verdict"], r["check"]))
-    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    env = result["environment"]
-    text = [
-        f"mdatui data path, sockperf {env['sockperf']}: {result['pairs']} alternating pairs x "
-        f"{result['seconds']} s per run, {env['cpus']} CPUs, took {result['elapsed_s']:.0f} s",
-        f"load average at start {env['load_start']}, at end {env['load_end']}",
-        "accel/plain: rtt (usec) < 1 = accelerator lowers latency; msg rate > 1 = accelerator faster.",
-        "pair ratios: lowest and highest accel/plain of single pairs (the noise).",
-        "",
-        fmt.format(*head),
-        fmt.format(*("-" * w for w in widths)),
-    ]
-    text += [fmt.format(*line) for line in lines]
-    cost = result["unpaired_cost"]
-    if cost:
-        text.append(
-            f"\npeer-outside (unpaired) cost on {' and '.join(ROBUST)}, accel vs plain "
-            f"(negative = accel faster): mean {cost['mean_pct']:+.1f}%, worst {cost['worst_pct']:+.1f}% "
-            f"({cost['worst']}); pair noise up to {cost['noise_pct']:.0f}%; "
-            f"goal <= {UNPAIRED_GOAL_PCT:g}%: {cost['verdict']}")
-    return "\n".join(text)
-
-
-def _num(v: float) -> str:
-    return f"{v:.0f}" if v >= 1000 else f"{v:.2f}"
-
-
-def _sockperf_version() -> str:
-    out = subprocess.run(["sockperf", "--version"], capture_output=True, text=True).stdout
-    found = re.search(r"version\s+(\S+)", out)
-    return found.group(1) if found else "?"
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 @contextmanager
@@ -394,56 +198,83 @@ def _uninterrupted():
             signal.signal(s, handler)
 
 
-def run(topologies, sizes, pairs, seconds, progress) -> dict:
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
     system.require_root("the data-path benchmark")
-    if not shutil.which("sockperf"):
-        raise system.SetupError("sockperf is not installed: apt-get install sockperf (scripts/setup does)")
+    tools = {c.tool.split("-")[0] for c in cases}
+    needed = {"sockperf"} | ({"iperf3"} if "iperf3" in tools else set()) | \
+        ({"wrk", "haproxy", "nginx"} if "mesh" in tools else set())
+    missing = sorted(t for t in needed if not shutil.which(t))
+    if missing:
+        raise system.SetupError(f"not installed: {' '.join(missing)} (scripts/setup installs them)")
     started = time.monotonic()
-    env = {"cpus": os.cpu_count(), "load_start": _load(), "sockperf": _sockperf_version()}
+    env = {"cpus": os.cpu_count(), "load_start": _load(), "kernel": os.uname().release,
+           "sockperf": dp_tools.sockperf_version(),
+           "iperf3": dp_tools.iperf3_version() if shutil.which("iperf3") else "-",
+           "wrk": dp_tools.wrk_version() if shutil.which("wrk") else "-"}
     with ExitStack() as stack:
         plain_lab = stack.enter_context(labm.Lab("bench-plain"))
         accel_lab = stack.enter_context(labm.Lab("bench-accel"))
+        tmp = Path(tempfile.mkdtemp(prefix="mdatui-bench-"))
+        os.chmod(tmp, 0o755)  # the mesh's haproxy runs as uid 1337 and reads its config there
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # after the labs killed nginx, haproxy
         pin_dir = f"{system.BPFFS}/{accel_lab.name}"
-        progress("compiling and attaching the accelerator to the accelerated lab ...")
-        inst = loader.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance
+        progress("compiling and attaching the accelerator to the accelerated lab's cgroup ...")
+        try:
+            inst = loader.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance
+        except BaseException:
+            with _uninterrupted():
+                try:
+                    loader.disable(pin_dir)  # whatever a cut-short enable pinned
+                except Exception:
+                    pass
+            raise
 
         def teardown():
             with _uninterrupted():
                 inst.close()
                 loader.disable(pin_dir)
         stack.callback(teardown)  # runs before the labs close: detach while the cgroup exists
-        plain = Side("plain", plain_lab, build(plain_lab, subnet=1))
-        accel = Side("accel", accel_lab, build(accel_lab, subnet=2), inst)
-        cells = measure(plain, accel, topologies, sizes, pairs, seconds, progress)
+        need_mesh = "mesh" in tools
+        plain = build("plain", plain_lab, 1, tmp, need_mesh)
+        accel = build("accel", accel_lab, 2, tmp, need_mesh)
+        accel.inst = inst
+        cells = measure(plain, accel, cases, pairs, seconds, progress)
     env["load_end"] = _load()
-    table_rows = rows(cells)
-    return {"pairs": pairs, "seconds": seconds, "sizes": sizes, "environment": env,
-            "elapsed_s": time.monotonic() - started, "rows": table_rows,
-            "unpaired_cost": unpaired_cost(table_rows)}
+    return {"pairs": pairs, "seconds": seconds, "environment": env,
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "cases": [c.name for c in cases], "rows": dp_cases.rows(cells)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, help="alternating plain/accelerated pairs per cell (default 3)")
-    ap.add_argument("--seconds", type=int, help="seconds per sockperf run, whole (default 2)")
-    ap.add_argument("--sizes", help="message sizes in bytes, comma separated (default 64,1024,16384)")
-    ap.add_argument("--topologies", default=",".join(TOPOLOGIES),
-                    help=f"comma separated subset of {','.join(TOPOLOGIES)}")
+    ap.add_argument("--pairs", type=int, help="alternating plain/accelerated pairs per case (default 3)")
+    ap.add_argument("--seconds", type=int, help="seconds per run, whole (default 2)")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="cases whose name matches, e.g. 'mesh', 'cross-pod/iperf3', 'tp/64B', "
+                         "'sockperf-pp' (--list shows the names)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run, under a minute: 1 pair, 1 s, size 64 unless given")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+                    help="development run, about a minute: 1 pair x 1 s, and without --only a "
+                         "subset (64 B streams, iperf3 128 B, ping-pong 64 B, the mesh)")
+    ap.add_argument("--list", action="store_true", help="print the case names and exit")
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
     pairs = args.pairs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 2)
-    sizes = [int(s) for s in (args.sizes or ("64" if args.quick else "64,1024,16384")).split(",")]
-    topologies = args.topologies.split(",")
-    unknown = set(topologies) - set(TOPOLOGIES)
-    if unknown or pairs < 1 or seconds < 1 or min(sizes) < 14:  # sockperf's smallest message
-        ap.error(f"bad arguments: topologies {sorted(unknown) or 'ok'}, pairs >= 1, seconds >= 1, sizes >= 14")
-    runs = len(topologies) * len(sizes) * len(TESTS) * pairs * 2
+    cases = dp_cases.select(args.only, args.quick)
+    if args.list:
+        print("\n".join(c.name for c in cases))
+        return 0
+    if not cases or pairs < 1 or seconds < 1:
+        ap.error("no case matches --only" if not cases else "pairs >= 1, seconds >= 1")
+    runs = len(cases) * pairs * 2
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    progress(f"{runs} runs, about {runs * max(seconds + NEXT_GAP, SOCKPERF_IDLE) + 10:.0f} s")
-    return run_and_print(lambda: run(topologies, sizes, pairs, seconds, progress), table, args.json)
+    progress(f"{len(cases)} cases, {runs} runs, about {runs * (seconds + 0.6) + 20:.0f} s")
+    return run_and_print(lambda: run(cases, pairs, seconds, progress), dp_cases.table, args.json)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,120 @@
+"""The mesh of issue #11 in a lab: wrk -> iptables REDIRECT -> haproxy (sidecar, uid 1337) -> nginx.
+
+    pod netns                                                    peer netns (cross-pod only)
+    wrk --(nat OUTPUT REDIRECT, not uid 1337)--> haproxy :1500x --> nginx
+    same-pod:  http://127.0.0.1:9080/        -> 127.0.0.1:15001 -> nginx 127.0.0.1:9080 (pod)
+    cross-pod: http://198.18.S.2:9081/       -> 127.0.0.1:15002 -> nginx 198.18.S.2:9081 (peer, over the veth)
+
+One haproxy process (one thread) serves both topologies' frontends; one nginx per server netns
+(single process: `daemon off; master_process off;`, so its pid is all there is to kill). Their
+configs, logs and the page live in a temp dir the caller removes; the processes belong to the lab,
+which kills them by pid when it closes; the iptables rules go with the lab's netns.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.dp_tools import RunFailed, wait_listening
+
+SIDECAR_UID = 1337  # Istio's proxy uid: its own connections are not redirected back to it
+# nginx's default index.html is 615 bytes; the page served is that size.
+PAGE = b"<!DOCTYPE html>\n<html><head><title>mdatui bench</title></head><body>\n" + \
+    b"x" * 520 + b"\n</body></html>\n"
+
+
+@dataclass(frozen=True)
+class Service:
+    client_ns: str   # where wrk runs
+    url: str
+    ports: tuple[int, ...]  # the ports of its connections, to find their ends in the maps
+
+
+def _nginx_conf(tmp: Path, tag: str, listen: str) -> Path:
+    conf = tmp / f"nginx-{tag}.conf"
+    conf.write_text(f"""daemon off;
+master_process off;
+pid {tmp}/nginx-{tag}.pid;
+error_log {tmp}/nginx-{tag}.err warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body-{tag};
+    proxy_temp_path {tmp}/proxy-{tag};
+    fastcgi_temp_path {tmp}/fastcgi-{tag};
+    uwsgi_temp_path {tmp}/uwsgi-{tag};
+    scgi_temp_path {tmp}/scgi-{tag};
+    server {{
+        listen {listen} backlog=1024;
+        root {tmp}/www;
+        location / {{ index index.html; }}
+    }}
+}}
+""")
+    return conf
+
+
+def _haproxy_conf(tmp: Path, routes: list[tuple[int, str]]) -> Path:
+    """routes: (frontend port on 127.0.0.1, backend address:port)."""
+    text = """global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+"""
+    for port, backend in routes:
+        text += f"""frontend in{port}
+    bind 127.0.0.1:{port}
+    default_backend out{port}
+backend out{port}
+    server app {backend}
+"""
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(text)
+    return conf
+
+
+def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str) -> dict[str, Service]:
+    """nginx, haproxy and the REDIRECT rules in the lab; returns the service per topology."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.chmod(tmp, 0o755)  # haproxy runs as uid 1337 and reads its config here
+    (tmp / "www").mkdir(exist_ok=True)
+    (tmp / "www" / "index.html").write_bytes(PAGE)
+    plan = {  # topology -> (nginx netns, nginx ip, port, sidecar port)
+        "same-pod": (pod, "127.0.0.1", 9080, 15001),
+        "cross-pod": (peer, peer_ip, 9081, 15002),
+    }
+    for topo, (ns, ip, port, sidecar) in plan.items():
+        tag = topo.split("-")[0]
+        conf = _nginx_conf(tmp, tag, f"{ip}:{port}")
+        err = open(tmp / f"nginx-{tag}.out", "wb")
+        nginx = lab.spawn(["nginx", "-p", str(tmp), "-e", str(tmp / f"nginx-{tag}.err"), "-c", str(conf)],
+                          netns=ns, stdout=err, stderr=subprocess.STDOUT)
+        err.close()
+        _started(nginx, port, "nginx", tmp / f"nginx-{tag}.err")
+        lab.iptables(pod, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port),
+                     "-m", "owner", "!", "--uid-owner", str(SIDECAR_UID),
+                     "-j", "REDIRECT", "--to-ports", str(sidecar))
+    conf = _haproxy_conf(tmp, [(sidecar, f"{ip}:{port}") for ns, ip, port, sidecar in plan.values()])
+    out = open(tmp / "haproxy.out", "wb")
+    haproxy = lab.spawn(["haproxy", "-db", "-f", str(conf)], netns=pod, uid=SIDECAR_UID,
+                        gid=SIDECAR_UID, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    for ns, ip, port, sidecar in plan.values():
+        _started(haproxy, sidecar, "haproxy", tmp / "haproxy.out")
+    return {topo: Service(pod, f"http://{ip}:{port}/", (port, sidecar))
+            for topo, (ns, ip, port, sidecar) in plan.items()}
+
+
+def _started(proc: subprocess.Popen, port: int, what: str, log: Path) -> None:
+    try:
+        wait_listening(proc, port, what)
+    except RunFailed as e:
+        text = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+        raise RuntimeError(f"{e}:\n{text}") from None

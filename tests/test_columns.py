@@ -17,8 +17,7 @@ from mdatui.core import abi, apply, rules, snapshot
 from mdatui.core.console import Attribution, ConnectionPairs, Frame, preview
 from mdatui.core.pairing import HEALTH, PairTable, pair_rows_of
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import (ACCELERATED, NORMAL, Connection, Endpoint, Owner, Snapshot,
-                                  Table)
+from mdatui.core.snapshot import ACCELERATED, NORMAL, Connection, Endpoint, Owner, Snapshot, Table
 
 
 def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
@@ -36,7 +35,7 @@ def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
         kind = rng.choice(["ok"] * 6 + ["pending", "one-sided", "stale-peer", "stale-hash", "normal"])
         uid = rng.choice([None, 0, 5])
         owner = Owner(rng.choice([None, 100, 200]), uid, uid)
-        def end(me, peer, active, state="accelerated", held=True):
+        def end(me, peer, active, state="accelerated", held=True, owner=owner):
             return Connection(me, peer, state, rng.randrange(1000), rng.randrange(10**6), 0,
                               float(rng.randrange(1, 5000)), owner, held, active)
         if kind == "pending":
@@ -262,7 +261,7 @@ def test_a_read_of_the_same_ends_shares_their_columns_and_only_the_counters_are_
     m = BatchedMap(ages_zero)
     first = snapshot.read_ends(m, len(conns), m.taken_ns)
     assert read_back(first) == ages_zero
-    first.peer_row, first.index  # worked out once
+    _ = first.peer_row, first.index  # worked out once
     later = moved(ages_zero, 1)
     second = snapshot.read_ends(BatchedMap(later), len(conns), m.taken_ns, earlier=first)
     assert read_back(second) == later

@@ -15,11 +15,10 @@ import signal
 import sys
 import threading
 
-from ..core import dump, events, pcap, system
+from ..core import dump, events, pcap, system, units
 from ..core.instance import Instance
 from ..core.perfbuf import ReaderBusy
 from ..core.snapshot import Owner
-from ..core import units
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 0.5

@@ -47,7 +47,7 @@ def cmd_query(a) -> int:
     except NotEnabled:
         snap = snapshot.disabled(a.pin_dir)
     except PermissionError:
-        raise CliError("mdatui: query needs root to open the pinned maps: run it with sudo")
+        raise CliError("mdatui: query needs root to open the pinned maps: run it with sudo") from None
     else:
         with inst:
             snap = snapshot.read(inst)
@@ -94,7 +94,7 @@ def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds")
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
     if not 0.1 <= value <= 60:
         raise argparse.ArgumentTypeError(f"{text} is out of range 0.1-60 seconds")
     return value

@@ -16,9 +16,9 @@ def _load(path: str) -> rules.Config:
     try:
         return rules.load(path)
     except FileNotFoundError:
-        raise RulesError(f"{path}: no such file")
+        raise RulesError(f"{path}: no such file") from None
     except rules.ParseError as e:
-        raise RulesError(str(e))
+        raise RulesError(str(e)) from None
 
 
 def ruleset_for_enable(config: str | None):
@@ -112,13 +112,13 @@ def cmd_add(a) -> int:
     try:
         rule = rules.parse_rule(a.rule, path="<rule>")
     except rules.ParseError as e:
-        raise RulesError(str(e))
+        raise RulesError(str(e)) from None
 
     def change(config: rules.Config, path: str) -> str:
         try:
             n = config.add(rule)
         except ValueError as e:
-            raise RulesError(f"{path}: {e}")
+            raise RulesError(f"{path}: {e}") from None
         return f"rule {n + 1}: {rules.format_rule(rule)}"
     return _edit(a, change)
 

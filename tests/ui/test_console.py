@@ -385,9 +385,9 @@ async def test_events_are_listed_as_they_arrive():
         await pilot.press("6")
         log = await log_lines(pilot, 4)
         lines = list(log.lines)
-        assert any("accelerated" in l and "pid 2001 ↔ pid 2002" in l for l in lines)
-        assert any("refused" in l and "by rule 2" in l for l in lines)
-        assert any("demoted" in l and "handed back to the stack" in l for l in lines)
+        assert any("accelerated" in line and "pid 2001 ↔ pid 2002" in line for line in lines)
+        assert any("refused" in line and "by rule 2" in line for line in lines)
+        assert any("demoted" in line and "handed back to the stack" in line for line in lines)
 
 
 async def test_event_summary_has_the_kernel_totals_since_enable_over_what_the_log_saw():

@@ -12,14 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mdatui.core import snapshot
 from mdatui.core.console import Frame
 from mdatui.core.procs import ProcessInfo
-from mdatui.core import snapshot
 from mdatui.core.snapshot import Endpoint, Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
-from mdatui.ui.widgets.columns import positions
 from mdatui.ui.widgets import sortable_table
+from mdatui.ui.widgets.columns import positions
 from mdatui.ui.widgets.sortable_table import SortableTable
 
 from ..test_columns import BatchedMap, as_read, mesh, moved

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import TabbedContent, TabPane
+from textual.widgets import TabPane, TabbedContent
 
 from ..views.base import View
 from ..views.connections import ConnectionsView

@@ -17,8 +17,7 @@ from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
 from ...core.snapshot import STATES, Connection, Rates
 from .. import format as fmt
-from ..widgets.columns import (Addresses, Distinct, Leftover, host_order, indexed_order,
-                               indexed_search, styled)
+from ..widgets.columns import Addresses, Distinct, Leftover, host_order, indexed_order, indexed_search, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
 from .base import EndsView

@@ -62,7 +62,7 @@ class KeyBar(Widget):
         app = self.app
         by_action: dict[str, Key] = {}
         palette = None
-        for _node, binding, enabled, tooltip in self.screen.active_bindings.values():
+        for _node, binding, enabled, _tooltip in self.screen.active_bindings.values():
             if app.ENABLE_COMMAND_PALETTE and binding.key == app.COMMAND_PALETTE_BINDING:
                 palette = Key(binding.key, app.get_key_display(binding), binding.description, enabled)
             elif binding.show:

@@ -11,9 +11,9 @@ import errno
 import os
 from collections.abc import Iterator
 
-from .system import libc
+from .system import SetupError, libc, syscall_number
 
-_SYS_BPF = 321  # x86_64
+_SYS_BPF = syscall_number("bpf")
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
@@ -42,6 +42,10 @@ BPF_F_ALLOW_MULTI = 2
 
 class BpfError(OSError):
     """A bpf(2) call failed; errno and the operation are kept for the caller's message."""
+
+
+class LayoutMismatch(SetupError):
+    """A map's keys or values are not the size of the ctypes types read from it."""
 
 
 def _sys(cmd: int, attr: ct.Structure) -> int:
@@ -152,6 +156,20 @@ class Map:
     @classmethod
     def open(cls, path: str, key_type, value_type, value_size: int = 0) -> "Map":
         return cls(obj_get(path), key_type, value_type, value_size)
+
+    def check_layout(self, path: str) -> None:
+        """Refuse a map whose records the ctypes types would misread: pinned by another
+        version of mdatui, or bpf/mdatui.h changed without mdatui/core/abi.py."""
+        info = map_info(self.fd)
+        key_size = ct.sizeof(self.key_type)
+        # A value size of 0: the reader sizes its own buffers (per-CPU values).
+        if info.key_size == key_size and info.value_size == (self.value_size or info.value_size):
+            return
+        names = "/".join(t.__name__ for t in (self.key_type, self.value_type) if t is not None)
+        raise LayoutMismatch(
+            f"{path} holds {info.key_size}-byte keys and {info.value_size}-byte values where this "
+            f"mdatui reads {key_size} and {self.value_size or 'any'} ({names}): the accelerator "
+            "pinned there comes from another version of mdatui; disable it with that version")
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -353,6 +353,8 @@ class LiveBackend:
                     raise Unavailable(
                         f"reading the accelerator's maps at {self.pin_dir} needs root "
                         "(CAP_BPF and CAP_SYS_ADMIN): run mdatui with sudo") from None
+                except system.SetupError as e:  # one that cannot be read: says what to do
+                    raise Unavailable(str(e)) from None
             return self._inst
 
     def _running(self) -> Instance:

@@ -13,7 +13,7 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/mdatui"
 
 # Pinned map name -> (key type, value type). Perf arrays hold fds, filled by each reader.
 MAPS = {
-    "sock_ops_map": (abi.SockKey, ct.c_uint64),
+    "sock_ops_map": (abi.SockKey, ct.c_uint32),  # BCC's BPF_SOCKHASH: an int (a socket's fd)
     "sock_proxy_map": (abi.SockKey, abi.Conn),
     "sock_helper_map": (abi.SockKey, abi.Pending),
     "sock_param_map": (ct.c_uint32, abi.RuleSet),
@@ -55,7 +55,9 @@ class Instance:
         self.maps: dict[str, bpfsys.Map] = {}
         try:
             for name, (key_type, value_type) in MAPS.items():
-                self.maps[name] = bpfsys.Map.open(os.path.join(pin_dir, name), key_type, value_type)
+                path = os.path.join(pin_dir, name)
+                self.maps[name] = bpfsys.Map.open(path, key_type, value_type)
+                self.maps[name].check_layout(path)
         except BaseException:
             self.close()
             raise

@@ -27,7 +27,7 @@ import struct
 import time
 
 from . import bpfsys
-from .system import libc
+from .system import libc, syscall_number
 
 LOCK_DIR = "/run/mdatui"
 
@@ -98,7 +98,7 @@ def _unlock(fd: int, lock_path: str) -> None:
     os.close(fd)
 
 
-_SYS_PERF_EVENT_OPEN = 298  # x86_64
+_SYS_PERF_EVENT_OPEN = syscall_number("perf_event_open")
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
 PERF_SAMPLE_RAW = 0x400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,25 @@ libc.syscall.restype = ct.c_long
 
 BPFFS = "/sys/fs/bpf"
 
+# The system calls glibc has no wrapper for, by machine (arch/x86/entry/syscalls/syscall_64.tbl,
+# include/uapi/asm-generic/unistd.h).
+_SYSCALLS = {
+    "x86_64": {"bpf": 321, "perf_event_open": 298},
+    "aarch64": {"bpf": 280, "perf_event_open": 241},
+}
+
 
 class SetupError(RuntimeError):
     """The host cannot run the accelerator as asked; the message says what to do."""
+
+
+def syscall_number(name: str, machine: str | None = None) -> int:
+    machine = machine or platform.machine()
+    try:
+        return _SYSCALLS[machine][name]
+    except KeyError:
+        raise SetupError(f"mdatui knows the {name} system call on {' and '.join(_SYSCALLS)}, "
+                         f"not on {machine}") from None
 
 
 def require_root(action: str) -> None:

@@ -223,10 +223,11 @@ def proxy_server(host: str, port: int, upstream: tuple[str, int]) -> None:
 # ------------------------------------------------------------------ the full-duplex client
 
 def duplex(to: tuple[str, int], conns: int, seconds: float, stagger: float,
-           timeout: float) -> None:
+           timeout: float, rate: float) -> None:
     """conns connections (conn k starts at k*stagger), each with a writer thread that writes its
     stream in sizes of 1-200 B and 1-64 KiB for `seconds` then shuts down its sending side, and
-    a reader thread that checks every echoed byte at its position until end-of-file."""
+    a reader thread that checks every echoed byte at its position until end-of-file. Each
+    writer keeps under `rate` bytes/s (0: no limit), so that two shared CPUs keep up."""
     results = [dict(conn=k, connected=False, sent=0, received=0, first_bad=None, eof=False,
                     errors=[]) for k in range(conns)]
     threads: list[threading.Thread] = []
@@ -266,9 +267,15 @@ def duplex(to: tuple[str, int], conns: int, seconds: float, stagger: float,
                               daemon=True)
         rd.start()
         threads.append(rd)
-        sent, end = 0, time.monotonic() + seconds
+        began = time.monotonic()
+        sent, end = 0, began + seconds
         try:
             while time.monotonic() < end:
+                ahead = sent / rate - (time.monotonic() - began) if rate else 0
+                if ahead > 0:
+                    doing(f"pacing at offset {sent}")
+                    time.sleep(max(0.0, min(ahead, end - time.monotonic())))
+                    continue
                 n = rng.randint(1, 200) if rng.random() < 0.5 else rng.randint(1, 65536)
                 doing(f"sendall {n} B at offset {sent}")
                 s.sendall(stream.piece(sent, n))
@@ -685,31 +692,34 @@ def case_sendfile_splice(p: Pairs) -> None:
         dst = os.path.join(tmp, "dst")
         r, w = os.pipe()
         step("os.splice from the socket into a pipe, then into a file")
-        moved, end = 0, None
-        with open(dst, "wb") as out:
+        out = open(dst, "wb")
+
+        def splice_all() -> list:
+            moved = 0
             try:
                 for _ in range(100_000):
                     if moved >= len(body):
-                        break
+                        return [moved, None]
                     n = os.splice(s.fileno(), w, 65536)
                     if n == 0:
-                        end = "EOF"
-                        break
+                        return [moved, "EOF"]
                     left = n
                     while left:
                         left -= os.splice(r, out.fileno(), left)
                     moved += n
             except OSError as e:
-                end = "error " + errname(e)
+                return [moved, "error " + errname(e)]
+            return [moved, "still reading"]
+        ts, boxs = in_thread(splice_all, name="splicer")
+        R["splice_end"] = joined(ts, boxs, 8)
         R["sendall"] = joined(t, box, 10)
-        with open(dst, "rb") as f:
-            R["spliced_into_file"] = show(f.read())
-        R["splice_end"] = end
-        c.shutdown(socket.SHUT_WR)
-        step("os.splice at end-of-file")
-        R["splice_at_eof"] = call(os.splice, s.fileno(), w, 65536)
-        os.close(r)
-        os.close(w)
+        if not ts.is_alive():
+            out.close()
+            with open(dst, "rb") as f:
+                R["spliced_into_file"] = show(f.read())
+            c.shutdown(socket.SHUT_WR)
+            step("os.splice at end-of-file")
+            R["splice_at_eof"] = call(os.splice, s.fileno(), w, 65536)
         c.close()
         s.close()
     finally:
@@ -871,7 +881,7 @@ CASES = {
 
 def run_case(name: str, port: int, timeout: float) -> None:
     watchdog(timeout, lambda: say(case=name, results=R, info=INFO,
-                                  hang=f"{STEP[0]} (no progress for {timeout:g} s)"))
+                                  hang=f"{STEP[0]} (not done after {timeout:g} s)", crash=None))
     p = Pairs(port)
     try:
         CASES[name](p)
@@ -908,6 +918,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--seconds", type=float, default=3)
     d.add_argument("--stagger", type=float, default=0)
     d.add_argument("--timeout", type=float, default=30, help="report hangs after this many s")
+    d.add_argument("--rate", type=float, default=0, help="bytes/s per connection at most")
     c = sub.add_parser("case")
     c.add_argument("name", choices=sorted(CASES))
     c.add_argument("--port", type=int, default=7000)
@@ -918,7 +929,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "proxy":
         proxy_server(a.host, a.port, a.to)
     elif a.cmd == "duplex":
-        duplex(a.to, a.conns, a.seconds, a.stagger, a.timeout)
+        duplex(a.to, a.conns, a.seconds, a.stagger, a.timeout, a.rate)
     else:
         run_case(a.name, a.port, a.timeout)
 

@@ -241,7 +241,7 @@ PLAIN_MUST = {
 
 
 def run_case(lab: Lab, name: str, acc: Accel | None) -> dict:
-    peer = Peer(lab, ["case", name, "--port", "7000", "--timeout", "25"],
+    peer = Peer(lab, ["case", name, "--port", "7000", "--timeout", "20"],
                 lab.add_netns("pod"), stdin=True)
     for _ in range(5):
         out = peer.line(40)
@@ -294,12 +294,15 @@ def mesh(lab: Lab) -> tuple[str, list[Peer]]:
     return app, [echo, proxy]
 
 
+RATE = 20_000_000  # bytes/s per writer: enough to keep both queues busy, CPU left for enable
+
+
 def duplex_run(lab: Lab, conns: int, seconds: float, stagger: float, hang_after: float,
                during=None) -> dict:
     app, servers = mesh(lab)
     client = Peer(lab, ["duplex", "--to", f"198.18.0.2:{SVC_PORT}", "--conns", str(conns),
                         "--seconds", str(seconds), "--stagger", str(stagger),
-                        "--timeout", str(hang_after)], app)
+                        "--timeout", str(hang_after), "--rate", str(RATE)], app)
     if during:
         during()
     out = client.line(hang_after + 30)
@@ -343,7 +346,7 @@ def duplex_info(plain: dict, accel: dict, acc: Accel) -> str:
 def test_blocking_full_duplex_through_a_redirected_proxy():
     """4 connections, each a writer and a reader thread, through a REDIRECT to a blocking
     threaded proxy and on to an echo server; every echoed byte checked at its position."""
-    kw = dict(conns=4, seconds=3, stagger=0, hang_after=25)
+    kw = dict(conns=4, seconds=3, stagger=0, hang_after=20)
     with Lab("sem") as lab:
         plain = duplex_run(lab, **kw)
     with Lab("sem") as lab:
@@ -365,7 +368,7 @@ def test_blocking_full_duplex_through_a_redirected_proxy():
 def test_blocking_full_duplex_with_toggles_and_live_rule_changes():
     """The same, with 12 connections started a second apart, while the accelerator is disabled
     and enabled twice and a live RETURN rule takes the open connections off the fast path."""
-    kw = dict(conns=12, seconds=3, stagger=1.0, hang_after=40)
+    kw = dict(conns=12, seconds=3, stagger=1.0, hang_after=30)
 
     with Lab("sem") as lab:
         plain = duplex_run(lab, **kw)

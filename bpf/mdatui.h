@@ -65,6 +65,17 @@ struct mda_conn {
 	__u32 active;  /* 1: this end called connect() */
 	__u32 run;     /* sends since the peer last sent (loopback only) */
 	__u64 run_bytes;
+	__u32 reason;  /* enum mda_leave: why it stopped redirecting (with tainted) */
+	__u32 pad;
+};
+
+/* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write
+ * would undo counters the programs add meanwhile): it asks for a stop here (requested = 1) and
+ * the programs carry it out at the end's next message or segment. */
+struct mda_drain {
+	__u64 since_ns;  /* when the end stopped redirecting, or was asked to */
+	__u32 reason;    /* enum mda_leave */
+	__u32 requested;
 };
 
 /* sock_helper_map value: what the connecting end leaves for the accepting end, keyed by the
@@ -73,6 +84,19 @@ struct mda_conn {
 struct mda_pending {
 	struct mda_sock_key key;
 	struct mda_owner owner;
+};
+
+/* Why an end stopped redirecting. Its messages go through the stack from then on; it leaves the
+ * sockhash (plain TCP again) once its reader has taken every redirected byte, since the kernel
+ * frees a socket's unread redirected bytes when it leaves. User space (mdatui serve) sees that
+ * through FIONREAD and takes it out; the programs cannot see a receive queue. */
+enum mda_leave {
+	MDA_LEAVE_NONE = 0,
+	MDA_LEAVE_SENT_EARLY = 1,  /* sent before it was paired */
+	MDA_LEAVE_STREAM = 2,      /* a stream of small writes: the stack is faster */
+	MDA_LEAVE_PEER_GONE = 3,   /* the peer closed or left the sockhash */
+	MDA_LEAVE_RULE = 4,        /* a live rule change refused the connection */
+	MDA_LEAVE_DISABLE = 5,     /* the accelerator is being disabled */
 };
 
 #define MDA_RULE_IP     (1 << 0)
@@ -128,6 +152,7 @@ enum mda_stat {
 	MDA_STAT_CLOSED_MSGS,
 	MDA_STAT_CLOSED_BYTES,
 	MDA_STAT_DEMOTED,
+	MDA_STAT_DRAINED,   /* ends that left the sockhash with an empty queue */
 	MDA_STAT_MAX,
 };
 
@@ -174,9 +199,14 @@ BPF_PERCPU_ARRAY(mda_stats, __u64, MDA_STAT_MAX);
 BPF_PERCPU_ARRAY(mda_dump_scratch, struct mda_dump_event, 1);
 BPF_F_TABLE("sk_storage", int, struct mda_owner, sock_owner_map, 0, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 BPF_ARRAY(mda_meta, struct mda_meta, 1);
+/* Ends that stopped redirecting (or were asked to) and still sit in the sockhash: whoever takes
+ * them out (sock_ops at their next segment, or user space) walks this, not every end. */
+BPF_F_TABLE("hash", struct mda_sock_key, struct mda_drain, sock_drain_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
+/* Non-zero while sock_drain_map holds requests from user space: only then does a message look
+ * there, so the fast path pays one array read for it. */
+BPF_ARRAY(mda_stop_req, __u32, 1);
 BPF_PERF_OUTPUT(mda_events);
 BPF_PERF_OUTPUT(mda_dump);
-
 static __always_inline void mda_count(int stat)
 {
 	__u64 *v = mda_stats.lookup(&stat);
@@ -193,6 +223,39 @@ static __always_inline __u32 mda_port_host(__u32 be_port)
 static __always_inline int mda_is_loopback(__u32 be_ip)
 {
 	return (bpf_ntohl(be_ip) >> 24) == 127;
+}
+
+/* This end stops redirecting; it leaves the sockhash once drained (see mda_conn). */
+static __always_inline void mda_stop(struct mda_sock_key *key, struct mda_conn *c, __u32 reason)
+{
+	if (c->tainted)
+		return;
+	c->tainted = 1;
+	c->reason = reason;
+	struct mda_drain d = { .since_ns = bpf_ktime_get_ns(), .reason = reason };
+	sock_drain_map.update(key, &d);
+}
+
+/* A connection leaves the fast path as a whole: each end may only leave the sockhash once the
+ * other stopped redirecting into it. */
+static __always_inline void mda_leave(struct mda_sock_key *self, struct mda_conn *c, __u32 reason)
+{
+	mda_stop(self, c, reason);
+	struct mda_conn *peer = sock_proxy_map.lookup(&c->peer);
+	if (peer)
+		mda_stop(&c->peer, peer, reason);
+}
+
+/* Carry out what user space asked for this end, if anything. */
+static __always_inline void mda_honour(struct mda_sock_key *key, struct mda_conn *c)
+{
+	__u32 zero = 0;
+	__u32 *asked = mda_stop_req.lookup(&zero);
+	if (!asked || !*asked || c->tainted)
+		return;
+	struct mda_drain *d = sock_drain_map.lookup(key);
+	if (d && d->requested)
+		mda_leave(key, c, d->reason);
 }
 
 /* Fills the key from a context that has the four fields of struct bpf_sock_ops / sk_msg_md.

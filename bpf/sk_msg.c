@@ -68,10 +68,9 @@ static __always_inline void mda_report(struct sk_msg_md *msg, __u32 type,
 
 /* See MDA_STREAM_RUN: send a loopback stream of small writes back to the stack. */
 static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
-					     struct mda_conn *c, __u32 size)
+					     struct mda_conn *c, struct mda_conn *peer, __u32 size)
 {
-	struct mda_conn *peer = sock_proxy_map.lookup(&c->peer);
-	if (peer && peer->run) {
+	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
 	}
@@ -85,10 +84,8 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 		return;
 	}
 	/* The peer reads what was redirected before what now comes through the stack, so the
-	 * order of the bytes holds (the same as a live RETURN rule). */
-	c->tainted = 1;
-	if (peer)
-		peer->tainted = 1;
+	 * order of the bytes holds; both ends leave the sockhash once their queues are empty. */
+	mda_leave(self, c, MDA_LEAVE_STREAM);
 	mda_count(MDA_STAT_DEMOTED);
 	mda_report(msg, MDA_EV_DEMOTED, self, c);
 }
@@ -100,26 +97,35 @@ int mda_sk_msg(struct sk_msg_md *msg)
 	struct mda_conn *c = sock_proxy_map.lookup(&self);
 	if (!c)
 		return SK_PASS;
+	mda_honour(&self, c);
 	if (c->paired && !c->tainted) {
+		struct mda_conn *peer = sock_proxy_map.lookup(&c->peer);
+		if (peer)
+			mda_honour(&c->peer, peer);
 		__u32 size = msg->size;
-		long verdict = sock_ops_map.msg_redirect_hash(msg, &c->peer, BPF_F_INGRESS);
-		if (verdict == SK_PASS) {
-			lock_xadd(&c->msgs, 1);
-			lock_xadd(&c->bytes, size);
-			mda_dump_msg(msg, &self, c->active);
-			/* Either key carries a netns cookie when the connection runs over loopback;
-			 * behind a REDIRECT only the sidecar's end has a loopback address. */
-			if (self.netns || c->peer.netns)
-				mda_watch_stream(msg, &self, c, size);
-			return SK_PASS;
+		/* A peer that stopped redirecting is leaving: so does this end, or the peer could
+		 * never leave (its queue would keep filling). */
+		if (peer && !peer->tainted) {
+			/* BCC rewrites this method call into a statement: it cannot sit in the if. */
+			long verdict = sock_ops_map.msg_redirect_hash(msg, &c->peer, BPF_F_INGRESS);
+			if (verdict == SK_PASS) {
+				lock_xadd(&c->msgs, 1);
+				lock_xadd(&c->bytes, size);
+				mda_dump_msg(msg, &self, c->active);
+				/* Either key carries a netns cookie when the connection runs over
+				 * loopback; behind a REDIRECT only the sidecar's end has one. */
+				if (self.netns || c->peer.netns)
+					mda_watch_stream(msg, &self, c, peer, size);
+				return SK_PASS;
+			}
 		}
-		/* The peer left the sockhash (closed, or taken off the fast path): from now on this
-		 * end talks through the stack, and says so once. */
-		c->tainted = 1;
+		/* The peer closed or left the sockhash: from now on this end talks through the
+		 * stack, and says so once. */
+		mda_leave(&self, c, MDA_LEAVE_PEER_GONE);
 		mda_count(MDA_STAT_REDIRECT_FAILED);
 		mda_report(msg, MDA_EV_REDIRECT_FAILED, &self, c);
 	} else if (!c->tainted) {
-		c->tainted = 1;
+		mda_stop(&self, c, MDA_LEAVE_SENT_EARLY);
 		mda_count(MDA_STAT_TAINTED);
 	}
 	lock_xadd(&c->passed, 1);

@@ -119,6 +119,11 @@ static __always_inline void mda_helper_key(struct mda_sock_key *hk, __u32 ip, __
 	hk->netns = mda_is_loopback(ip) ? netns : 0;
 }
 
+/* Every segment of an end in the sockhash runs sock_ops: an unpaired connecting end leaves at
+ * its first, and a paired end carries out a stop that user space asked for (an idle end sends
+ * no message that could). Ends on the fast path receive no segments: this costs them nothing. */
+#define MDA_WATCH_SEGMENTS (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG)
+
 static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {}, hk = {};
@@ -148,8 +153,7 @@ static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 		mda_count(MDA_STAT_HELPER_FULL);
 		return;
 	}
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG |
-					 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, MDA_WATCH_SEGMENTS);
 }
 
 static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
@@ -163,8 +167,8 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 	struct mda_pending p = *found;
 	sock_helper_map.delete(&hk);
 	struct mda_conn *peer = sock_proxy_map.lookup(&p.key);
-	if (!peer)
-		return;
+	if (!peer || peer->tainted)
+		return; /* gone, or it sent before it could be paired: it stays on the stack */
 
 	struct mda_conn c = {};
 	mda_owner_of(skops, &c.owner);
@@ -199,7 +203,7 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 	 * (the only JIT this targets) preserves. */
 	asm volatile("" ::: "memory");
 	peer->paired = 1;
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, MDA_WATCH_SEGMENTS);
 	mda_count(MDA_STAT_ACCELERATED);
 	mda_emit(skops, MDA_EV_ACCELERATED, 0, &p.key, &self, &p.owner, &c.owner, 0);
 }
@@ -227,18 +231,27 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 			mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
 			sock_helper_map.delete(&hk);
 		}
+		/* Nothing is redirected into the peer any more: it leaves once it has read what
+		 * this end sent, or a reader of it that never sends would stay in the sockhash. */
+		struct mda_conn *peer = sock_proxy_map.lookup(&c->peer);
+		if (c->paired && peer)
+			mda_stop(&c->peer, peer, MDA_LEAVE_PEER_GONE);
 		sock_proxy_map.delete(&self);
 	}
+	sock_drain_map.delete(&self);
 	sock_ops_map.delete(&self);
 }
 
-static __always_inline void mda_first_segment(struct bpf_sock_ops *skops)
+static __always_inline void mda_segment(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {};
 	MDA_KEY_FROM_CTX(&self, skops);
 	struct mda_conn *c = sock_proxy_map.lookup(&self);
 	if (c && c->paired) {
-		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		mda_honour(&self, c);
+		/* Stopped and out of sock_drain_map: it has left the sockhash, stop watching. */
+		if (c->tainted && !sock_drain_map.lookup(&self))
+			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		return;
 	}
 	/* The peer would have been paired before it could send this: it never will be. Nothing
@@ -260,7 +273,7 @@ int mda_sock_ops(struct bpf_sock_ops *skops)
 		mda_passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
-		mda_first_segment(skops);
+		mda_segment(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..core import abi, loader, snapshot, system, units
+from ..core.console import DUMP_KEEP
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from .errors import CliError
 
@@ -20,7 +21,7 @@ def cmd_enable(a) -> int:
     from . import rules_cmd
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
     res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
-                        max_sockets=a.max_sockets)
+                        max_sockets=a.max_sockets, serve=not a.no_serve)
     with res.instance as inst:
         ids = ", ".join(f"{k}={v}" for k, v in inst.program_ids().items())
         if res.already:
@@ -28,16 +29,29 @@ def cmd_enable(a) -> int:
             print(f"already enabled on {inst.cgroup} ({what}); programs {ids}")
         else:
             print(f"enabled on {inst.cgroup}; pinned at {inst.pin_dir}; programs {ids}")
+    if res.service is None:
+        print("drain service: not running; start `mdatui serve` (ends that leave the fast path "
+              "stay in the sockhash until it runs)")
+    else:
+        print(f"drain service: running (pid {res.service})")
     return 0
+
+
+def cmd_serve(a) -> int:
+    from ..core import service
+    system.require_root("serve")
+    return service.serve(a.pin_dir)
 
 
 def cmd_disable(a) -> int:
     try:
-        cg = loader.disable(a.pin_dir)
+        res = loader.disable(a.pin_dir)
     except NotEnabled:
         print(f"not enabled: nothing pinned at {a.pin_dir}")
         return 0
-    print(f"disabled on {cg}; open connections continue over the normal stack")
+    print(f"disabled on {res.cgroup}; open connections continue over the normal stack "
+          f"({res.left} ends left the fast path drained"
+          + (f", {res.handed} still draining in `mdatui serve`)" if res.handed else ")"))
     return 0
 
 
@@ -87,7 +101,7 @@ def cmd_demo(a) -> int:
             print(json.dumps(snap.to_json(connections=True), indent=2))
             return 0
         from ..ui.app import run_console
-        return run_console(d.pin_dir, interval=a.refresh)
+        return run_console(d.pin_dir, interval=a.refresh, dump_keep=a.dump_keep)
 
 
 def _seconds(text: str) -> float:
@@ -100,11 +114,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _messages(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of messages") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: the dump keeps at least 1 message")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
     _pin_arg(ap)
     ap.add_argument("--refresh", type=_seconds, default=1.0, metavar="SECONDS",
                     help="how often the console reads the maps (default 1)")
+    ap.add_argument("--dump-keep", type=_messages, default=DUMP_KEEP, metavar="N",
+                    help=f"messages the Dump tab keeps, the newest (default {DUMP_KEEP})")
     ap.add_argument("--config", help="rules the console's enable offer loads")
     ap.add_argument("--cgroup", help="cgroup the console's enable offer attaches to "
                     "(default: the cgroup2 root, every TCP connection of the host)")
@@ -115,8 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cgroup", help="cgroup v2 directory to attach to (default: the cgroup2 root)")
     p.add_argument("--max-sockets", type=int, default=abi.MAX_SOCKS,
                    help=f"sockets the maps hold, two per connection (default {abi.MAX_SOCKS})")
+    p.add_argument("--no-serve", action="store_true",
+                   help="do not start `mdatui serve` (systemd runs it as the unit's process)")
     _pin_arg(p)
     p.set_defaults(func=cmd_enable)
+
+    p = sub.add_parser("serve", help="the resident part: takes drained ends out of the sockhash")
+    _pin_arg(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("disable", help="detach and unpin; connections continue unaccelerated")
     _pin_arg(p)
@@ -131,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="build a small mesh in private namespaces and watch it")
     p.add_argument("--refresh", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                    help="how often the console reads the maps (default 1)")
+    p.add_argument("--dump-keep", type=_messages, default=argparse.SUPPRESS, metavar="N",
+                   help=f"messages the Dump tab keeps, the newest (default {DUMP_KEEP})")
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--seconds", type=float, default=1800, help="traffic stops after this long")
     p.add_argument("--no-console", action="store_true",
@@ -150,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd is None:
             from ..ui.app import run_console
-            return run_console(a.pin_dir, interval=a.refresh, config=a.config, cgroup=a.cgroup)
+            return run_console(a.pin_dir, interval=a.refresh, config=a.config, cgroup=a.cgroup,
+                               dump_keep=a.dump_keep)
         return a.func(a)
     except CliError as e:
         print(e, file=sys.stderr)

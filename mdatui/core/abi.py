@@ -59,7 +59,24 @@ class Conn(ct.Structure):
         ("active", ct.c_uint32),
         ("run", ct.c_uint32),
         ("run_bytes", ct.c_uint64),
+        ("reason", ct.c_uint32),
+        ("pad", ct.c_uint32),
     ]
+
+
+class Drain(ct.Structure):
+    _fields_ = [("since_ns", ct.c_uint64), ("reason", ct.c_uint32), ("requested", ct.c_uint32)]
+
+
+class Leave(enum.IntEnum):
+    """Why an end stopped redirecting (enum mda_leave)."""
+
+    NONE = 0
+    SENT_EARLY = 1
+    STREAM = 2
+    PEER_GONE = 3
+    RULE = 4
+    DISABLE = 5
 
 
 class Pending(ct.Structure):
@@ -109,6 +126,7 @@ class Stat(enum.IntEnum):
     CLOSED_MSGS = 9
     CLOSED_BYTES = 10
     DEMOTED = 11
+    DRAINED = 12
 
 
 STAT_MAX = len(Stat)

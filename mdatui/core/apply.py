@@ -75,7 +75,8 @@ def preview(snap: snapshot.Snapshot, new_rules: list[rules.Rule]) -> Preview:
 
 
 def take_off_fast_path(inst: Instance, pair: Pair) -> None:
-    inst.send_through_stack(_key(end) for end in (pair.connecting.end, pair.accepting.end))
+    inst.request_stop((_key(end) for end in (pair.connecting.end, pair.accepting.end)),
+                      abi.Leave.RULE)
 
 
 def _key(end: snapshot.Endpoint) -> abi.SockKey:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ MAPS = {
     "mda_control": (ct.c_uint32, abi.Control),
     "mda_stats": (ct.c_uint32, None),
     "mda_meta": (ct.c_uint32, abi.Meta),
+    "sock_drain_map": (abi.SockKey, abi.Drain),
+    "mda_stop_req": (ct.c_uint32, ct.c_uint32),
     "mda_events": (ct.c_int32, ct.c_int32),
     "mda_dump": (ct.c_int32, ct.c_int32),
 }
@@ -123,19 +127,27 @@ class Instance:
     def active_set(self, index: int) -> None:
         self.maps["mda_active_set"].update(ct.c_uint32(0), ct.c_uint32(index))
 
-    def send_through_stack(self, keys) -> None:
-        """These ends send through the normal stack from their next message on (the `tainted`
-        of struct mda_conn); what was already redirected is read first, so no byte is reordered."""
-        proxy = self.maps["sock_proxy_map"]
+    def request_stop(self, keys, reason: abi.Leave) -> int:
+        """Ask these ends to stop redirecting; returns how many were asked.
+
+        The programs carry it out at each end's next message or segment and leave the bytes in
+        order (what was redirected is read before what then comes through the stack); `mdatui
+        serve` takes each end out of the sockhash once its reader has taken every redirected
+        byte. A sock_proxy_map value is never written from here: that would undo counters the
+        programs add meanwhile."""
+        drain = self.maps["sock_drain_map"]
+        asked = 0
+        now = time.monotonic_ns()  # CLOCK_MONOTONIC, the programs' bpf_ktime_get_ns
         for key in keys:
-            conn = proxy.lookup(key)
-            if conn is None:
-                continue  # closed meanwhile
-            conn.tainted = 1
             try:
-                proxy.update(key, conn, bpfsys.BPF_EXIST)
-            except bpfsys.BpfError:
-                pass  # closed between the lookup and the update
+                drain.update(key, abi.Drain(now, reason, 1), bpfsys.BPF_NOEXIST)
+                asked += 1
+            except bpfsys.BpfError as e:
+                if e.errno != errno.EEXIST:  # already stopped or asked: nothing to add
+                    raise
+        if asked:
+            self.maps["mda_stop_req"].update(ct.c_uint32(0), ct.c_uint32(1))
+        return asked
 
     def active_rules(self) -> abi.RuleSet:
         return self.maps["sock_param_map"].lookup(ct.c_uint32(self.active_set))

@@ -12,22 +12,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import abi, bpfsys, resources, system
+from . import abi, bpfsys, drain, resources, service, system
 from .instance import DEFAULT_PIN_DIR, MAPS, PROGRAMS, Instance, NotEnabled
 
 BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
 HEADER = "mdatui.h"
 SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
 
-# Once no new message is redirected, how long receivers get to read what already was: the kernel
-# frees a socket's unread redirected bytes when the socket leaves the sockhash.
-DRAIN_SECONDS = 1.0
+# How long `disable` takes ends out of the sockhash itself before it leaves the rest to the
+# service (the kernel frees a socket's unread redirected bytes when the socket leaves).
+DRAIN_SECONDS = 2.0
 
 
 @dataclass
 class EnableResult:
     instance: Instance
     already: bool  # True: it was running; nothing new was attached
+    service: int | None  # pid of `mdatui serve` for it, None when not running
+
+
+@dataclass
+class DisableResult:
+    cgroup: str
+    left: int      # ends taken out of the sockhash after draining
+    handed: int    # ends still draining, left to the service
 
 
 def resolve_cgroup(cgroup: str | None) -> str:
@@ -55,8 +63,17 @@ def _compile(max_sockets: int):
 
 
 def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
-           ruleset: abi.RuleSet | None = None, max_sockets: int = abi.MAX_SOCKS) -> EnableResult:
-    """Load and attach, or find what is already running there (and load the new rules into it)."""
+           ruleset: abi.RuleSet | None = None, max_sockets: int = abi.MAX_SOCKS,
+           serve: bool = True) -> EnableResult:
+    """Load and attach, or find what is already running there (and load the new rules into it).
+    serve: start `mdatui serve` for it (systemd runs it as the unit's main process instead)."""
+    res = _enable(cgroup, pin_dir, config, ruleset, max_sockets)
+    res.service = service.start(pin_dir) if serve else service.running(pin_dir)
+    return res
+
+
+def _enable(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,
+            max_sockets: int) -> EnableResult:
     system.require_root("enable")
     cg = resolve_cgroup(cgroup)
     system.ensure_bpffs(pin_dir)
@@ -73,7 +90,7 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
                 "run `mdatui disable` first, or choose another --pin-dir")
         if ruleset is not None:
             inst.load_rules(ruleset)
-        return EnableResult(inst, already=True)
+        return EnableResult(inst, already=True, service=None)
 
     if not 2 <= max_sockets <= 1 << 24:
         raise system.SetupError(f"--max-sockets {max_sockets} is out of range 2-16777216")
@@ -131,24 +148,30 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
     finally:
         os.close(cg_fd)
     b.cleanup()
-    return EnableResult(Instance(pin_dir), already=False)
+    return EnableResult(Instance(pin_dir), already=False, service=None)
 
 
-def disable(pin_dir: str = DEFAULT_PIN_DIR) -> str:
-    """Detach and unpin. Established connections go on over the normal stack, bytes intact.
-
-    Returns the cgroup it was attached to. Raises NotEnabled when nothing is pinned there.
+def disable(pin_dir: str = DEFAULT_PIN_DIR) -> DisableResult:
+    """Detach and unpin. Established connections go on over the normal stack, bytes intact:
+    every end stops redirecting and leaves the sockhash once its reader has taken what was
+    redirected to it; ends still draining after DRAIN_SECONDS are left to `mdatui serve`,
+    which holds the maps until they have. Raises NotEnabled when nothing is pinned there.
     """
     system.require_root("disable")
     with Instance(pin_dir) as inst:
         cg = inst.cgroup
         _detach_from_cgroup(pin_dir, cg)
-        inst.send_through_stack(list(inst.maps["sock_proxy_map"].keys()))
-    time.sleep(DRAIN_SECONDS)
+        inst.request_stop(list(inst.maps["sock_proxy_map"].keys()), abi.Leave.DISABLE)
+        reaper = drain.Reaper(inst)
+        last = reaper.run(until_empty=True, deadline=time.monotonic() + DRAIN_SECONDS)
+        if last.waiting:
+            service.start(pin_dir)  # it opens the maps before they are unpinned below
+    if not last.waiting:
+        service.stop(pin_dir)
     for entry in os.listdir(pin_dir):
         os.unlink(os.path.join(pin_dir, entry))
     _rmdir_quietly(pin_dir)
-    return cg
+    return DisableResult(cg, reaper.left, last.waiting)
 
 
 def _detach_from_cgroup(pin_dir: str, cg: str) -> None:

@@ -41,8 +41,8 @@ STATIC = np.dtype(_packed(STATIC_FIELDS).descr + [("pad", "<u4")])
 COUNTERS = _packed(COUNTER_FIELDS)
 
 # Row states as small integers; in this order they sort as their names do.
-STATES = ("accelerated", "normal", "pending")
-ACCELERATED, NORMAL, PENDING = range(len(STATES))
+STATES = ("accelerated", "draining", "normal", "pending")
+ACCELERATED, DRAINING, NORMAL, PENDING = range(len(STATES))
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class Connection:
 
     end: Endpoint
     peer: Endpoint | None       # None while the connecting end waits for its peer
-    state: str                  # "accelerated", "pending", "normal" (sends go through the stack)
+    state: str                  # "accelerated", "pending", "draining" (stopped redirecting, still
+                                # in the sockhash until its reader has taken all), "normal" (TCP)
     msgs: int
     bytes: int
     passed: int
@@ -207,7 +208,7 @@ class Table:
     """
 
     # The cached columns that depend on keys and static alone.
-    _OF_STATIC = ("words", "index", "state", "active", "peer_words", "peer_row")
+    _OF_STATIC = ("words", "index", "active", "peer_words", "peer_row")
 
     def __init__(self, keys: np.ndarray, static: np.ndarray, counters: np.ndarray, taken_ns: int,
                  in_sockhash: np.ndarray | None = None, earlier: "Table | None" = None):
@@ -247,7 +248,7 @@ class Table:
             owner = [abi.UNKNOWN_ID if v is None else v for v in (c.owner.pid, c.owner.uid, c.owner.gid)]
             paired = c.peer is not None and c.state != "pending"
             static[i] = (key_record(c.peer) if c.peer else (0,) * 5, taken_ns - round(c.age_s * 1e9),
-                         (*owner, 0), paired, c.state == "normal", c.active, 0)
+                         (*owner, 0), paired, c.state in ("draining", "normal"), c.active, 0)
             counters[i] = (c.msgs, c.bytes, c.passed)
         return cls(keys, static, counters, taken_ns,
                    np.array([c.in_sockhash for c in connections], dtype=bool))
@@ -266,7 +267,11 @@ class Table:
     def state(self) -> np.ndarray:
         """STATES index of each row."""
         paired = self.static["paired"] != 0
-        return np.where(self.static["tainted"] != 0, NORMAL,
+        stopped = self.static["tainted"] != 0
+        # An end that stopped redirecting drains while it is still in the sockhash; out of it,
+        # it is plain TCP (also one user space took out before its next message said so).
+        return np.where(stopped | (paired & ~self.in_sockhash),
+                        np.where(self.in_sockhash, DRAINING, NORMAL),
                         np.where(paired, ACCELERATED, PENDING)).astype(np.uint8)
 
     @cached_property

@@ -15,6 +15,7 @@ from ...core.abi import ip_str
 STATE_STYLES = {
     "accelerated": "green",
     "pending": "yellow",
+    "draining": "cyan",
     "normal": "dim",
     "ok": "green",
     "one-sided": "bold red",

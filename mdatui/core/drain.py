@@ -1,0 +1,124 @@
+"""Take ends that stopped redirecting out of the sockhash once nothing redirected is left unread.
+
+A socket in the sockhash is served by tcp_bpf, which misbehaves where plain TCP would not (a
+blocked recv() that wakes without redirected data returns EAGAIN) and costs more per message; a
+socket that has left is plain TCP again. Leaving frees the unread redirected bytes, so an end
+leaves only when (1) its peer no longer redirects into it: the peer stopped, or was asked to
+and any message it sends now carries that out before redirecting, (2) GRACE_NS has passed since,
+for a redirect decided just before the stop to be queued, and (3) FIONREAD says its reader has
+taken everything. `mdatui serve` runs this; `disable` too, until every end has left.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import time
+from dataclasses import dataclass
+
+from . import abi
+from .instance import Instance
+from .sockets import SocketFinder
+
+GRACE_NS = 20_000_000
+UNHELD_NS = 1_000_000_000
+LEAVE, WAIT, GONE = object(), object(), object()
+PERIOD_BUSY = 0.005  # between sweeps while ends wait to leave
+PERIOD_IDLE = 0.05
+
+
+@dataclass
+class Sweep:
+    waiting: int = 0  # ends still in sock_drain_map after this sweep
+    left: int = 0     # ends taken out of the sockhash by this sweep
+    closed: int = 0   # entries of sockets that closed meanwhile, dropped
+
+
+class Reaper:
+    def __init__(self, inst: Instance):
+        self.inst = inst
+        self.finder = SocketFinder(inst.cgroup)
+        self._unheld: dict[tuple, int] = {}  # ends no process held, since when
+        self.left = 0  # ends this reaper took out of the sockhash
+
+    def sweep(self) -> Sweep:
+        drain = self.inst.maps["sock_drain_map"]
+        proxy = self.inst.maps["sock_proxy_map"]
+        sockhash = self.inst.maps["sock_ops_map"]
+        entries = list(drain.items())
+        out = Sweep()
+        stopped_at = {key.ident(): d.since_ns for key, d in entries}
+        now = time.monotonic_ns()
+        for key, d in entries:
+            conn = proxy.lookup(key)
+            verdict = self._verdict(key, conn, d, stopped_at, now)
+            if verdict is WAIT:
+                out.waiting += 1
+                continue
+            sockhash.delete(key)
+            drain.delete(key)
+            if verdict is LEAVE:
+                out.left += 1
+            else:
+                out.closed += 1
+        if out.left:
+            self.left += out.left
+            self._count(out.left)
+        self._settle_requests(drain)
+        return out
+
+    def _verdict(self, key, conn, d, stopped_at: dict, now: int) -> object:
+        if conn is None:
+            return GONE  # closed: sock_ops dropped its entry, and the kernel its sockhash slot
+        if now - d.since_ns < GRACE_NS:
+            return WAIT
+        if conn.paired:
+            peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
+            if peer is not None:
+                since = stopped_at.get(conn.peer.ident())
+                if since is None and not peer.tainted:
+                    return WAIT  # the peer still redirects into it
+                if since is not None and now - since < GRACE_NS:
+                    return WAIT
+        else:
+            return LEAVE  # nothing was ever redirected into it
+        unread = self.finder.unread(key)
+        ident = key.ident()
+        if unread is None:
+            # No process holds it: closed while sock_ops was detached (disable), or between
+            # two owners. Only a lasting absence counts as closed.
+            first = self._unheld.setdefault(ident, now)
+            return GONE if now - first >= UNHELD_NS else WAIT
+        self._unheld.pop(ident, None)
+        return LEAVE if unread == 0 else WAIT
+
+    def _count(self, n: int) -> None:
+        """Add to the DRAINED stat, which only user space writes (per-CPU slot 0)."""
+        stats = self.inst.maps["mda_stats"]
+        buf = (ct.c_uint64 * self.inst.ncpus)()
+        stats.lookup_raw(ct.c_uint32(abi.Stat.DRAINED), buf)
+        buf[0] += n
+        stats.update(ct.c_uint32(abi.Stat.DRAINED), buf)
+
+    def _settle_requests(self, drain) -> None:
+        """Messages look for requests only while some are outstanding. Clearing the flag is
+        checked again after, so that a request written meanwhile is never missed."""
+        flag = self.inst.maps["mda_stop_req"]
+        if not flag.lookup(ct.c_uint32(0)).value:
+            return
+        if any(d.requested for _, d in drain.items()):
+            return
+        flag.update(ct.c_uint32(0), ct.c_uint32(0))
+        if any(d.requested for _, d in drain.items()):
+            flag.update(ct.c_uint32(0), ct.c_uint32(1))
+
+    def run(self, until_empty: bool = False, deadline: float | None = None,
+            stop=lambda: False) -> Sweep:
+        """Sweep until asked to stop, or until nothing waits (until_empty), or the deadline."""
+        while True:
+            s = self.sweep()
+            if (until_empty and not s.waiting) or stop():
+                return s
+            if deadline is not None and time.monotonic() >= deadline:
+                return s
+            time.sleep(PERIOD_BUSY if s.waiting else PERIOD_IDLE)
+

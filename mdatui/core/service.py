@@ -1,0 +1,113 @@
+"""The resident part of an accelerator: `mdatui serve`, one per pin dir.
+
+It takes ends that stopped redirecting out of the sockhash once drained (core.drain). `enable`
+starts it unless told not to (systemd runs it as the unit's main process instead), `disable`
+hands it what is still draining: it holds the maps open until the last such end has left or
+closed, and then exits, so no redirected byte is freed unread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import drain
+from .instance import Instance, NotEnabled
+
+RUN_DIR = Path("/run/mdatui")
+START_SECONDS = 5
+
+
+def _pidfile(pin_dir: str) -> Path:
+    tag = hashlib.sha1(os.path.realpath(pin_dir).encode()).hexdigest()[:12]
+    return RUN_DIR / f"serve-{tag}.pid"
+
+
+def running(pin_dir: str) -> int | None:
+    """The pid of the service of this pin dir, if one runs (it holds a lock on its pid file)."""
+    path = _pidfile(pin_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text.isdigit() else None
+    else:
+        return None  # a file left by a service that died
+    finally:
+        os.close(fd)
+
+
+def start(pin_dir: str) -> int:
+    """Start a detached service for pin_dir unless one runs; its pid."""
+    pid = running(pin_dir)
+    if pid is not None:
+        return pid
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mdatui.cli.main", "serve", "--pin-dir", pin_dir],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        pid = running(pin_dir)
+        if pid is not None:
+            return pid
+        if child.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError(f"mdatui serve for {pin_dir} did not start (exit {child.poll()})")
+
+
+def stop(pin_dir: str, seconds: float = START_SECONDS) -> None:
+    pid = running(pin_dir)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    while running(pin_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def serve(pin_dir: str) -> int:
+    """Run until SIGTERM/SIGINT, or until the accelerator was disabled and nothing drains."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    path = _pidfile(pin_dir)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        print(f"mdatui serve: already running for {pin_dir}", file=sys.stderr)
+        return 1
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    stopping = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stopping.append(1))
+    try:
+        with Instance(pin_dir) as inst:
+            pins = Path(pin_dir, "sock_ops_map")
+            reaper = drain.Reaper(inst)
+            # Disabled (unpinned): this holds the maps until every draining end has left.
+            reaper.run(stop=lambda: bool(stopping) or not pins.exists(), until_empty=False)
+            if not stopping:
+                reaper.run(until_empty=True, stop=lambda: bool(stopping))
+    except NotEnabled:
+        print(f"mdatui serve: nothing is enabled at {pin_dir}", file=sys.stderr)
+        return 1
+    finally:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    return 0

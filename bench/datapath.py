@@ -216,11 +216,11 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
            "iperf3": dp_tools.iperf3_version() if shutil.which("iperf3") else "-",
            "wrk": dp_tools.wrk_version() if shutil.which("wrk") else "-"}
     with ExitStack() as stack:
-        plain_lab = stack.enter_context(labm.Lab("bench-plain"))
-        accel_lab = stack.enter_context(labm.Lab("bench-accel"))
         tmp = Path(tempfile.mkdtemp(prefix="mdatui-bench-"))
         os.chmod(tmp, 0o755)  # the mesh's haproxy runs as uid 1337 and reads its config there
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # after the labs killed nginx, haproxy
+        plain_lab = stack.enter_context(labm.Lab("bench-plain"))
+        accel_lab = stack.enter_context(labm.Lab("bench-accel"))
         pin_dir = f"{system.BPFFS}/{accel_lab.name}"
         progress("compiling and attaching the accelerator to the accelerated lab's cgroup ...")
         try:

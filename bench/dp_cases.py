@@ -204,7 +204,7 @@ def _num(v: float | None) -> str:
 
 
 def table(result: dict) -> str:
-    head = ("topology", "what", "metric", "plain", "accel", "accel/plain", "pairs", "target",
+    head = ("topology", "what", "metric", "plain", "accel", "accel/plain", "pair ratios", "target",
             "verdict", "paths (accel runs)")
     lines, last_case = [], None
     for r in result["rows"]:

@@ -795,6 +795,23 @@ def case_blocked_reader_fin(p: Pairs) -> None:
     blocked_then(nothing, lambda c, s: s.shutdown(socket.SHUT_WR), "peer_shutdown")
     blocked_then(read_some, lambda c, s: s.shutdown(socket.SHUT_WR), "peer_shutdown_after_data")
     blocked_then(nothing, lambda c, s: s.close(), "peer_close")
+    # The reader's end shut down its sending side first (it is in FIN_WAIT2 when the peer's FIN
+    # comes): whether a waiting recv() sees the FIN is a race, so it is tried many times.
+    ends: dict[str, int] = {}
+    for i in range(20):
+        c, s = p.new()
+        s.sendall(data(102, 1000))
+        c.shutdown(socket.SHUT_WR)
+        c.recv(65536)
+        t, box = in_thread(c.recv, 65536, name="blocked-reader")
+        time.sleep(0.05)
+        step(f"own side shut down, reader blocked in recv(), peer shutdown ({i + 1} of 20)")
+        s.shutdown(socket.SHUT_WR)
+        v = joined(t, box)
+        ends[v] = ends.get(v, 0) + 1
+        c.close()
+        s.close()
+    R["after_own_shutdown_20_times"] = ends
     # The reader's own end sends meanwhile (write space may wake the waiting reader).
     c, s = p.new()
     t, box = in_thread(c.recv, 65536, name="blocked-reader")

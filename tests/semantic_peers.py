@@ -491,7 +491,7 @@ def case_rcvtimeo(p: Pairs) -> None:
     R["idle_recv_while_sending"], dt = timed(c.recv, 100)
     INFO["idle_recv_while_sending_s"] = round(dt, 3)
     R["idle_recv_while_sending_returned_after_timeout"] = 0.45 <= dt <= 1.5
-    got, end = b"", None
+    got = b""
     deadline = time.monotonic() + 5
     while len(got) < 2_000_000 and time.monotonic() < deadline:
         more = s.recv(65536)

@@ -8,7 +8,6 @@ descriptor: a copy is taken from the holding process with pidfd_getfd(2) and clo
 
 from __future__ import annotations
 
-import ctypes as ct
 import fcntl
 import os
 import socket

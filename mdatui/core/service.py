@@ -78,7 +78,8 @@ def stop(pin_dir: str, seconds: float = START_SECONDS) -> None:
 
 
 def serve(pin_dir: str) -> int:
-    """Run until SIGTERM/SIGINT, or until the accelerator was disabled and nothing drains."""
+    """Run until SIGTERM/SIGINT/SIGHUP while the accelerator is enabled (what drains then stays
+    in the pinned maps for the next run), or until it was disabled and nothing drains."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     path = _pidfile(pin_dir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -97,10 +98,12 @@ def serve(pin_dir: str) -> int:
         with Instance(pin_dir) as inst:
             pins = Path(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
-            # Disabled (unpinned): this holds the maps until every draining end has left.
-            reaper.run(stop=lambda: bool(stopping) or not pins.exists(), until_empty=False)
-            if not stopping:
-                reaper.run(until_empty=True, stop=lambda: bool(stopping))
+            reaper.run(stop=lambda: bool(stopping) or not pins.exists())
+            if not pins.exists():
+                # Disabled: this process holds the last references to the maps, and letting go
+                # would free unread redirected bytes, so it stays, signals or not, until every
+                # draining end has left or closed.
+                reaper.run(until_empty=True)
     except NotEnabled:
         print(f"mdatui serve: nothing is enabled at {pin_dir}", file=sys.stderr)
         return 1

@@ -27,12 +27,13 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
@@ -63,6 +64,7 @@ class Side:
     peer_ip: str
     mesh: dict[str, dp_mesh.Service]
     inst: Instance | None = None
+    sockperf: dict[str, subprocess.Popen] = field(default_factory=dict)  # topology -> server
 
     def address(self, topo: str) -> tuple[str, str, str]:
         """(client netns, server netns, server ip) of a topology."""
@@ -78,12 +80,17 @@ def build(label: str, lab: labm.Lab, subnet: int, tmp: Path, need_mesh: bool) ->
     peer_ip = f"198.18.{subnet}.2"
     lab.link(pod, f"198.18.{subnet}.1/24", peer, f"{peer_ip}/24")
     side = Side(label, lab, pod, peer, peer_ip, {})
-    for topo, (port, _) in PORTS.items():
-        _, server_ns, ip = side.address(topo)
-        dp_tools.sockperf_server(lab, server_ns, ip, port, inside=topo != "peer-outside")
+    for topo in PORTS:
+        sockperf_server(side, topo)
     if need_mesh:
         side.mesh = dp_mesh.build(lab, tmp / label, pod, peer, peer_ip)
     return side
+
+
+def sockperf_server(side: Side, topo: str) -> None:
+    _, server_ns, ip = side.address(topo)
+    side.sockperf[topo] = dp_tools.sockperf_server(side.lab, server_ns, ip, PORTS[topo][0],
+                                                   inside=topo != "peer-outside")
 
 
 def case_ports(side: Side, case: Case) -> set[int]:
@@ -96,6 +103,8 @@ def case_ports(side: Side, case: Case) -> set[int]:
 def start(side: Side, case: Case, seconds: int) -> dp_tools.Client:
     client_ns, server_ns, ip = side.address(case.topology)
     if case.tool in ("sockperf-tp", "sockperf-pp"):
+        if side.sockperf[case.topology].poll() is not None:  # a run broke it: the next gets a new one
+            sockperf_server(side, case.topology)
         return dp_tools.Sockperf(side.lab, client_ns, ip, PORTS[case.topology][0],
                                  case.tool.split("-")[1], case.size, seconds, case.nodelay)
     if case.tool == "iperf3":

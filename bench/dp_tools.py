@@ -113,11 +113,12 @@ def _search(pattern: str, text: str, what: str) -> float:
 
 # ---------------------------------------------------------------- sockperf
 
-def sockperf_server(lab, netns: str, ip: str, port: int, inside: bool = True) -> None:
+def sockperf_server(lab, netns: str, ip: str, port: int, inside: bool = True) -> subprocess.Popen:
     srv = lab.spawn(["sockperf", "server", "--tcp", "-i", ip, "-p", str(port)],
                     netns=netns, inside=inside,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(srv, port, "sockperf server")
+    return srv
 
 
 class Sockperf(Client):

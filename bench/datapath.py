@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdatui.core import lab as labm  # noqa: E402
-from mdatui.core import loader, snapshot, system  # noqa: E402
+from mdatui.core import loader, service, snapshot, system  # noqa: E402
 from mdatui.core.instance import Instance  # noqa: E402
 from bench import dp_cases, dp_mesh, dp_tools  # noqa: E402
 from bench.dp_cases import Case  # noqa: E402
@@ -207,6 +207,19 @@ def _uninterrupted():
             signal.signal(s, handler)
 
 
+def _service_gone(served: list[str], progress, seconds: float = 10) -> None:
+    """enable started `mdatui serve` for the pin dir; after disable it stays while ends drain,
+    and the labs' sockets are closed by now: wait until it has gone, and say so if it has not."""
+    for pin_dir in served:
+        deadline = time.monotonic() + seconds
+        while service.running(pin_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = service.running(pin_dir)
+        if pid is not None:
+            progress(f"warning: mdatui serve (pid {pid}) for {pin_dir} still runs {seconds:g} s after "
+                     "the labs closed")
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -228,9 +241,12 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="mdatui-bench-"))
         os.chmod(tmp, 0o755)  # the mesh's haproxy runs as uid 1337 and reads its config there
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # after the labs killed nginx, haproxy
+        served: list[str] = []
+        stack.callback(_service_gone, served, progress)  # once the labs closed their sockets
         plain_lab = stack.enter_context(labm.Lab("bench-plain"))
         accel_lab = stack.enter_context(labm.Lab("bench-accel"))
         pin_dir = f"{system.BPFFS}/{accel_lab.name}"
+        served.append(pin_dir)
         progress("compiling and attaching the accelerator to the accelerated lab's cgroup ...")
         try:
             inst = loader.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance

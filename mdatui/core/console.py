@@ -34,12 +34,18 @@ from .pairing import PairTable
 from .pcap import PcapWriter
 from .perfbuf import ReaderBusy
 from .procs import CACHE_SECONDS, ProcessInfo, Processes
+from .ring import Handoff, Ring  # noqa: F401  (for the UI, which imports only this module)
 from .snapshot import Endpoint, Rates, Snapshot, Table
 
 
 class Unavailable(Exception):
     """What the console asked for cannot be had now (no root, not running, a reader already
     attached); the message says why and what to do."""
+
+
+# Messages the console's dump keeps unless told otherwise (mdatui --dump-keep): at 128 bytes
+# a message some 50 MB, for 2 s at 50,000 a second or 5 min at the demo's 300.
+DUMP_KEEP = 100_000
 
 
 # ---------------------------------------------------------------- what the views show

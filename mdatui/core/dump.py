@@ -17,7 +17,7 @@ import ctypes as ct
 import enum
 import ipaddress
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import abi
 from .instance import Instance
@@ -57,9 +57,11 @@ class Direction(enum.StrEnum):
     TO_CLIENT = "to-client"
 
 
-@dataclass(frozen=True)
-class DumpRecord:
-    """One message as its sender sent it: src is the sending end, dst its peer's address."""
+class DumpRecord(NamedTuple):
+    """One message as its sender sent it: src is the sending end, dst its peer's address.
+
+    Plain values only (direction too is a plain str, one of Direction's), so that as a plain
+    tuple the cyclic GC stops tracking it (core.ring.Ring keeps them so)."""
 
     ts_ns: int                # unix time of the send
     src: str                  # ip:port
@@ -67,7 +69,7 @@ class DumpRecord:
     netns: int                # namespace cookie when an address is loopback, else 0
     len: int                  # bytes of the whole message
     data: bytes               # its first snaplen bytes
-    direction: Direction
+    direction: str            # a Direction
 
     @property
     def ts(self) -> float:
@@ -94,7 +96,7 @@ def decode(raw: bytes, wall_offset: int | None = None) -> DumpRecord:
     return DumpRecord(
         ts_ns=head.ts_ns + wall_offset, src=head.key.local, dst=head.key.remote,
         netns=head.key.netns, len=head.len, data=raw[start:start + head.caplen],
-        direction=Direction.TO_SERVER if head.active else Direction.TO_CLIENT)
+        direction=(Direction.TO_SERVER if head.active else Direction.TO_CLIENT).value)
 
 
 class DumpSession:

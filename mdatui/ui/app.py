@@ -7,6 +7,7 @@ Views never poll: a thread worker reads a snapshot every `interval` seconds and 
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from collections.abc import Iterable
 
@@ -19,7 +20,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from ..core import system
-from ..core.console import ConsoleBackend, Frame, LiveBackend, Unavailable
+from ..core.console import DUMP_KEEP, ConsoleBackend, Frame, LiveBackend, Unavailable
 from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen
 from .screens.not_running import NotRunningScreen
@@ -37,6 +38,11 @@ class Polled(Message):
 # Refresh periods the +/- keys step through, in seconds.
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 YOUNG_OBJECTS_PER_GC = 5000
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
+# dump's capture thread decodes tens of thousands of messages a second; the UI thread gives the
+# GIL up at every turn of its event loop and waited up to this long each time to get it back: a
+# key press takes a few dozen turns (bench/dump.py: median 243 ms at 5 ms, 95 ms at 1 ms).
+GIL_SWITCH_S = 0.001
 
 
 class MdaConsole(App[int]):
@@ -55,8 +61,9 @@ class MdaConsole(App[int]):
     problem: var[str | None] = var(None)  # why the accelerator cannot be read at all
     events_lost: var[int] = var(0)        # events the event log's reader fell behind on
 
-    def __init__(self, backend: ConsoleBackend, interval: float = 1.0):
+    def __init__(self, backend: ConsoleBackend, interval: float = 1.0, dump_keep: int = DUMP_KEEP):
         super().__init__()
+        self.dump_keep = dump_keep  # messages the Dump tab keeps
         # Tabs switch and tables scroll at once: sliding underlines and smooth scrolls only add
         # repaints to a screen that already redraws every refresh (no gain that bench/console.py
         # could tell from its noise, here).
@@ -70,6 +77,7 @@ class MdaConsole(App[int]):
     # ------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.main_screen = MainScreen()
         self.push_screen(self.main_screen)
         self._poll()
@@ -160,10 +168,11 @@ class MdaConsole(App[int]):
 
 
 def run_console(pin_dir: str, interval: float = 1.0, config: str | None = None,
-                cgroup: str | None = None) -> int:
+                cgroup: str | None = None, dump_keep: int = DUMP_KEEP) -> int:
     """`mdatui` with no subcommand. config and cgroup are what `enable` gets when offered."""
     system.unmap_large_blocks()
-    app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval)
+    app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval,
+                     dump_keep=dump_keep)
     result = app.run()
     # run() gives None when the app died of an exception; return_code is then non-zero.
     return result if result is not None else (app.return_code or 0)

@@ -56,9 +56,10 @@ def connections(step: int) -> list[Connection]:
              msgs=5000 + 200 * s, bytes=4_000_000 + 500_000 * s, age=3700, pid=2003, uid=1337),
         # taken off the fast path when the RETURN rule for 9090 was applied
         conn("198.18.0.1:45000", "198.18.0.2:9090", peer=end("198.18.0.2:9090", "198.18.0.1:45000"),
-             state="normal", msgs=10, bytes=4096, passed=7 + s, age=400, pid=2001, active=True),
+             state="normal", msgs=10, bytes=4096, passed=7 + s, age=400, pid=2001, active=True,
+             in_sockhash=False),
         conn("198.18.0.2:9090", "198.18.0.1:45000", peer=end("198.18.0.1:45000", "198.18.0.2:9090"),
-             state="normal", msgs=10, bytes=4096, passed=5 + s, age=400, pid=2004),
+             state="normal", msgs=10, bytes=4096, passed=5 + s, age=400, pid=2004, in_sockhash=False),
         # waiting for its peer
         conn("127.0.0.1:43000", "127.0.0.1:7000", netns=LO_NS, state="pending", age=0.2, pid=2005,
              active=True),
@@ -147,14 +148,20 @@ class FakeDump:
         self.port = dump.check_port(port) if port is not None else None
         self.snaplen = dump.check_snaplen(snaplen)
         self._backend = backend
-        self._batch = dump_batch(self.snaplen)
+        self._batches = 0
         self.lost = 0
+        self.more(backend.dump_batches)
+
+    def more(self, batches: int) -> None:
+        """What the next polls return: this many more batches of dump_batch(), one a poll."""
+        self._batches += batches
 
     def poll(self, timeout_s: float) -> list[dump.DumpRecord]:
-        batch, self._batch = self._batch, []
-        if not batch:
+        if not self._batches:
             time.sleep(timeout_s)
-        return batch
+            return []
+        self._batches -= 1
+        return dump_batch(self.snaplen)
 
     def close(self) -> None:
         self._backend.dump_open = False
@@ -205,6 +212,8 @@ class FakeBackend:
         self.saved: list[tuple[str, str]] = []
         self.dump_open = False
         self.dumps_started: list[tuple] = []
+        self.dump_batches = 1             # what a dump brings at first (FakeDump.more: later)
+        self.dump: FakeDump | None = None  # the last one started
         self.events = FakeEvents(event_batch())
         self.enable_calls = 0
         self.fresh_reads = 0
@@ -242,7 +251,7 @@ class FakeBackend:
         return self.events
 
     def start_dump(self, ip, port, snaplen) -> FakeDump:
-        source = FakeDump(self, ip, port, snaplen)
+        source = self.dump = FakeDump(self, ip, port, snaplen)
         self.dump_open = True
         self.dumps_started.append((ip, port, snaplen))
         return source

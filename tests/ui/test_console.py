@@ -15,6 +15,7 @@ from mdatui.ui.screens.not_running import NotRunningScreen
 from mdatui.ui.screens.prompt import PromptScreen
 from mdatui.ui.screens.rule_form import RuleFormScreen
 from mdatui.ui.widgets.key_bar import KeyBar
+from mdatui.ui.widgets.ring_table import RingTable
 from mdatui.ui.widgets.sortable_table import SortableTable
 from mdatui.ui.widgets.status_bar import status_line
 
@@ -218,18 +219,23 @@ async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
         await pilot.press("escape")
         view.query_one("#dump-table").focus()
         await pilot.press("s")
-        table = view.query_one("#dump-table", DataTable)
+        table = view.query_one("#dump-table", RingTable)
         for _ in range(100):
             if table.row_count == 6:
                 break
             await pilot.pause(0.02)
         assert table.row_count == 6 and backend.dumps_started == [(None, 80, 128)]
-        await pilot.press("down")
-        hex_pane = text(view.query_one("#dump-hex"))
-        assert "48 54 54 50 2f 31 2e 31" in hex_pane and "HTTP/1.1 200 OK" in hex_pane
-        await pilot.press("space")
+        lines = screen_lines(pilot.app)
+        newest = next(line for line in lines if line.lstrip().startswith("6 "))
+        assert "127.0.0.1:15001 → 127.0.0.1:40000" in newest and "HTTP/1.1 200 OK" in newest
+        assert "6 kept of 100000" in text(view.query_one("#dump-status"))
+        await pilot.press("up")  # scrolling back stops following: the status says paused
         assert view.paused and "paused" in text(view.query_one("#dump-status"))
-        await pilot.press("space", "s")
+        hex_pane = text(view.query_one("#dump-hex"))
+        assert "47 45 54 20 2f 30 20 48" in hex_pane and "GET /0 HTTP/1.1" in hex_pane
+        await pilot.press("space")
+        assert not view.paused and table.cursor == 5  # following the newest again
+        await pilot.press("s")
         for _ in range(100):
             if not view.capturing:
                 break
@@ -246,6 +252,53 @@ async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
             await pilot.pause(0.02)
         data = path.read_bytes()
         assert data[:4] == (0xA1B23C4D).to_bytes(4, "little") and len(data) > 6 * 40
+
+
+async def test_dump_keeps_the_newest_in_its_ring_and_counts_what_it_dropped():
+    app = MdaConsole(FakeBackend(), interval=3600, dump_keep=8)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4", "s")
+        view = pilot.app.screen.query_one("#dump-view")
+        table = view.query_one("#dump-table", RingTable)
+        for end in (6, 12, 18, 24, 30):  # 6 messages a batch
+            for _ in range(100):
+                if table.end == end:
+                    break
+                await pilot.pause(0.02)
+            app.backend.dump.more(1)
+        assert (table.first, table.end, table.cursor) == (22, 30, 29)
+        assert "8 kept of 8  22 dropped" in text(view.query_one("#dump-status"))
+        numbers = [line.split()[0] for line in screen_lines(pilot.app) if line.split()
+                   and line.split()[0].isdigit() and "→" in line]
+        assert numbers == [str(n) for n in range(23, 31)]  # the newest 8, numbered from 1
+
+
+async def test_dump_paused_keeps_what_it_shows_and_drops_arrivals_that_find_no_room():
+    backend = FakeBackend()
+    backend.dump_batches = 1
+    app = MdaConsole(backend, interval=3600, dump_keep=10)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4", "s")
+        view = pilot.app.screen.query_one("#dump-view")
+        table = view.query_one("#dump-table", RingTable)
+        for _ in range(100):
+            if table.end == 6:
+                break
+            await pilot.pause(0.02)
+        await pilot.press("space", "home")
+        assert view.paused and table.cursor == 0
+        backend.dump.more(2)   # 12 arrive; 4 fit
+        for _ in range(100):
+            if view.dropped:
+                break
+            await pilot.pause(0.02)
+        status = text(view.query_one("#dump-status"))
+        assert "10 kept of 10  8 dropped" in status and "4 not shown" in status
+        assert (table.first, table.end, table.cursor) == (0, 6, 0)  # what was read stays
+        await pilot.press("space")
+        assert (table.first, table.end, table.cursor) == (0, 10, 9)
 
 
 async def test_dump_refuses_a_bad_filter_and_starts_nothing():

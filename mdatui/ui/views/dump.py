@@ -1,6 +1,8 @@
 """Dump: the messages accelerated connections send, live; paused to scroll back; saved as pcap.
 
-Redirected bytes never reach a network device, so this is the only place to see them.
+Redirected bytes never reach a network device, so this is the only place to see them. The view
+keeps the newest messages in a ring of fixed size (`--dump-keep`) and says how many it dropped:
+a capture may bring tens of thousands a second for as long as it runs.
 """
 
 from __future__ import annotations
@@ -13,19 +15,33 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.widgets import Button, DataTable, Input, Label, Static
+from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...core.console import DumpSource, Frame, Unavailable, write_pcap
+from ...core.console import DumpSource, Frame, Handoff, Ring, Unavailable, write_pcap
 from ...core.dump import DEFAULT_SNAPLEN, DumpRecord
 from .. import format as fmt
 from ..screens.prompt import PromptScreen
 from ..widgets.hexview import hexdump, printable
+from ..widgets.ring_table import RingColumn, RingTable
 from .base import View
 
-MAX_RECORDS = 10_000   # kept for scrolling back and saving; the oldest go first
 POLL_S = 0.2
+# The capture thread wakes the UI thread at most this often: each wake-up costs a redraw of the
+# table and the hex pane (some 15 ms at 200x50), whatever the number of messages it brings.
+BATCH_S = 0.25
 PREVIEW_BYTES = 40
+
+COLUMNS = (
+    RingColumn("#", lambda seq, rec: str(seq + 1), numeric=True),
+    RingColumn("Time", lambda seq, rec: fmt.clock(rec.ts)),
+    RingColumn("From → To", lambda seq, rec: f"{rec.src} → {rec.dst}"),
+    RingColumn("Dir", lambda seq, rec: "→srv" if rec.direction == "to-server" else "←srv"),
+    RingColumn("Len", lambda seq, rec: str(rec.len), numeric=True),
+    RingColumn("Cap", lambda seq, rec: Text(str(len(rec.data)), justify="right",
+                                            style="yellow" if rec.truncated else "")),
+    RingColumn("Data", lambda seq, rec: printable(rec.data[:PREVIEW_BYTES])),
+)
 
 
 class DumpView(View):
@@ -47,17 +63,20 @@ class DumpView(View):
         """The session is closed: dump is off in the kernel again."""
 
     class Captured(Message):
-        def __init__(self, records: list[DumpRecord], lost: int) -> None:
+        """Messages wait in the handoff (at most one of these is outstanding)."""
+
+        def __init__(self, lost: int) -> None:
             super().__init__()
-            self.records = records
             self.lost = lost
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self._records: list[DumpRecord] = []
-        self._first = 0          # sequence number of self._records[0]
-        self._shown = 0          # records appended to the table so far (by sequence number)
+        keep = self.app.dump_keep  # for scrolling back and saving; the oldest go first
+        self._ring: Ring[DumpRecord] = Ring(keep, DumpRecord._make)
+        # The capture thread's messages until the UI thread takes them: bounded like the ring.
+        self._inbox: Handoff[DumpRecord] = Handoff(keep)
         self._lost = 0
+        self._hex_lines = 0  # of the hex pane: only a new number needs the screen laid out again
         self._snaplen = DEFAULT_SNAPLEN
         self._worker: Worker | None = None
         self._error: str | None = None  # why the last start or save failed
@@ -75,15 +94,11 @@ class DumpView(View):
             yield Button("Start", id="dump-start", compact=True, variant="success")
         yield Static(id="dump-status")
         with Horizontal(id="dump-body"):
-            yield DataTable(id="dump-table", cursor_type="row", zebra_stripes=True)
+            yield RingTable(self._ring, COLUMNS, id="dump-table")
             with VerticalScroll(id="dump-hex-box"):
                 yield Static(id="dump-hex")
 
     def on_mount(self) -> None:
-        table = self.query_one("#dump-table", DataTable)
-        for label, key in (("#", "n"), ("Time", "time"), ("From → To", "flow"), ("Dir", "dir"),
-                           ("Len", "len"), ("Cap", "cap"), ("Data", "data")):
-            table.add_column(label, key=key)
         self.query_one("#dump-hex-box").border_title = "Message"
         self._summarize()
         self.watch(self.app, "frame", self._stop_when_gone, init=False)
@@ -144,10 +159,13 @@ class DumpView(View):
         source: DumpSource = self.app.backend.start_dump(ip, port, snaplen)
         try:
             self.post_message(self.Started(source.snaplen))
+            lost, woken = 0, 0.0
             while not worker.is_cancelled:
-                got = source.poll(POLL_S)
-                if got or source.lost != self._lost:
-                    self.post_message(self.Captured(got, source.lost))
+                self._inbox.put(source.poll(POLL_S))
+                now = time.monotonic()
+                if now - woken >= BATCH_S and (self._inbox.claim_wakeup() or source.lost != lost):
+                    lost, woken = source.lost, now
+                    self.post_message(self.Captured(lost))
         finally:
             source.close()
             self.post_message(self.Stopped())
@@ -164,7 +182,8 @@ class DumpView(View):
             self._stopped()
 
     def on_dump_view_stopped(self, message: Stopped) -> None:
-        self._note(f"dump stopped: {len(self._records)} messages kept, {self._lost} lost")
+        self._note(f"dump stopped: {len(self._ring)} messages kept, {self.dropped} dropped, "
+                   f"{self._lost} lost")
         self._stopped()
 
     def _stopped(self) -> None:
@@ -179,84 +198,75 @@ class DumpView(View):
         self._note(f"dump started: ip {ip or 'any'}, port {port or 'any'}, snaplen {message.snaplen}")
 
     def on_dump_view_captured(self, message: Captured) -> None:
-        self._records.extend(message.records)
+        self._ring.extend(self._inbox.take(), hold=self.paused)
         self._lost = message.lost
-        excess = len(self._records) - MAX_RECORDS
-        if excess > 0:
-            self._drop_oldest(excess)
-        if not self.paused:
-            self._append_rows()
+        self._table.advance()
         self._summarize()
 
-    # ------------------------------------------------------------ the table
+    @property
+    def dropped(self) -> int:
+        """Messages captured but not kept: pushed out of the ring, refused by it while paused,
+        or never taken from the capture thread."""
+        return self._ring.dropped + self._inbox.dropped
 
-    def _drop_oldest(self, n: int) -> None:
-        table = self.query_one("#dump-table", DataTable)
-        for seq in range(self._first, self._first + n):
-            if seq < self._shown:
-                table.remove_row(str(seq))
-        del self._records[:n]
-        self._first += n
-        self._shown = max(self._shown, self._first)
+    @property
+    def _table(self) -> RingTable:
+        return self.query_one("#dump-table", RingTable)
 
-    def _append_rows(self) -> None:
-        table = self.query_one("#dump-table", DataTable)
-        end = self._first + len(self._records)
-        for seq in range(self._shown, end):
-            rec = self._records[seq - self._first]
-            table.add_row(
-                Text(str(seq + 1), justify="right"), fmt.clock(rec.ts), f"{rec.src} → {rec.dst}",
-                "→srv" if rec.direction == "to-server" else "←srv",
-                Text(str(rec.len), justify="right"),
-                Text(str(len(rec.data)), justify="right", style="yellow" if rec.truncated else ""),
-                printable(rec.data[:PREVIEW_BYTES]), key=str(seq))
-        self._shown = end
-        if table.row_count:  # live: the cursor follows the newest message, and the hex pane with it
-            table.move_cursor(row=table.row_count - 1, animate=False)
-
-    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+    def on_ring_table_selected(self, event: RingTable.Selected) -> None:
         event.stop()
-        seq = int(event.row_key.value)
-        hex_pane = self.query_one("#dump-hex", Static)
-        if seq < self._first:
-            hex_pane.update("")
+        rec = event.item
+        if rec is None:
+            self._show_hex(Text())
             return
-        rec = self._records[seq - self._first]
         head = Text(f"{rec.src} → {rec.dst}  {rec.direction}\n{rec.len} bytes sent, "
                     f"{len(rec.data)} captured{' (cut at snaplen)' if rec.truncated else ''}\n\n",
                     style="bold")
-        hex_pane.update(head + hexdump(rec.data))
+        self._show_hex(head + hexdump(rec.data))
+
+    def _show_hex(self, text: Text) -> None:
+        lines = len(text.plain.splitlines())
+        self.query_one("#dump-hex", Static).update(text, layout=lines != self._hex_lines)
+        self._hex_lines = lines
+
+    def on_ring_table_follow_stopped(self, event: RingTable.FollowStopped) -> None:
+        event.stop()
+        self.paused = True
+        self._summarize()
 
     # ------------------------------------------------------------ keys
 
     def action_toggle_pause(self) -> None:
+        """Paused, the table stays where it is and the ring keeps what it holds: arrivals fill
+        what room is left and the rest is dropped (counted), rather than push out the
+        messages being read."""
         self.paused = not self.paused
-        if not self.paused:
-            self._append_rows()
+        if self.paused:
+            self._table.following = False
+        else:
+            self._table.follow()
         self._summarize()
 
     def action_clear(self) -> None:
-        self.query_one("#dump-table", DataTable).clear()
-        self._first += len(self._records)
-        self._shown = self._first
-        self._records.clear()
-        self.query_one("#dump-hex", Static).update("")
+        self._ring.clear()
+        self._table.advance()
+        self._show_hex(Text())
         self._summarize()
 
     def action_focus_filter(self) -> None:
         self.query_one("#dump-ip", Input).focus()
 
     def action_save(self) -> None:
-        if not self._records:
+        if not len(self._ring):
             self._complain("nothing captured to save yet")
             return
         default = time.strftime("/tmp/mdatui-%Y%m%d-%H%M%S.pcap", time.localtime(self.app.backend.now()))
-        self.app.push_screen(PromptScreen("Save pcap", f"Save {len(self._records)} messages to:",
+        self.app.push_screen(PromptScreen("Save pcap", f"Save {len(self._ring)} messages to:",
                                           default), self._save_to)
 
     def _save_to(self, path: str | None) -> None:
         if path:
-            self._write_pcap(list(self._records), path, self._snaplen)
+            self._write_pcap(self._ring.items(), path, self._snaplen)
 
     @work(thread=True, group="pcap", exit_on_error=False)
     def _write_pcap(self, records: list[DumpRecord], path: str, snaplen: int) -> str:
@@ -283,15 +293,17 @@ class DumpView(View):
             text = Text("● capturing", style="bold green")
         else:
             text = Text("○ stopped", style="dim")
-        text.append(f"  {len(self._records)} kept")
+        text.append(f"  {len(self._ring)} kept of {self._ring.capacity}")
+        if self.dropped:
+            text.append(f"  {self.dropped} dropped", style="yellow")
         if self._lost:
             text.append(f"  {self._lost} lost", style="bold red")
         if self._error:
             text.append(f"  {self._error}", style="bold red")
         if self.paused:
-            behind = self._first + len(self._records) - self._shown
+            behind = self._ring.end - self._table.end
             text.append(f"  paused, {behind} not shown (space resumes)", style="yellow")
-        self.query_one("#dump-status", Static).update(text)
+        self.query_one("#dump-status", Static).update(text, layout=False)  # one line, always
 
     def _complain(self, text: str) -> None:
         self._error = text

@@ -10,6 +10,24 @@ The programs are in tests/semantic_peers.py; one case alone:
     .venv/bin/python -m pytest -p no:cacheprovider tests/test_semantics.py -k peek
     .venv/bin/python -m pytest -p no:cacheprovider "tests/test_semantics.py::test_socket_calls[rst]"
 
+The cases (the brief's numbers):
+  1  test_blocking_full_duplex_through_a_redirected_proxy  writer + reader threads, 4 connections,
+     REDIRECT -> blocking threaded proxy -> echo, every byte checked at its position
+  2  test_blocking_full_duplex_with_toggles_and_live_rule_changes  the same, 12 connections a
+     second apart, disable/enable twice and a live RETURN rule (then none) mid-transfer
+  3  half_close          shutdown(SHUT_WR) one side, the other still sends, then reads EOF
+  4  rst                 close with unread data (and SO_LINGER 0) -> ECONNRESET, then EPIPE
+  5  rcvtimeo            SO_RCVTIMEO: EAGAIN after the timeout; woken early by data and by FIN
+  6  peek                MSG_PEEK then recv return the same bytes; blocking peek; peek at EOF
+  7  waitall             MSG_WAITALL across several sends; cut short by EOF
+  8  fionread            FIONREAD (SIOCINQ) and SIOCOUTQ values a user can rely on
+  9  epoll_et            EPOLLET: one event per arrival, drain to EAGAIN, IN|RDHUP at FIN
+  10 sendfile_splice     os.sendfile from a file; os.splice from the socket into a file
+  11 never_reads         writer fills the buffers: EAGAIN (non-blocking) / blocks; all read intact
+  12 blocked_reader_fin  a reader blocked in recv() gets b"" when the peer half-closes or closes
+  +  handback_order      bytes redirected and unread when a live rule takes the pair off the fast
+                         path, then bytes over TCP, both directions: read in order (issue item 4)
+
 A case the accelerator deliberately leaves on the normal path goes into LEFT_ON_NORMAL_PATH: then
 the accelerated run must show that it was counted as such, and the results must still match.
 """
@@ -270,7 +288,7 @@ def test_socket_calls(name):
         finally:
             acc.close()
     info = (f"plain run:       {json.dumps(plain)}\naccelerated run: {json.dumps(accel)}\n"
-            f"accelerator: {acc.events} totals {acc.totals}")
+            f"accelerator: {acc.events} totals {acc.totals}\ncounters at the end: {acc.last_stats}")
     print(info)
     assert plain["hang"] is None and plain["crash"] is None, f"the plain run itself failed\n{info}"
     wrong = {k: (plain["results"].get(k), v) for k, v in PLAIN_MUST[name].items()
@@ -344,7 +362,7 @@ def duplex_info(plain: dict, accel: dict, acc: Accel) -> str:
     return (f"bytes sent/echoed: plain {sent(plain)}\n"
             f"                   accelerated {sent(accel)}\n"
             f"accelerated run's server threads at the hang: {accel['server_threads']}\n"
-            f"accelerator: {acc.events} totals {acc.totals}")
+            f"accelerator: {acc.events} totals {acc.totals}\ncounters at the end: {acc.last_stats}")
 
 
 def test_blocking_full_duplex_through_a_redirected_proxy():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,8 @@ from mdatui.core.instance import PROGRAMS
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parents[1]
+# Nothing may point the installed mdatui back at the checkout.
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MDATUI_BPF_DIR", "MDATUI_CONFIG")}
 
 
 def _run(*argv, **kw) -> subprocess.CompletedProcess:
@@ -26,11 +29,12 @@ def _run(*argv, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def venv():
     """A fresh venv (seeing Debian's BCC) with a wheel of this checkout installed, and no copy of
     the checkout left anywhere it could fall back on; removed afterwards, also after a failure."""
     with tempfile.TemporaryDirectory(prefix="mdatui-wheel-") as tmp:
+        os.chmod(tmp, 0o755)  # as under /opt or /usr/local: the demo's sidecars run as uid 1337
         src, dist, env = Path(tmp, "src"), Path(tmp, "dist"), Path(tmp, "venv")
         # A copy: pip builds in the source tree, and others may be working in the checkout.
         shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
@@ -46,11 +50,8 @@ def venv():
 
 
 def test_a_wheel_installed_outside_the_checkout_enables_queries_and_disables(venv, lab, pin_dir):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "MDATUI_BPF_DIR", "MDATUI_CONFIG")}
-
     def mdatui(*args: str) -> str:
-        return _run(venv / "bin" / "mdatui", *args, cwd=venv, env=env).stdout
+        return _run(venv / "bin" / "mdatui", *args, cwd=venv, env=ENV).stdout
 
     # Compiling needs the BPF sources: only the copies inside the installed package are left.
     assert f"enabled on {lab.cgroup}; pinned at {pin_dir}" in mdatui(
@@ -66,3 +67,38 @@ def test_a_wheel_installed_outside_the_checkout_enables_queries_and_disables(ven
 
     assert f"disabled on {lab.cgroup}" in mdatui("disable", "--pin-dir", pin_dir)
     assert not Path(pin_dir).exists()
+
+
+def _demo(venv: Path) -> subprocess.CompletedProcess:
+    demo = subprocess.Popen([venv / "bin" / "mdatui", "demo", "--no-console", "--clients", "1",
+                             "--seconds", "3"], cwd=venv, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGINT)  # the demo removes its lab on the way out
+            out, err = demo.communicate(timeout=30)
+    return subprocess.CompletedProcess(demo.args, demo.returncode, out, err)
+
+
+def test_the_demo_of_a_wheel_accelerates_its_mesh(venv):
+    done = _demo(venv)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(done.stdout)
+    assert state["enabled"] is True
+    assert "/mdatui-demo-" in state["cgroup"]
+    assert state["totals"]["pairs"] >= 1
+    assert state["totals"]["redirected_msgs"] > 0
+
+
+def test_the_demo_of_a_wheel_only_root_can_reach_says_so(venv):
+    os.chmod(venv.parent, 0o700)
+    try:
+        done = _demo(venv)
+    finally:
+        os.chmod(venv.parent, 0o755)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"mdatui: uid 1337 may not run {venv}/bin/python: install mdatui where every user can "
+        "read it (not under /root, say)")

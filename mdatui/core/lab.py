@@ -90,7 +90,14 @@ class Lab:
         cg = self.cgroup if inside else self.outside
         popen.setdefault("stdout", subprocess.PIPE)
         popen.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(argv, preexec_fn=lambda: _enter(cg, netns, uid, gid), **popen)
+        try:
+            p = subprocess.Popen(argv, preexec_fn=lambda: _enter(cg, netns, uid, gid), **popen)
+        except PermissionError as e:
+            if uid is None:
+                raise
+            raise system.SetupError(
+                f"uid {uid} may not run {e.filename or argv[0]}: install mdatui where every user "
+                "can read it (not under /root, say)") from None
         self.procs.append(p)
         return p
 
@@ -110,10 +117,10 @@ class Lab:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.netns.clear()
         for cg in (self.cgroup, self.outside):
-            _remove_cgroup(cg)
+            remove_cgroup(cg)
 
 
-def _remove_cgroup(path: str) -> None:
+def remove_cgroup(path: str) -> None:
     """rmdir fails while a process lingers in the cgroup; kill stragglers by pid and retry."""
     deadline = time.monotonic() + 5
     while Path(path).exists():

@@ -603,6 +603,10 @@ EPOLL_NAMES = {select.EPOLLIN: "IN", select.EPOLLOUT: "OUT", select.EPOLLRDHUP: 
                select.EPOLLHUP: "HUP", select.EPOLLERR: "ERR", select.EPOLLPRI: "PRI"}
 
 
+POLL_NAMES = {select.POLLIN: "IN", select.POLLOUT: "OUT", select.POLLRDHUP: "RDHUP",
+              select.POLLHUP: "HUP", select.POLLERR: "ERR", select.POLLPRI: "PRI"}
+
+
 def case_epoll_et(p: Pairs) -> None:
     c, s = p.new()
     c.setblocking(False)
@@ -651,7 +655,20 @@ def case_epoll_et(p: Pairs) -> None:
             got += n
     R["edge_triggered_reader_got_all"] = got
     R["sender"] = joined(t, box)
+    step("poll(), level-triggered")
+    pl = select.poll()
+    pl.register(c.fileno(), select.POLLIN | select.POLLRDHUP)
+
+    def polled(ms: int) -> list[str]:
+        return ["|".join(n for bit, n in POLL_NAMES.items() if mask & bit) for _, mask in pl.poll(ms)]
+    R["poll_idle"] = polled(200)
+    s.sendall(data(88, 100))
+    R["poll_after_send"] = polled(1000)
+    R["poll_again_without_reading"] = polled(200)
+    R["poll_drain"] = drain()
+    R["poll_after_drain"] = polled(200)
     s.shutdown(socket.SHUT_WR)
+    R["poll_fin"] = polled(1000)
     R["fin"] = wait(1.0)
     R["drain_fin"] = drain()
     R["after_eof"] = wait(0.2)

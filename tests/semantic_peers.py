@@ -896,6 +896,29 @@ def case_handback_order(p: Pairs) -> None:
         INFO[f"from_{side}"] = [check.at, at[side]]
     c.close()
     s.close()
+    # B: the accelerator's own hand-back of a loopback stream of small writes, while the reader
+    # has not read: large writes (redirected), 100 small ones, large ones again, then all read.
+    pause("restore the rules")
+    c, s = p.new()
+    stream, sent = Stream(13), 0
+    step("B: large, small, large writes, nobody reads")
+    for n in [65536] * 4 + [50] * 200 + [65536] * 4:
+        c.sendall(stream.piece(sent, n))
+        sent += n
+    c.shutdown(socket.SHUT_WR)
+    check, end, deadline = Checker(stream), None, time.monotonic() + 10
+    step("B: reading")
+    while time.monotonic() < deadline:
+        got = s.recv(65536)
+        if not got:
+            end = "EOF"
+            break
+        check.feed(got)
+    R["small_writes_received_all"] = check.at == sent
+    R["small_writes_first_bad_offset"] = check.bad
+    R["small_writes_end"] = end
+    c.close()
+    s.close()
 
 
 CASES = {

@@ -26,7 +26,8 @@ The cases (the brief's numbers):
   11 never_reads         writer fills the buffers: EAGAIN (non-blocking) / blocks; all read intact
   12 blocked_reader_fin  a reader blocked in recv() gets b"" when the peer half-closes or closes
   +  handback_order      bytes redirected and unread when a live rule takes the pair off the fast
-                         path, then bytes over TCP, both directions: read in order (issue item 4)
+                         path, then bytes over TCP, both directions; and a loopback stream of
+                         small writes handed back with the reader behind: read in order (item 4)
 
 A case the accelerator deliberately leaves on the normal path goes into LEFT_ON_NORMAL_PATH: then
 the accelerated run must show that it was counted as such, and the results must still match.
@@ -266,8 +267,11 @@ def run_case(lab: Lab, name: str, acc: Accel | None) -> dict:
         out = peer.line(40)
         if "pause" not in out:
             break
-        if acc is not None:  # off the fast path, as a live rule change takes it
+        if acc is not None and out["pause"].startswith("take"):
+            # off the fast path, as a live rule change takes it
             acc.taken_off.append(acc.apply_rules("chain --port 7000 -j RETURN\n"))
+        elif acc is not None and out["pause"].startswith("restore"):
+            acc.apply_rules("")
         peer.tell()
     peer.proc.wait(10)
     if acc is not None:

@@ -46,7 +46,8 @@ def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
             out += [end(a, b, True), end(b, Endpoint("10.0.0.1:1", "10.0.0.2:2"), False)]
         else:
             state = "normal" if kind == "normal" else "accelerated"
-            out += [end(a, b, True, state, kind != "stale-hash"), end(b, a, False, state)]
+            held = kind == "ok"  # an end on the normal path has left the sockhash
+            out += [end(a, b, True, state, held), end(b, a, False, state, kind != "normal")]
     rng.shuffle(out)
     return out
 
@@ -65,8 +66,10 @@ def reference_pairs(conns: list[Connection]) -> set[tuple]:
             health = "pending"
         elif peer is None:
             health = "one-sided"
-        elif peer.peer == c.end and c.in_sockhash and peer.in_sockhash:
-            health = "normal" if "normal" in (c.state, peer.state) else "ok"
+        elif peer.peer == c.end:
+            stopped = {"normal", "draining"} & {c.state, peer.state}
+            held = c.in_sockhash and peer.in_sockhash
+            health = "ok" if held and not stopped else "normal"
         else:
             health = "stale"
         if peer is not None and peer.peer == c.end:
@@ -108,7 +111,7 @@ def test_pairs_and_their_health_are_what_objects_made_of_them():
 def test_accelerated_pairs_are_the_ok_pairs_and_one_end_on_the_stack_is_enough_for_normal():
     a, b = Endpoint("198.19.0.1:1000", "198.19.0.2:80"), Endpoint("198.19.0.2:80", "198.19.0.1:1000")
     owner = Owner(None, None, None)
-    half = [Connection(a, b, "normal", 0, 0, 3, 1.0, owner, True, True),
+    half = [Connection(a, b, "normal", 0, 0, 3, 1.0, owner, False, True),
             Connection(b, a, "accelerated", 5, 500, 0, 1.0, owner, True, False)]
     conns = mesh(2000, 4) + half
     snap = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", connections=conns)
@@ -240,8 +243,10 @@ def moved(conns: list[Connection], step: int) -> list[Connection]:
 
 
 def as_read(conns: list[Connection]) -> list[Connection]:
-    """What a read of sock_proxy_map alone says of them (ages aside)."""
-    return [replace(c, age_s=0.0, in_sockhash=True) for c in conns]
+    """What a read of sock_proxy_map alone says of them (ages aside): every end is taken to
+    be in the sockhash, so an end on the normal path reads as draining."""
+    return [replace(c, age_s=0.0, in_sockhash=True,
+                    state="draining" if c.state == "normal" else c.state) for c in conns]
 
 
 def read_back(table: Table) -> list[Connection]:
@@ -280,7 +285,7 @@ def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
     at = 2 * snapshot.BATCH + 5  # in the third batch: the first two were shared so far
     c = later[at]
     if change == "state":
-        later[at] = replace(c, state="normal" if c.state != "normal" else "accelerated")
+        later[at] = replace(c, state="accelerated" if c.state == "draining" else "draining")
     elif change == "owner":
         later[at] = replace(c, owner=Owner(4242, 1, 1))
     elif change == "peer":
@@ -303,7 +308,7 @@ def test_frames_of_the_same_ends_take_the_earlier_pairs_and_of_changed_ends_pair
     changed = moved(conns, 1)
     ok = PairTable.of(Table.of(conns))
     at = int(ok.a[list(ok.health).index(HEALTH.index("ok"))])  # rows are in the map's order
-    changed[at] = replace(changed[at], state="normal")  # an ok pair becomes "normal"
+    changed[at] = replace(changed[at], state="normal", in_sockhash=False)  # ok becomes "normal"
     tables = []
     for later in (conns, moved(conns, 1), changed):
         tables.append(snapshot.read_ends(BatchedMap(later), len(conns), 0,

@@ -330,3 +330,24 @@ def test_request_response_through_a_redirected_sidecar_keeps_the_fast_path(lab, 
                         "--rate", "1000", "--size", "64")
     assert peers.report(chat)["requests"] > 100
     assert accel.stats()["demoted"] == 0
+
+
+def test_hand_back_with_bytes_in_both_queues_keeps_their_order(lab, accel):
+    """A reader that falls behind: when the stream is handed back, what was redirected still
+    waits in its queue while the rest arrives over TCP. The end drains, then leaves, in order."""
+    ns = lab.add_netns("pod")
+    sink = peers.server(lab, "sink", 7000, ns, True, "--delay", "2")
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "100000",
+                       "--chunk", "100", hold=True)  # what is not redirected fits in TCP buffers
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    theirs = ends(accel)[("127.0.0.1:7000", local)]
+    # 64 messages redirected into the sink's queue, unread: it may not leave the sockhash yet.
+    assert (theirs.state, theirs.in_sockhash) == ("draining", True)
+    peers.proceed(cli)
+    assert peers.report(sink, timeout=30)["sha256"] == done["sha256_sent"]
+    deadline = time.monotonic() + 5
+    while accel.stats()["drained"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert accel.stats()["drained"] == 2

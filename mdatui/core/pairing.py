@@ -21,9 +21,10 @@ class Pair:
 
     `a` is the connecting end when the pair has one. health: "ok" (both ends redirect: an
     accelerated pair); "normal" (a sound pair on the normal path: a rule took it off the fast
-    path, or it was handed back to the stack, or an end sent before it was paired); "pending"
+    path, or it was handed back to the stack, or an end sent before it was paired; its ends are
+    draining, or have left the sockhash); "pending"
     (the connecting end waits for its peer); "one-sided" (the peer's entry is gone from the map);
-    "stale" (the peer points elsewhere, or an end has left the sockhash).
+    "stale" (the peer points elsewhere).
     """
 
     a: Connection
@@ -53,14 +54,13 @@ def _pair_rows(table: Table, rows: np.ndarray, peers: np.ndarray, back: np.ndarr
     second = mutual & (rank(peers.clip(min=0)) < rank(rows))
     a, b = np.where(second, peers, rows), np.where(second, rows, peers)
     b_ = b.clip(min=0)
-    held = table.in_sockhash
-    sound = mutual & held[a] & held[b_]
-    # Either end tainted (its sends go through the stack: the state "normal") and the
-    # connection is no longer accelerated, though nothing is broken.
-    tainted = table.static["tainted"]
-    stack = (tainted[a] != 0) | (tainted[b_] != 0)
+    # An end that stopped redirecting (tainted: the state "normal") or has left the sockhash
+    # takes its connection off the fast path, though nothing is broken: ends leave the sockhash
+    # once they have drained (core.drain).
+    on_fast_path = (table.static["tainted"] == 0) & table.in_sockhash
+    stack = ~(on_fast_path[a] & on_fast_path[b_])
     health = np.select(
-        [table.static["paired"][a] == 0, b < 0, sound & stack, sound],
+        [table.static["paired"][a] == 0, b < 0, mutual & stack, mutual],
         [PENDING, ONE_SIDED, NORMAL, OK], STALE).astype(np.uint8)
     return a, b, health, second
 

@@ -41,8 +41,8 @@ STATIC = np.dtype(_packed(STATIC_FIELDS).descr + [("pad", "<u4")])
 COUNTERS = _packed(COUNTER_FIELDS)
 
 # Row states as small integers; in this order they sort as their names do.
-STATES = ("accelerated", "draining", "normal", "pending")
-ACCELERATED, DRAINING, NORMAL, PENDING = range(len(STATES))
+STATES = ("accelerated", "normal", "pending")
+ACCELERATED, NORMAL, PENDING = range(len(STATES))
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class Table:
     """
 
     # The cached columns that depend on keys and static alone.
-    _OF_STATIC = ("words", "index", "active", "peer_words", "peer_row")
+    _OF_STATIC = ("words", "index", "state", "active", "peer_words", "peer_row")
 
     def __init__(self, keys: np.ndarray, static: np.ndarray, counters: np.ndarray, taken_ns: int,
                  in_sockhash: np.ndarray | None = None, earlier: "Table | None" = None):
@@ -267,12 +267,14 @@ class Table:
     def state(self) -> np.ndarray:
         """STATES index of each row."""
         paired = self.static["paired"] != 0
-        stopped = self.static["tainted"] != 0
-        # An end that stopped redirecting drains while it is still in the sockhash; out of it,
-        # it is plain TCP (also one user space took out before its next message said so).
-        return np.where(stopped | (paired & ~self.in_sockhash),
-                        np.where(self.in_sockhash, DRAINING, NORMAL),
+        return np.where(self.static["tainted"] != 0, NORMAL,
                         np.where(paired, ACCELERATED, PENDING)).astype(np.uint8)
+
+    @property
+    def draining(self) -> np.ndarray:
+        """Ends that stopped redirecting and wait in the sockhash until their reader has taken
+        what was redirected to them (state NORMAL, shown as "draining")."""
+        return (self.state == NORMAL) & self.in_sockhash
 
     @cached_property
     def active(self) -> np.ndarray:
@@ -369,7 +371,8 @@ class Table:
         for key, static, (msgs, nbytes, passed), state, age, held in rows:
             peer, _since, (pid, uid, gid, _), paired, _, active, _ = static
             out.append(Connection(
-                end=_endpoint(key), peer=_endpoint(peer) if paired else None, state=STATES[state],
+                end=_endpoint(key), peer=_endpoint(peer) if paired else None,
+                state="draining" if state == NORMAL and held else STATES[state],
                 msgs=msgs, bytes=nbytes, passed=passed, age_s=age, owner=Owner.of_ids(pid, uid, gid),
                 in_sockhash=held, active=bool(active)))
         return out

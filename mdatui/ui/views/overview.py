@@ -85,7 +85,7 @@ class OverviewView(View):
         self._panel("#ov-rates", [
             ("pairs", Text.assemble((f"{snap.pairs} accelerated", "bold"), f" of {len(frame.pairs)}")),
             ("ends", f"{states['accelerated']} accelerated, {states['pending']} pending, "
-                     f"{states['draining']} draining, {states['normal']} normal"),
+                     f"{states['normal']} normal ({int(snap.table.draining.sum())} draining)"),
             ("now", Text(f"{fmt.count(frame.total.msgs_per_s)} msg/s  "
                          f"{fmt.rate(frame.total.bytes_per_s)}", style="bold")),
             ("redirected", f"{fmt.count(snap.redirected_msgs)} msgs, "

@@ -92,6 +92,10 @@ def cmd_query(a) -> int:
 def cmd_demo(a) -> int:
     from ..core import demo
     system.require_root("demo")
+    if a.clean:
+        removed = demo.clean()
+        print("\n".join(f"removed {item}" for item in removed) or "nothing left by earlier demos")
+        return 0
     print("demo: building pods, sidecars and traffic in a private cgroup ...", file=sys.stderr)
     with demo.running(clients=a.clients, seconds=a.seconds) as d:
         if a.no_console:
@@ -169,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=1800, help="traffic stops after this long")
     p.add_argument("--no-console", action="store_true",
                    help="print the accelerator's state after --seconds instead of opening the console")
+    p.add_argument("--clean", action="store_true",
+                   help="remove what demos that were killed left (namespaces, cgroups, pins, processes)")
     p.set_defaults(func=cmd_demo)
 
     from . import rules_cmd

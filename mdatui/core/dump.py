@@ -8,7 +8,9 @@ them to the perf array `mda_dump` while an operator has dump switched on in mda_
             ...
 
 The session switches dump on once its rings are ready and off again when closed, which `with`
-also does on an exception or Ctrl-C. Copying costs the data path only while dump is on.
+also does on an exception or Ctrl-C. Copying costs every accelerated message while dump is on,
+so a guard process (core.guard) switches it off when the session's process dies without
+closing it (SIGKILL): once no live reader holds the array's lock.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import ctypes as ct
 import enum
 import ipaddress
 import os
+import sys
 from typing import NamedTuple
 
-from . import abi
-from .instance import Instance
-from .perfbuf import PerfReader, wall_offset_ns
+from . import abi, guard
+from .instance import Instance, NotEnabled
+from .perfbuf import PerfReader, ReaderBusy, lock_reader, unlock_reader, wall_offset_ns
 
 DEFAULT_SNAPLEN = 128
 MAX_SNAPLEN = abi.MAX_SNAPLEN
@@ -110,6 +113,7 @@ class DumpSession:
         self._inst = inst
         self._reader = PerfReader(os.path.join(inst.pin_dir, "mda_dump"), page_cnt)
         self._on = False
+        self._guard = guard.start(__name__, inst.pin_dir)  # before dump is on
         try:
             self._failed_before = inst.stats()["dump_lost"]
             self._switch(on=True)
@@ -124,14 +128,10 @@ class DumpSession:
         self.close()
 
     def _switch(self, on: bool) -> None:
-        ctl = self._inst.control()
-        ctl.dump_on = int(on)
-        ctl.dump_ip = abi.ip_be(self.ip.network_address) if on and self.ip else 0
-        ctl.dump_mask = abi.ip_be(self.ip.netmask) if on and self.ip else 0
-        ctl.dump_port = (self.port or 0) if on else 0
         if on:
-            ctl.snaplen = self.snaplen
-        self._inst.set_control(ctl)
+            _set(self._inst, True, self.ip, self.port, self.snaplen)
+        else:
+            _set(self._inst, False)
         self._on = on
 
     @property
@@ -164,3 +164,41 @@ class DumpSession:
                 self._switch(on=False)
         finally:
             self._reader.close()
+            guard.release(self._guard, 0)  # it finds dump off, or a new session's reader
+
+
+def _set(inst: Instance, on: bool, ip: ipaddress.IPv4Network | None = None,
+         port: int | None = None, snaplen: int = 0) -> None:
+    ctl = inst.control()
+    ctl.dump_on = int(on)
+    ctl.dump_ip = abi.ip_be(ip.network_address) if ip else 0
+    ctl.dump_mask = abi.ip_be(ip.netmask) if ip else 0
+    ctl.dump_port = port or 0
+    if on:
+        ctl.snaplen = snaplen
+    inst.set_control(ctl)
+
+
+def switch_off_orphaned(pin_dir: str) -> bool:
+    """Switch dump off unless a live reader holds the array (a session of its own, started
+    since); whether it was on. Holding the lock meanwhile, so that no session starts between
+    the look and the switch."""
+    try:
+        lock = lock_reader(os.path.join(pin_dir, "mda_dump"))
+    except ReaderBusy:
+        return False
+    try:
+        with Instance(pin_dir) as inst:
+            was_on = bool(inst.control().dump_on)
+            if was_on:
+                _set(inst, False)
+            return was_on
+    except NotEnabled:
+        return False
+    finally:
+        unlock_reader(*lock)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:
+    guard.wait_for_owner()
+    switch_off_orphaned(sys.argv[2])

@@ -46,8 +46,8 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def _lock(path: str) -> tuple[int, str]:
-    """An exclusive lock file for the array at path; removed again by _unlock."""
+def lock_reader(path: str) -> tuple[int, str]:
+    """An exclusive lock file for the array at path; removed again by unlock_reader."""
     os.makedirs(LOCK_DIR, exist_ok=True)
     _sweep_stale_locks()
     name = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:16] + ".lock"
@@ -75,7 +75,7 @@ def _lock(path: str) -> tuple[int, str]:
 
 def _sweep_stale_locks() -> None:
     """Removes the lock files of readers that were killed: the kernel released their locks,
-    the files stayed. Removed as _unlock does, while holding the lock."""
+    the files stayed. Removed as unlock_reader does, while holding the lock."""
     for entry in os.scandir(LOCK_DIR):
         if not entry.name.endswith(".lock"):
             continue
@@ -93,7 +93,7 @@ def _sweep_stale_locks() -> None:
             os.close(fd)
 
 
-def _unlock(fd: int, lock_path: str) -> None:
+def unlock_reader(fd: int, lock_path: str) -> None:
     os.unlink(lock_path)  # while still holding it, so nobody else can be holding this file
     os.close(fd)
 
@@ -211,7 +211,7 @@ class PerfReader:
         self._held: list[tuple[int, bytes]] = []
         self._rings: list[_Ring] = []
         self._cpus = online_cpus()
-        self._lock = _lock(path)
+        self._lock = lock_reader(path)
         self._map: bpfsys.Map | None = None
         try:
             self._map = bpfsys.Map.open(path, ct.c_int32, ct.c_int32)
@@ -276,5 +276,5 @@ class PerfReader:
             self._rings.clear()
             self._held.clear()
             if self._lock:
-                _unlock(*self._lock)
+                unlock_reader(*self._lock)
                 self._lock = None

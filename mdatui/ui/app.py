@@ -6,7 +6,10 @@ Views never poll: a thread worker reads a snapshot every `interval` seconds and 
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
+import signal
 import sys
 import threading
 from collections.abc import Iterable
@@ -43,6 +46,12 @@ YOUNG_OBJECTS_PER_GC = 5000
 # GIL up at every turn of its event loop and waited up to this long each time to get it back: a
 # key press takes a few dozen turns (bench/dump.py: median 243 ms at 5 ms, 95 ms at 1 ms).
 GIL_SWITCH_S = 0.001
+# SIGTERM, SIGHUP and SIGINT end the console as q does (the terminal restored, a dump switched
+# off). If it has not ended this long after (a UI thread that does not get to it, a terminal
+# that is gone), the process ends anyway: a dump left on is switched off by the session's guard
+# (core.dump), a demo is removed by its guardian (core.demo).
+EXIT_GRACE_S = 2.0
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 class MdaConsole(App[int]):
@@ -73,10 +82,13 @@ class MdaConsole(App[int]):
         self.frames = 0  # frames shown so far; tests wait on it
         self._wake = threading.Event()
         self._fresh = False  # the next read is one somebody asked for (refresh_now)
+        self._running_loop: asyncio.AbstractEventLoop | None = None  # for signal handlers
+        self._forced_end: threading.Timer | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def on_mount(self) -> None:
+        self._running_loop = asyncio.get_running_loop()
         sys.setswitchinterval(GIL_SWITCH_S)
         self.main_screen = MainScreen()
         self.push_screen(self.main_screen)
@@ -129,6 +141,23 @@ class MdaConsole(App[int]):
                 gc.set_threshold(YOUNG_OBJECTS_PER_GC)
         self._sync_not_running(message.frame is not None and message.frame.snapshot.enabled)
 
+    def end_on_signal(self, signum: int, frame) -> None:
+        """A signal handler: end as on q, and for certain EXIT_GRACE_S later; a second signal
+        ends the process at once."""
+        code = 128 + signum
+        if self._forced_end is not None:
+            os._exit(code)
+        self._forced_end = threading.Timer(EXIT_GRACE_S, os._exit, [code])
+        self._forced_end.daemon = True
+        self._forced_end.start()
+        if self._running_loop is not None:  # handlers run between bytecodes: post to the loop safely
+            self._running_loop.call_soon_threadsafe(self.exit, code, code)
+
+    def ended(self) -> None:
+        """The app has ended: nothing is left to force."""
+        if self._forced_end is not None:
+            self._forced_end.cancel()
+
     def _sync_not_running(self, enabled: bool) -> None:
         showing = isinstance(self.screen, NotRunningScreen)
         if not enabled and not showing:
@@ -173,6 +202,12 @@ def run_console(pin_dir: str, interval: float = 1.0, config: str | None = None,
     system.unmap_large_blocks()
     app = MdaConsole(LiveBackend(pin_dir, config=config, cgroup=cgroup), interval=interval,
                      dump_keep=dump_keep)
-    result = app.run()
+    previous = {sig: signal.signal(sig, app.end_on_signal) for sig in ENDING_SIGNALS}
+    try:
+        result = app.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.ended()
     # run() gives None when the app died of an exception; return_code is then non-zero.
     return result if result is not None else (app.return_code or 0)

@@ -1,0 +1,140 @@
+"""`mdatui demo` ended any way at any moment leaves nothing: not its namespaces, cgroups, pins
+and attached programs, processes (traffic, `mdatui serve`, its guardian) or rules file.
+
+Each test starts the demo in a real terminal (tmux, as test_demo_tmux does), ends it at a
+random moment from its build (BCC compiling, pods starting) to the console running, and lists
+what is left. `mdatui demo --clean` removes what a demo killed together with its guardian left.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mdatui.core import demo
+
+from .test_demo_tmux import Tmux, _alive, leftovers, process_tree, remove, wait_for
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+TEARDOWN_S = 5      # the issue's bound, from the signal to nothing left
+LATEST_S = 25       # a random moment up to this long after the start: the console runs by then
+
+
+def everything_left(prefix: str, procs: list[psutil.Process]) -> dict[str, list[str]]:
+    """What test_demo_tmux.leftovers lists, and processes anywhere that name the demo (its
+    guardian, `mdatui serve` of its pin dir), and its scratch rules file."""
+    left = leftovers(prefix, procs)
+    named = [f"{p.pid} {' '.join(p.info['cmdline'] or [])}"
+             for p in psutil.process_iter(["cmdline"])
+             if any(prefix in arg for arg in p.info["cmdline"] or []) and _alive(p)]
+    files = [str(f) for f in demo.RUN_DIR.glob(prefix + "*")]
+    return {**left, **{k: v for k, v in (("named processes", named), ("files", files)) if v}}
+
+
+class Demo:
+    """A demo in a terminal of its own, and what it made."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmux = Tmux(tmp_path)
+        self.status = tmp_path / "status"
+        command = (f"env TERM=xterm-256color {shlex.quote(sys.executable)} -m mdatui.cli.main "
+                   f"--refresh 0.5 demo; echo $? > {shlex.quote(str(self.status))}")
+        self.pane = self.tmux.start(command)
+        self.pid = wait_for("demo process", self._demo_pid, 10)
+        self.prefix = demo.prefix_of(self.pid)
+        self.procs: list[psutil.Process] = []
+
+    def _demo_pid(self) -> int | None:
+        return next((p.pid for p in process_tree(self.pane)
+                     if _alive(p) and "mdatui.cli.main" in p.cmdline()), None)
+
+    def running_for(self, seconds: float) -> None:
+        time.sleep(seconds)
+        self.procs = process_tree(self.pane)
+
+    def gone_within(self, seconds: float) -> float:
+        """Seconds until nothing is left; fails with what is left after `seconds`."""
+        start = time.monotonic()
+        while everything_left(self.prefix, self.procs):
+            if time.monotonic() - start > seconds:
+                pytest.fail(f"after {seconds}s the demo left {everything_left(self.prefix, self.procs)}; "
+                            f"screen:\n{self.tmux.screen()}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        self.procs = self.procs or process_tree(self.pane)
+        self.tmux.kill()
+        remove(everything_left(self.prefix, self.procs), self.procs)
+        demo.remove(self.prefix)
+
+
+@pytest.fixture
+def a_demo(tmp_path):
+    d = Demo(tmp_path)
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_at_a_random_moment_leaves_nothing(a_demo, sig):
+    moment = random.uniform(0.5, LATEST_S)
+    a_demo.running_for(moment)
+    if sig == signal.SIGHUP:
+        a_demo.tmux.kill()  # the terminal closes: its processes get SIGHUP
+    else:
+        os.kill(a_demo.pid, sig)
+    took = a_demo.gone_within(TEARDOWN_S)
+    print(f"{signal.Signals(sig).name} {moment:.1f}s after the start: nothing left after {took:.1f}s")
+
+
+def test_q_then_ctrl_c_and_sigterm_during_the_teardown_leave_nothing(a_demo):
+    wait_for("console", lambda: "Connections" in a_demo.tmux.screen(), 60, a_demo.tmux.screen)
+    a_demo.running_for(random.uniform(0, 3))
+    a_demo.tmux.keys("q")
+    time.sleep(random.uniform(0, 0.5))
+    os.kill(a_demo.pid, signal.SIGINT)
+    os.kill(a_demo.pid, signal.SIGTERM)
+    a_demo.gone_within(TEARDOWN_S)
+
+
+def test_q_leaves_nothing_and_exits_0(a_demo):
+    wait_for("console", lambda: "Connections" in a_demo.tmux.screen(), 60, a_demo.tmux.screen)
+    a_demo.running_for(1)
+    a_demo.tmux.keys("q")
+    a_demo.gone_within(TEARDOWN_S)
+    wait_for("exit status", a_demo.status.exists, 5)
+    assert a_demo.status.read_text().strip() == "0"
+
+
+def test_clean_removes_what_a_demo_killed_with_its_guardian_left(a_demo):
+    wait_for("console", lambda: "Connections" in a_demo.tmux.screen(), 60, a_demo.tmux.screen)
+    a_demo.running_for(1)
+    guardian = next(p for p in psutil.process_iter(["cmdline"])
+                    if "--guard" in (p.info["cmdline"] or []) and a_demo.prefix in p.info["cmdline"])
+    for p in (guardian, psutil.Process(a_demo.pid)):
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs([guardian], timeout=5)
+    left = everything_left(a_demo.prefix, [])
+    assert {"netns", "cgroups", "pins", "files"} <= left.keys(), left
+    done = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "demo", "--clean"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"removed /sys/fs/bpf/{a_demo.prefix}" in done.stdout
+    a_demo.gone_within(TEARDOWN_S)  # its traffic, killed with its cgroups
+    again = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "demo", "--clean"],
+                           capture_output=True, text=True, timeout=60)
+    assert a_demo.prefix not in again.stdout

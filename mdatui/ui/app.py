@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 
 from ..core import system
 from ..core.console import DUMP_KEEP, ConsoleBackend, Frame, LiveBackend, Unavailable
+from .key_order import KeysInOrder
 from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen
 from .screens.not_running import NotRunningScreen
@@ -54,7 +55,7 @@ EXIT_GRACE_S = 2.0
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
-class MdaConsole(App[int]):
+class MdaConsole(KeysInOrder, App[int]):
     TITLE = "mdatui"
     CSS_PATH = "app.tcss"
     BINDINGS = [

@@ -8,6 +8,7 @@ what is left. `mdatui demo --clean` removes what a demo killed together with its
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shlex
@@ -21,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mdatui.core import demo
+from mdatui.core import apply, demo, resources
 
 from .test_demo_tmux import Tmux, _alive, leftovers, process_tree, remove, wait_for
 
@@ -138,3 +139,35 @@ def test_clean_removes_what_a_demo_killed_with_its_guardian_left(a_demo):
     again = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "demo", "--clean"],
                            capture_output=True, text=True, timeout=60)
     assert a_demo.prefix not in again.stdout
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def test_the_demo_edits_a_scratch_copy_of_the_rules_and_a_pasted_burst_lands_in_order(a_demo):
+    """Items 3 and 4 of issue 12, as a user meets them: Tab Tab 9080 sent at once into the Add
+    form (one tmux send-keys: one write to the terminal), then Done, Apply, Save."""
+    shipped, system_file = Path(resources.DEFAULT_CONFIG), Path(apply.SYSTEM_CONFIG)
+    before = (_digest(shipped), _digest(system_file))
+    wait_for("console", lambda: "Connections" in a_demo.tmux.screen(), 60, a_demo.tmux.screen)
+    scratch = demo.RUN_DIR / f"{a_demo.prefix}0.conf"
+    a_demo.tmux.keys("5")
+    wait_for("the rules file named", lambda: str(scratch) in a_demo.tmux.screen(), 10, a_demo.tmux.screen)
+    a_demo.tmux.keys("a")
+    wait_for("the rule form", lambda: "uid-owner" in a_demo.tmux.screen(), 10, a_demo.tmux.screen)
+    a_demo.tmux.keys("Tab", "Tab", "9", "0", "8", "0")
+    wait_for("the rule line", lambda: "chain --uid-owner 9080 -j RETURN" in a_demo.tmux.screen(),
+             10, a_demo.tmux.screen)
+    a_demo.tmux.keys("C-s")
+    time.sleep(0.5)
+    a_demo.tmux.keys("A")
+    wait_for("apply", lambda: "rules applied" in a_demo.tmux.screen()
+             or "1 rules" in a_demo.tmux.screen(), 10, a_demo.tmux.screen)
+    a_demo.tmux.keys("S")
+    wait_for("the scratch file saved", lambda: "--uid-owner 9080" in scratch.read_text(), 10,
+             a_demo.tmux.screen)
+    assert (_digest(shipped), _digest(system_file)) == before
+    a_demo.tmux.keys("q")
+    a_demo.gone_within(TEARDOWN_S)
+    assert not scratch.exists()

@@ -296,14 +296,15 @@ def test_loopback_stream_of_small_writes_goes_back_to_the_stack(lab, accel):
     local = peers.report(cli)["local"]
     peers.proceed(cli)
     done = peers.report(cli)
+    wait_drained(accel, 2)
     found = ends(accel)
     mine, theirs = found[(local, "127.0.0.1:7000")], found[("127.0.0.1:7000", local)]
     # MDA_STREAM_RUN messages redirected, then through the stack; once the sink had read them,
-    # both ends left the sockhash (plain TCP: no program sees the rest of the stream).
-    assert mine.msgs == 64 and 0 < mine.passed < 10_000 - 64
+    # both ends left the sockhash (plain TCP: no program sees the rest of the stream, which
+    # `passed` shows when the sink kept up, as it does on a quiet machine).
+    assert mine.msgs == 64 and 0 < mine.passed <= 10_000 - 64
     assert (mine.state, mine.in_sockhash) == (theirs.state, theirs.in_sockhash) == ("normal", False)
-    stats = accel.stats()
-    assert (stats["demoted"], stats["drained"]) == (1, 2)
+    assert accel.stats()["demoted"] == 1
     peers.proceed(cli)
     assert peers.report(sink)["sha256"] == done["sha256_sent"]
 
@@ -345,9 +346,16 @@ def test_hand_back_with_bytes_in_both_queues_keeps_their_order(lab, accel):
     theirs = ends(accel)[("127.0.0.1:7000", local)]
     # 64 messages redirected into the sink's queue, unread: it may not leave the sockhash yet.
     assert (theirs.state, theirs.in_sockhash) == ("draining", True)
+    wait_drained(accel, 2)  # the sink reads from 2 s on; the connection stays open meanwhile
+    found = ends(accel)
+    assert {(c.state, c.in_sockhash) for c in found.values()} == {("normal", False)}
     peers.proceed(cli)
     assert peers.report(sink, timeout=30)["sha256"] == done["sha256_sent"]
-    deadline = time.monotonic() + 5
-    while accel.stats()["drained"] < 2 and time.monotonic() < deadline:
+
+
+def wait_drained(inst, n: int, seconds: float = 10) -> None:
+    """Until n ends have left the sockhash after draining (mdatui serve, started by enable)."""
+    deadline = time.monotonic() + seconds
+    while inst.stats()["drained"] < n and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert accel.stats()["drained"] == 2
+    assert inst.stats()["drained"] == n

@@ -39,6 +39,10 @@ class Reaper:
         self.finder = SocketFinder(inst.cgroup)
         self._unheld: dict[tuple, int] = {}  # ends no process held, since when
         self.left = 0  # ends this reaper took out of the sockhash
+        # Ends listed to stop in some sweep. A peer gone from the list has left the sockhash
+        # or closed, so it cannot redirect any more, even if it never said it stopped. Kept
+        # only while an end that waits has it as its peer.
+        self._seen: set[tuple] = set()
 
     def sweep(self) -> Sweep:
         drain = self.inst.maps["sock_drain_map"]
@@ -47,10 +51,14 @@ class Reaper:
         entries = list(drain.items())
         out = Sweep()
         stopped_at = {key.ident(): d.since_ns for key, d in entries}
+        self._seen.update(stopped_at)
+        peers: set[tuple] = set()
         now = time.monotonic_ns()
         for key, d in entries:
             conn = proxy.lookup(key)
             verdict = self._verdict(key, conn, d, stopped_at, now)
+            if conn is not None:
+                peers.add(conn.peer.ident())
             if verdict is WAIT:
                 out.waiting += 1
                 continue
@@ -60,6 +68,8 @@ class Reaper:
                 out.left += 1
             else:
                 out.closed += 1
+        self._seen = (self._seen & peers) | set(stopped_at)
+        self._unheld = {k: t for k, t in self._unheld.items() if k in stopped_at}
         if out.left:
             self.left += out.left
             self._count(out.left)
@@ -75,8 +85,8 @@ class Reaper:
             peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
             if peer is not None:
                 since = stopped_at.get(conn.peer.ident())
-                if since is None and not peer.tainted:
-                    return WAIT  # the peer still redirects into it
+                if since is None and not peer.tainted and conn.peer.ident() not in self._seen:
+                    return WAIT  # the peer still redirects into it, never asked to stop
                 if since is not None and now - since < GRACE_NS:
                     return WAIT
         else:

@@ -52,10 +52,12 @@ def start(pin_dir: str) -> int:
     pid = running(pin_dir)
     if pid is not None:
         return pid
-    child = subprocess.Popen(
-        [sys.executable, "-m", "mdatui.cli.main", "serve", "--pin-dir", pin_dir],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(_pidfile(pin_dir).with_suffix(".log"), "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mdatui.cli.main", "serve", "--pin-dir", pin_dir],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            close_fds=True)
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         pid = running(pin_dir)

@@ -5,10 +5,11 @@ its period, a key press is answered within 100 ms (median) and 250 ms (worst), r
 stays at most 200 MB, and the messages the view drops are counted.
 
 The console (MdaConsole, headless at 200x50, refreshing at 1 Hz over the UI tests' fake backend)
-captures from a source that makes --rate messages a second as perf records and decodes each with
-mdatui.core.dump.decode, as DumpSession.poll does; from there on the path is the console's own:
-the capture thread, the handoff, the ring, the table. No kernel and no root needed: what it
-measures is the console, which the kernel's perf rings would feed the same way.
+captures from a source that makes --rate messages a second as perf records, handed over as
+DumpSession.poll_raw hands them; from there on the path is the console's own: the capture
+thread, the handoff, the ring, the table, decoding the messages it draws, selects or saves. No
+kernel and no root needed: what it measures is the console, which the kernel's perf rings feed
+the same way (reading them costs the capture thread more than this source does).
 
 Keys are pressed all along on the Dump tab (scrolling back, resuming, clearing, switching tabs,
 stopping and starting); once a minute the kept messages are saved as pcap. Latency: from the
@@ -51,8 +52,8 @@ KEYS = (("up", "scroll back"), ("pageup", "scroll back"), ("pageup", "scroll bac
 
 
 class StreamDump:
-    """A DumpSource making `rate` messages a second, in the kernel's record format, decoded as
-    the live one decodes them; flows and sizes vary, payloads look like HTTP."""
+    """A DumpSource making `rate` messages a second in the kernel's record format; flows and
+    sizes vary, payloads look like HTTP."""
 
     def __init__(self, backend: "StreamBackend", snaplen: int):
         self.snaplen = snaplen
@@ -72,7 +73,7 @@ class StreamDump:
         ev.caplen = min(len(body), self.snaplen)
         return bytes(ev)[8:abi.DUMP_HEADER_SIZE] + body[:ev.caplen]  # less its stamp
 
-    def poll(self, timeout_s: float) -> list[dump.DumpRecord]:
+    def poll_raw(self, timeout_s: float) -> list[dump.Raw]:
         due = int((time.monotonic() - self._start) * self._rate) - self._made
         if due <= 0:
             time.sleep(min(timeout_s, 1 / self._rate))
@@ -81,7 +82,7 @@ class StreamDump:
         stamp = time.monotonic_ns()
         offset = wall_offset_ns()
         templates = self._templates
-        out = [dump.decode((stamp + n).to_bytes(8, "little") + templates[n % len(templates)], offset)
+        out = [(offset, (stamp + n).to_bytes(8, "little") + templates[n % len(templates)])
                for n in range(due)]
         self._made += due
         self._backend.made += due

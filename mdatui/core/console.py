@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from . import abi, apply, loader, rules, snapshot, system
-from .dump import DumpRecord, DumpSession
+from .dump import DumpRecord, DumpSession, Raw, record  # noqa: F401  (record: for the UI)
 from .events import Event, EventStream
 from .instance import Instance, NotEnabled
 from .pairing import PairTable
@@ -250,7 +250,8 @@ class DumpSource(Protocol):
 
     @property
     def lost(self) -> int: ...
-    def poll(self, timeout_s: float) -> list[DumpRecord]: ...
+    def poll_raw(self, timeout_s: float) -> list[Raw]:
+        """Messages that arrived, not decoded yet (record() decodes one)."""
     def close(self) -> None: ...
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -21,10 +21,8 @@ class Ring(Generic[T]):
     number while kept). Holding (a reader scrolling back) keeps the oldest instead: arrivals
     that find the ring full are dropped rather than overwrite what is being read.
 
-    Given `make` (a NamedTuple's _make), messages are kept as plain tuples and made again when
-    read: Python's cyclic GC stops tracking a tuple of plain values once it has seen it, but
-    walks an object, or a tuple of a subclass, at every full collection (a console keeping
-    100,000 messages as objects paused for 250 ms at each)."""
+    Messages are kept as given and made into what readers get by `make` (e.g. decoded) when
+    read."""
 
     def __init__(self, capacity: int, make: Callable[[tuple], T] | None = None):
         if capacity < 1:
@@ -47,8 +45,6 @@ class Ring(Generic[T]):
 
     def extend(self, items: Sequence[T], hold: bool = False) -> None:
         cap, n = self.capacity, len(items)
-        if self._make:
-            items = [tuple(item) for item in items]
         if hold:
             room = cap - len(self)
             if n > room:
@@ -69,14 +65,15 @@ class Ring(Generic[T]):
             self.first += over
             self.dropped += over
 
-    def items(self) -> list[T]:
-        """The kept messages, oldest first."""
+    def items(self) -> Iterator[T]:
+        """The messages kept now, oldest first, each made only when reached: a reader going
+        through 100,000 (a pcap save) holds one made message at a time."""
         cap = self.capacity
         start, stop = self.first % cap, self.end % cap
         if len(self) == 0:
-            return []
+            return iter(())
         kept = self._slots[start:stop] if start < stop else self._slots[start:] + self._slots[:stop]
-        return [self._make(slot) for slot in kept] if self._make else kept
+        return map(self._make, kept) if self._make else iter(kept)
 
     def clear(self) -> None:
         """Forget the kept messages (numbers go on from where they were; dropped stays)."""

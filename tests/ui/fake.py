@@ -126,6 +126,19 @@ def dump_batch(snaplen: int) -> list[dump.DumpRecord]:
     return out
 
 
+def perf_record(rec: dump.DumpRecord) -> bytes:
+    """A record as sk_msg writes it to the perf ring (dump.decode's input), stamped with its
+    unix time: decoded with a wall offset of 0 it is rec again."""
+    ev = abi.DumpEvent(ts_ns=rec.ts_ns, len=rec.len, caplen=len(rec.data),
+                       active=rec.direction == dump.Direction.TO_SERVER)
+    for side, addr in (("local", rec.src), ("remote", rec.dst)):
+        ip, _, port = addr.rpartition(":")
+        setattr(ev.key, f"{side}_ip4", abi.ip_be(ip))
+        setattr(ev.key, f"{side}_port", int(port))
+    ev.key.netns = rec.netns
+    return bytes(ev)[:abi.DUMP_HEADER_SIZE] + rec.data
+
+
 class FakeEvents:
     def __init__(self, batch: list[events.Event]):
         self._batch = batch
@@ -156,12 +169,12 @@ class FakeDump:
         """What the next polls return: this many more batches of dump_batch(), one a poll."""
         self._batches += batches
 
-    def poll(self, timeout_s: float) -> list[dump.DumpRecord]:
+    def poll_raw(self, timeout_s: float) -> list[dump.Raw]:
         if not self._batches:
             time.sleep(timeout_s)
             return []
         self._batches -= 1
-        return dump_batch(self.snaplen)
+        return [(0, perf_record(rec)) for rec in dump_batch(self.snaplen)]
 
     def close(self) -> None:
         self._backend.dump_open = False

@@ -8,6 +8,7 @@ a capture may bring tens of thousands a second for as long as it runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from rich.text import Text
 from textual import work
@@ -18,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...core.console import DumpSource, Frame, Handoff, Ring, Unavailable, write_pcap
+from ...core.console import DumpSource, Frame, Handoff, Raw, Ring, Unavailable, record, write_pcap
 from ...core.dump import DEFAULT_SNAPLEN, DumpRecord
 from .. import format as fmt
 from ..screens.prompt import PromptScreen
@@ -72,9 +73,10 @@ class DumpView(View):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         keep = self.app.dump_keep  # for scrolling back and saving; the oldest go first
-        self._ring: Ring[DumpRecord] = Ring(keep, DumpRecord._make)
+        # Kept as they came, decoded when drawn, saved or selected: see core.dump.Raw.
+        self._ring: Ring[DumpRecord] = Ring(keep, record)
         # The capture thread's messages until the UI thread takes them: bounded like the ring.
-        self._inbox: Handoff[DumpRecord] = Handoff(keep)
+        self._inbox: Handoff[Raw] = Handoff(keep)
         self._lost = 0
         self._hex_lines = 0  # of the hex pane: only a new number needs the screen laid out again
         self._snaplen = DEFAULT_SNAPLEN
@@ -161,7 +163,7 @@ class DumpView(View):
             self.post_message(self.Started(source.snaplen))
             lost, woken = 0, 0.0
             while not worker.is_cancelled:
-                self._inbox.put(source.poll(POLL_S))
+                self._inbox.put(source.poll_raw(POLL_S))
                 now = time.monotonic()
                 if now - woken >= BATCH_S and (self._inbox.claim_wakeup() or source.lost != lost):
                     lost, woken = source.lost, now
@@ -266,12 +268,12 @@ class DumpView(View):
 
     def _save_to(self, path: str | None) -> None:
         if path:
-            self._write_pcap(self._ring.items(), path, self._snaplen)
+            self._write_pcap(self._ring.items(), len(self._ring), path, self._snaplen)
 
     @work(thread=True, group="pcap", exit_on_error=False)
-    def _write_pcap(self, records: list[DumpRecord], path: str, snaplen: int) -> str:
-        packets = write_pcap(records, path, snaplen)
-        return f"saved {len(records)} messages ({packets} packets) to {path}"
+    def _write_pcap(self, records: Iterable[DumpRecord], count: int, path: str, snaplen: int) -> str:
+        packets = write_pcap(records, path, snaplen)  # decoded here, one at a time
+        return f"saved {count} messages ({packets} packets) to {path}"
 
     def commands(self):
         yield SystemCommand("Dump: start or stop", "Capture what accelerated connections send",

@@ -1,5 +1,5 @@
 """What a reader's end leaves in the kernel: a dump whose reader was SIGKILLed switches itself
-off (its guard does), and a console that only watches changes nothing, however it ends."""
+off (its guardian does), and a console that only watches changes nothing, however it ends."""
 
 from __future__ import annotations
 
@@ -72,11 +72,11 @@ def test_a_dump_whose_reader_was_sigkilled_switches_itself_off(accel, pin_dir):
     assert (ctl.dump_ip, ctl.dump_mask, ctl.dump_port) == (0, 0, 0)
 
 
-def test_the_guard_of_a_dead_reader_leaves_the_next_readers_dump_on(accel, pin_dir):
+def test_the_guardian_of_a_dead_reader_leaves_the_next_readers_dump_on(accel, pin_dir):
     p = reader(pin_dir, SESSION)
     p.send_signal(signal.SIGKILL)
     p.wait(10)
-    with dump.DumpSession(Instance(pin_dir), port=443) as session:  # at once: races the guard
+    with dump.DumpSession(Instance(pin_dir), port=443) as session:  # at once: races the guardian
         time.sleep(OFF_WITHIN_S)
         assert (accel.control().dump_on, accel.control().dump_port) == (1, 443)
         assert session.poll(0.1) == []

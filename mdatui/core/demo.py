@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import guard, loader, resources, service, system
+from . import guardian, loader, resources, service, system
 from . import lab as labm
 from .instance import Instance, NotEnabled
 
@@ -90,7 +90,7 @@ def running(clients: int = 3, seconds: float = 1800):
     """Build the mesh, accelerate it, and take everything away afterwards (the guardian does,
     also when this process dies on the way)."""
     prefix = prefix_of(os.getpid())
-    guardian = guard.start(__name__, prefix)
+    keeper = guardian.start(__name__, prefix)
     try:
         lab = labm.Lab("demo")
         pin_dir = str(BPFFS / lab.name)
@@ -102,7 +102,7 @@ def running(clients: int = 3, seconds: float = 1800):
         finally:
             inst.close()
     finally:
-        guard.release(guardian, TEARDOWN_S)
+        guardian.release(keeper, TEARDOWN_S)
 
 
 # ---------------------------------------------------------------- teardown by name
@@ -188,5 +188,5 @@ def clean() -> list[str]:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:
-    guard.wait_for_owner()
+    guardian.wait_for_owner()
     remove(sys.argv[2])

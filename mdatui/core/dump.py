@@ -9,7 +9,7 @@ them to the perf array `mda_dump` while an operator has dump switched on in mda_
 
 The session switches dump on once its rings are ready and off again when closed, which `with`
 also does on an exception or Ctrl-C. Copying costs every accelerated message while dump is on,
-so a guard process (core.guard) switches it off when the session's process dies without
+so a guardian process (core.guardian) switches it off when the session's process dies without
 closing it (SIGKILL): once no live reader holds the array's lock.
 """
 
@@ -22,7 +22,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from . import abi, guard
+from . import abi, guardian
 from .instance import Instance, NotEnabled
 from .perfbuf import PerfReader, ReaderBusy, lock_reader, unlock_reader, wall_offset_ns
 
@@ -122,7 +122,7 @@ class DumpSession:
         self._inst = inst
         self._reader = PerfReader(os.path.join(inst.pin_dir, "mda_dump"), page_cnt)
         self._on = False
-        self._guard = guard.start(__name__, inst.pin_dir)  # before dump is on
+        self._guardian = guardian.start(__name__, inst.pin_dir)  # before dump is on
         try:
             self._failed_before = inst.stats()["dump_lost"]
             self._switch(on=True)
@@ -177,7 +177,7 @@ class DumpSession:
                 self._switch(on=False)
         finally:
             self._reader.close()
-            guard.release(self._guard, 0)  # it finds dump off, or a new session's reader
+            guardian.release(self._guardian, 0)  # it finds dump off, or a new session's reader
 
 
 def _set(inst: Instance, on: bool, ip: ipaddress.IPv4Network | None = None,
@@ -213,5 +213,5 @@ def switch_off_orphaned(pin_dir: str) -> bool:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:
-    guard.wait_for_owner()
+    guardian.wait_for_owner()
     switch_off_orphaned(sys.argv[2])

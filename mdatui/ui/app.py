@@ -49,7 +49,7 @@ YOUNG_OBJECTS_PER_GC = 5000
 GIL_SWITCH_S = 0.001
 # SIGTERM, SIGHUP and SIGINT end the console as q does (the terminal restored, a dump switched
 # off). If it has not ended this long after (a UI thread that does not get to it, a terminal
-# that is gone), the process ends anyway: a dump left on is switched off by the session's guard
+# that is gone), the process ends anyway: a dump left on is switched off by the session's guardian
 # (core.dump), a demo is removed by its guardian (core.demo).
 EXIT_GRACE_S = 2.0
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)

@@ -97,6 +97,7 @@ enum mda_leave {
 	MDA_LEAVE_PEER_GONE = 3,   /* the peer closed or left the sockhash */
 	MDA_LEAVE_RULE = 4,        /* a live rule change refused the connection */
 	MDA_LEAVE_DISABLE = 5,     /* the accelerator is being disabled */
+	MDA_LEAVE_BLOCKING = 6,    /* a thread blocks reading it while another uses it (core/guard.py) */
 };
 
 #define MDA_RULE_IP     (1 << 0)
@@ -152,7 +153,8 @@ enum mda_stat {
 	MDA_STAT_CLOSED_MSGS,
 	MDA_STAT_CLOSED_BYTES,
 	MDA_STAT_DEMOTED,
-	MDA_STAT_DRAINED,   /* ends that left the sockhash with an empty queue */
+	MDA_STAT_DRAINED,   /* ends that left the sockhash with an empty queue (user space) */
+	MDA_STAT_BLOCKING,  /* connections kept off: blocking full-duplex readers (user space) */
 	MDA_STAT_MAX,
 };
 

@@ -205,7 +205,10 @@ def check_accelerated(name: str, acc: Accel, pairs: int = 1) -> None:
         assert t["not_accelerated"] > 0, (
             f"{name} is meant to stay on the normal path, but no counter says so: {acc.last_stats}")
         return
-    assert t["accelerated"] >= pairs and t["redirected_msgs"] > 0, (
+    # A blocking full-duplex reader found at run time takes its connection off the fast path
+    # (core/guard.py), counted, possibly before any message was redirected.
+    kept_off = acc.last_stats.get("blocking", 0) > 0
+    assert t["accelerated"] >= pairs and (t["redirected_msgs"] > 0 or kept_off), (
         f"the accelerated run of {name} was not accelerated: {t['accelerated']} pair(s) "
         f"accelerated, {t['redirected_msgs']} message(s) redirected (want >= {pairs} and > 0); "
         f"counters {acc.last_stats}")
@@ -396,8 +399,8 @@ def duplex_info(plain: dict, accel: dict, acc: Accel) -> str:
             f"accelerator: {acc.events} totals {acc.totals}\ncounters at the end: {acc.last_stats}")
 
 
-@pytest.mark.xfail(reason="tcp_bpf: blocked readers get EAGAIN at the end of the stream "
-                   "(their own FIN acknowledged) and, rarely, mid-stream", strict=False)
+@pytest.mark.xfail(reason="tcp_bpf: a read blocked before mdatui serve took the connection off "
+                   "the fast path can still get EAGAIN (about 1 run in 3 here)", strict=False)
 def test_blocking_full_duplex_through_a_redirected_proxy():
     """4 connections, each a writer and a reader thread, through a REDIRECT to a blocking
     threaded proxy and on to an echo server; every echoed byte checked at its position."""
@@ -419,6 +422,9 @@ def test_blocking_full_duplex_through_a_redirected_proxy():
     assert_same("blocking full duplex", duplex_view(plain), duplex_view(accel), info)
     # app<->proxy and proxy<->echo for each of the 4 connections
     check_accelerated("blocking full duplex", acc, pairs=8)
+    # tcp_bpf cannot serve a thread blocked in recv() while another thread uses the socket:
+    # mdatui serve found them at run time and took them off the fast path (core/guard.py).
+    assert acc.last_stats["blocking"] >= 2, info
 
 
 @pytest.mark.xfail(reason="tcp_bpf: blocked readers get EAGAIN at the end of the stream; "

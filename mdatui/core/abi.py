@@ -77,6 +77,7 @@ class Leave(enum.IntEnum):
     PEER_GONE = 3
     RULE = 4
     DISABLE = 5
+    BLOCKING = 6
 
 
 class Pending(ct.Structure):
@@ -127,6 +128,7 @@ class Stat(enum.IntEnum):
     CLOSED_BYTES = 10
     DEMOTED = 11
     DRAINED = 12
+    BLOCKING = 13
 
 
 STAT_MAX = len(Stat)

@@ -1,45 +1,104 @@
-"""Guards: small processes that undo what their owner did once the owner is gone, however it
-went (returned, raised, got a signal, was SIGKILLed).
+"""Keep blocking full-duplex sockets off the fast path: tcp_bpf cannot serve them.
 
-A guard reads its stdin, a pipe whose only writer is its owner, until end of file: the kernel
-closes the owner's end when the owner exits, whatever the cause. The guard runs in a session
-of its own and ignores SIGINT, SIGTERM and SIGHUP, so that the terminal's Ctrl-C or hangup
-that ends the owner, or a second one while the guard works, does not end the guard too.
-
-    # the owner                                   # the guard: python -m MODULE --guard ARGS
-    g = guard.start("mdatui.core.demo", prefix)    guard.wait_for_owner()
-    ...                                            undo(...)
-    guard.release(g, timeout)
+A thread blocked in recv() on a socket in the sockhash returns EAGAIN when it is woken without
+redirected data, and its own socket wakes it so: when the FIN another thread sent is
+acknowledged, when that thread's TCP sends free buffer space, at a reset. Plain TCP goes back to
+sleep. No BPF program can see a receive or correct its result, but /proc can see a thread
+blocked in a read of a blocking socket (no O_NONBLOCK) in a process with more threads: such a
+connection is asked to stop redirecting (abi.Leave.BLOCKING); once drained it is plain TCP, and
+the blocked read returns with the first bytes that come over TCP, not with EAGAIN. A read
+already blocked when the connection is found stays exposed until those bytes come. Event-driven
+programs (non-blocking sockets, poll/epoll, as Envoy) and single-threaded blocking ones keep
+the fast path.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
+import os
+import time
+from collections.abc import Iterator
+
+from . import abi
+from .instance import Instance
+from .sockets import SocketFinder, cgroup_pids
+from .system import syscall_number
+
+READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
+O_NONBLOCK = 0o4000
 
 
-def start(module: str, *args: str) -> subprocess.Popen:
-    """Start `python -m module --guard args...`; the guard acts once release() or our end."""
-    return subprocess.Popen([sys.executable, "-m", module, "--guard", *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def blocked_reads(pids: list[int]) -> Iterator[tuple[int, int]]:
+    """(pid, fd) of every thread blocked in a read of a blocking fd, in processes that have
+    another thread."""
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        if len(tids) < 2:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+                    fields = f.read().split()
+            except OSError:
+                continue
+            # "running", or the number, six arguments, stack and program counter.
+            if len(fields) < 2 or not fields[0].isdigit() or int(fields[0]) not in READS:
+                continue
+            fd = int(fields[1], 16)
+            if _blocking(pid, fd):
+                yield pid, fd
 
 
-def release(proc: subprocess.Popen, timeout: float) -> bool:
-    """Let the guard act now; whether it finished within timeout (it goes on regardless)."""
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
+def _blocking(pid: int, fd: int) -> bool:
     try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def wait_for_owner() -> None:
-    """In the guard: return once the owner released us or is gone."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    while sys.stdin.buffer.read(4096):  # nothing is ever written: this waits for the end
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return not int(line.split()[1], 8) & O_NONBLOCK
+    except OSError:
         pass
+    return False
+
+
+class Guard:
+    def __init__(self, inst: Instance, finder: SocketFinder):
+        self.inst = inst
+        self.finder = finder
+        # Ends asked to stop: one that has left the sockhash still reads as untainted (it
+        # never sent a message after the request), and is not asked again.
+        self._asked: set[tuple] = set()
+        self._pruned_at = 0.0
+
+    def check(self) -> int:
+        """Ask the connections of blocked readers found now to stop; how many ends were asked
+        (the BLOCKING stat counts them)."""
+        proxy = self.inst.maps["sock_proxy_map"]
+        keys = []
+        for pid, fd in blocked_reads(cgroup_pids(self.inst.cgroup)):
+            ident = self.finder.key_at(pid, fd)
+            if ident is None:
+                continue
+            if ident in self._asked:
+                continue
+            key = abi.SockKey(*ident)
+            conn = proxy.lookup(key)
+            if conn is not None and conn.paired and not conn.tainted:
+                keys += [key, conn.peer]
+                self._asked.update((ident, conn.peer.ident()))
+        self._prune(proxy)
+        if not keys:
+            return 0
+        asked = self.inst.request_stop(keys, abi.Leave.BLOCKING)
+        if asked:
+            self.inst.add_stat(abi.Stat.BLOCKING, asked)
+        return asked
+
+    def _prune(self, proxy) -> None:
+        """Forget the ends that closed, once a second."""
+        now = time.monotonic()
+        if now - self._pruned_at < 1.0:
+            return
+        self._pruned_at = now
+        self._asked = {i for i in self._asked if proxy.lookup(abi.SockKey(*i)) is not None}

@@ -106,6 +106,14 @@ class Instance:
             out[stat.name.lower()] = sum(buf)
         return out
 
+    def add_stat(self, stat: abi.Stat, n: int) -> None:
+        """Add to a counter that only user space moves (its per-CPU slot 0)."""
+        m = self.maps["mda_stats"]
+        buf = (ct.c_uint64 * self.ncpus)()
+        m.lookup_raw(ct.c_uint32(stat), buf)
+        buf[0] += n
+        m.update(ct.c_uint32(stat), buf)
+
     def program_ids(self) -> dict[str, int]:
         ids = {}
         for prog in PROGRAMS:

@@ -1,6 +1,7 @@
 """The resident part of an accelerator: `mdatui serve`, one per pin dir.
 
-It takes ends that stopped redirecting out of the sockhash once drained (core.drain). `enable`
+It takes ends that stopped redirecting out of the sockhash once drained (core.drain), and keeps
+blocking full-duplex sockets off the fast path (core.guard). `enable`
 starts it unless told not to (systemd runs it as the unit's main process instead), `disable`
 hands it what is still draining: it holds the maps open until the last such end has left or
 closed, and then exits, so no redirected byte is freed unread.
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import drain
+from . import drain, guard
 from .instance import Instance, NotEnabled
 
 RUN_DIR = Path("/run/mdatui")
@@ -42,7 +43,8 @@ def running(pin_dir: str) -> int | None:
         text = os.pread(fd, 32, 0).decode().strip()
         return int(text) if text.isdigit() else None
     else:
-        return None  # a file left by a service that died
+        path.unlink(missing_ok=True)  # left by a service that was killed
+        return None
     finally:
         os.close(fd)
 
@@ -100,7 +102,11 @@ def serve(pin_dir: str) -> int:
         with Instance(pin_dir) as inst:
             pins = Path(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
-            reaper.run(stop=lambda: bool(stopping) or not pins.exists())
+            watch = guard.Guard(inst, reaper.finder)
+            while not stopping and pins.exists():
+                waiting = reaper.sweep().waiting
+                watch.check()
+                time.sleep(drain.PERIOD_BUSY if waiting else drain.PERIOD_IDLE)
             if not pins.exists():
                 # Disabled: this process holds the last references to the maps, and letting go
                 # would free unread redirected bytes, so it stays, signals or not, until every
@@ -110,9 +116,9 @@ def serve(pin_dir: str) -> int:
         print(f"mdatui serve: nothing is enabled at {pin_dir}", file=sys.stderr)
         return 1
     finally:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
+        log = path.with_suffix(".log")
+        if log.exists() and not log.stat().st_size:
+            log.unlink()
         os.close(fd)
     return 0

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from . import abi
-from .system import libc
+from .system import libc, syscall_number
 
-SYS_PIDFD_GETFD = 438  # the same number on x86_64 and in the generic table (aarch64)
+SYS_PIDFD_GETFD = syscall_number("pidfd_getfd")
 SO_NETNS_COOKIE = 71
 RESCAN_SECONDS = 0.1  # at most this often a walk of every process's fds
 
@@ -102,7 +102,7 @@ class SocketFinder:
         self._where.clear()
         seen_pids: set[int] = set()
         seen_inodes: set[int] = set()
-        for pids in (self._cgroup_pids(), _all_pids()):
+        for pids in (cgroup_pids(self.cgroup), _all_pids()):
             for pid in pids:
                 if pid not in seen_pids:
                     seen_pids.add(pid)
@@ -112,41 +112,48 @@ class SocketFinder:
         self._inode_key = {i: k for i, k in self._inode_key.items() if i in seen_inodes}
         return True
 
-    def _cgroup_pids(self) -> list[int]:
-        pids = []
-        for folder, _, _ in os.walk(self.cgroup):
-            try:
-                pids += [int(p) for p in Path(folder, "cgroup.procs").read_text().split()]
-            except OSError:
-                pass
-        return pids
-
     def _index(self, pid: int, seen_inodes: set[int]) -> None:
-        fd_dir = f"/proc/{pid}/fd"
         try:
-            names = os.listdir(fd_dir)
+            names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             return
         for name in names:
-            try:
-                target = os.readlink(f"{fd_dir}/{name}")
-            except OSError:
-                continue
-            if not target.startswith("socket:["):
-                continue
-            inode = int(target[8:-1])
-            seen_inodes.add(inode)
-            if inode not in self._inode_key:
-                copy = _getfd(pid, int(name))
-                if copy is None:
-                    continue
-                try:
-                    self._inode_key[inode] = key_of(copy)
-                finally:
-                    os.close(copy)
-            ident = self._inode_key[inode]
+            ident = self.key_at(pid, int(name), seen_inodes)
             if ident is not None:
                 self._where.setdefault(ident, (pid, int(name)))
+
+    def key_at(self, pid: int, fd: int, seen_inodes: set[int] | None = None) -> tuple | None:
+        """The key (SockKey.ident()) of the IPv4 TCP socket that is fd in pid, else None.
+        What a socket's inode maps to is kept: its addresses do not change."""
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            return None
+        if not target.startswith("socket:["):
+            return None
+        inode = int(target[8:-1])
+        if seen_inodes is not None:
+            seen_inodes.add(inode)
+        if inode not in self._inode_key:
+            copy = _getfd(pid, fd)
+            if copy is None:
+                return None
+            try:
+                self._inode_key[inode] = key_of(copy)
+            finally:
+                os.close(copy)
+        return self._inode_key[inode]
+
+
+def cgroup_pids(cgroup: str) -> list[int]:
+    """The processes of a cgroup and of the cgroups below it."""
+    pids = []
+    for folder, _, _ in os.walk(cgroup):
+        try:
+            pids += [int(p) for p in Path(folder, "cgroup.procs").read_text().split()]
+        except OSError:
+            pass
+    return pids
 
 
 def _all_pids() -> list[int]:

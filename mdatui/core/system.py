@@ -15,11 +15,14 @@ libc.syscall.restype = ct.c_long
 
 BPFFS = "/sys/fs/bpf"
 
-# The system calls glibc has no wrapper for, by machine (arch/x86/entry/syscalls/syscall_64.tbl,
+# The system calls glibc has no wrapper for, and those that read a socket (as
+# /proc/PID/task/TID/syscall names them), by machine (arch/x86/entry/syscalls/syscall_64.tbl,
 # include/uapi/asm-generic/unistd.h).
 _SYSCALLS = {
-    "x86_64": {"bpf": 321, "perf_event_open": 298},
-    "aarch64": {"bpf": 280, "perf_event_open": 241},
+    "x86_64": {"bpf": 321, "perf_event_open": 298, "pidfd_getfd": 438,
+               "read": 0, "readv": 19, "recvfrom": 45, "recvmsg": 47},
+    "aarch64": {"bpf": 280, "perf_event_open": 241, "pidfd_getfd": 438,
+                "read": 63, "readv": 65, "recvfrom": 207, "recvmsg": 212},
 }
 
 

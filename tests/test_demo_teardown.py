@@ -171,3 +171,19 @@ def test_the_demo_edits_a_scratch_copy_of_the_rules_and_a_pasted_burst_lands_in_
     a_demo.tmux.keys("q")
     a_demo.gone_within(TEARDOWN_S)
     assert not scratch.exists()
+
+
+def test_an_exception_in_the_demo_leaves_nothing():
+    """What an exception in the console does too: the demo's block ends by raising."""
+    script = ("from mdatui.core import demo\n"
+              "with demo.running(clients=1, seconds=30) as d:\n"
+              "    print(d.lab.name, flush=True)\n"
+              "    raise RuntimeError('boom')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "RuntimeError: boom" in done.stderr, done.stderr[-2000:]
+    prefix = done.stdout.strip().rsplit("-", 1)[0] + "-"
+    assert prefix.startswith("mdatui-demo-")
+    try:
+        assert everything_left(prefix, []) == {}  # the demo waited for its guardian
+    finally:
+        demo.remove(prefix)

@@ -162,6 +162,7 @@ async def _save(pilot, view, path: str) -> float:
 
     from mdatui.ui.screens.prompt import PromptScreen
     Path(path).unlink(missing_ok=True)
+    await _timed_press(pilot, "4")  # the last key may have left another tab open
     t = time.monotonic()
     await _timed_press(pilot, "w")
     if not isinstance(pilot.app.screen, PromptScreen):

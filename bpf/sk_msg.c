@@ -66,10 +66,13 @@ static __always_inline void mda_report(struct sk_msg_md *msg, __u32 type,
 	mda_events.perf_submit(msg, &ev, sizeof(ev));
 }
 
-/* See MDA_STREAM_RUN: send a loopback stream of small writes back to the stack. */
+/* See MDA_STREAM_RUN: send a stream of small writes back to the stack. */
 static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
 					     struct mda_conn *c, struct mda_conn *peer, __u32 size)
 {
+	/* Either key carries a netns cookie when the connection runs over loopback; behind a
+	 * REDIRECT only the sidecar's end has one. */
+	__u64 small = self->netns || c->peer.netns ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
 	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
@@ -78,7 +81,7 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 	c->run_bytes += size;
 	if (c->run < MDA_STREAM_RUN)
 		return;
-	if (c->run_bytes >= (__u64)MDA_STREAM_RUN * MDA_STREAM_SMALL) {
+	if (c->run_bytes >= MDA_STREAM_RUN * small) {
 		c->run = 0; /* large writes: the fast path is faster; look again later */
 		c->run_bytes = 0;
 		return;
@@ -112,10 +115,7 @@ int mda_sk_msg(struct sk_msg_md *msg)
 				lock_xadd(&c->msgs, 1);
 				lock_xadd(&c->bytes, size);
 				mda_dump_msg(msg, &self, c->active);
-				/* Either key carries a netns cookie when the connection runs over
-				 * loopback; behind a REDIRECT only the sidecar's end has one. */
-				if (self.netns || c->peer.netns)
-					mda_watch_stream(msg, &self, c, peer, size);
+				mda_watch_stream(msg, &self, c, peer, size);
 				return SK_PASS;
 			}
 		}

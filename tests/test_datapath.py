@@ -179,6 +179,28 @@ def test_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
     peers.proceed(cli)
 
 
+@pytest.mark.parametrize("chunk, handed_back", [(100, True), (1000, False)])
+def test_pod_to_pod_streams_of_small_writes_go_back_to_the_stack(lab, accel, chunk, handed_back):
+    """Over a veth the fast path wins from a few hundred bytes a write (MDA_STREAM_SMALL_VETH)."""
+    a, b = lab.add_netns("a"), lab.add_netns("b")
+    lab.link(a, "198.18.1.1/24", b, "198.18.1.2/24")
+    sink = peers.server(lab, "sink", 7000, b)
+    cli = peers.client(lab, a, "send", "--to", "198.18.1.2:7000", "--bytes", str(100 * chunk),
+                       "--chunk", str(chunk), hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    if handed_back:
+        wait_drained(accel, 2)
+    mine = ends(accel)[(local, "198.18.1.2:7000")]
+    assert (mine.state, mine.in_sockhash) == (("normal", False) if handed_back
+                                              else ("accelerated", True))
+    assert mine.msgs == (64 if handed_back else 100)
+    assert accel.stats()["demoted"] == int(handed_back)
+    peers.proceed(cli)
+    assert peers.report(sink)["sha256"] == done["sha256_sent"]
+
+
 def test_ten_thousand_connections_leave_every_map_empty(lab, accel):
     ns = lab.add_netns("pod")
     peers.server(lab, "echo", 7000, ns)

@@ -19,14 +19,13 @@ from typing import Any
 from rich.style import Style
 from rich.text import Text
 from textual import events
-from textual.binding import Binding
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ...core.console import Ring
-from .sortable_table import PAD, SortableTable, draw_cell
+from .sortable_table import CURSOR_BINDINGS, PAD, SortableTable, draw_cell
 
 
 @dataclass(frozen=True)
@@ -41,14 +40,7 @@ class RingColumn:
 
 
 class RingTable(ScrollView, can_focus=True):
-    BINDINGS = [
-        Binding("up", "cursor(-1)", "Up", show=False),
-        Binding("down", "cursor(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "cursor_to(0)", "First", show=False),
-        Binding("end", "cursor_to(-1)", "Last", show=False),
-    ]
+    BINDINGS = CURSOR_BINDINGS
     # The look of the connection tables, whose component classes these lines borrow.
     COMPONENT_CLASSES = SortableTable.COMPONENT_CLASSES
     DEFAULT_CSS = SortableTable.DEFAULT_CSS.replace("SortableTable {", "RingTable {")

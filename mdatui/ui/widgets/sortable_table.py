@@ -100,16 +100,22 @@ def draw_cell(cell: Text, width: int, base: Style, console: Console) -> list[Seg
     return [edge, Segment(plain, style), Segment(gap + " " * PAD, base)]
 
 
+# The cursor's keys, for tables with actions cursor(step), page(pages) and cursor_to(row).
+CURSOR_BINDINGS = [
+    Binding("up", "cursor(-1)", "Up", show=False),
+    Binding("down", "cursor(1)", "Down", show=False),
+    Binding("pageup", "page(-1)", "Page up", show=False),
+    Binding("pagedown", "page(1)", "Page down", show=False),
+    Binding("home", "cursor_to(0)", "First", show=False),
+    Binding("end", "cursor_to(-1)", "Last", show=False),
+]
+
+
 class SortableTable(ScrollView, Generic[T], can_focus=True):
     """The header stays on the first line; the cursor is a row; a click on a header sorts."""
 
     BINDINGS = [
-        Binding("up", "cursor(-1)", "Up", show=False),
-        Binding("down", "cursor(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "cursor_to(0)", "First", show=False),
-        Binding("end", "cursor_to(-1)", "Last", show=False),
+        *CURSOR_BINDINGS,
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", show=False),
     ]

@@ -23,7 +23,7 @@ GRACE_NS = 20_000_000
 UNHELD_NS = 1_000_000_000
 LEAVE, WAIT, GONE = object(), object(), object()
 PERIOD_BUSY = 0.005  # between sweeps while ends wait to leave
-PERIOD_IDLE = 0.02
+PERIOD_IDLE = 0.05
 
 
 @dataclass

@@ -124,7 +124,7 @@ async def measure(rate: float, seconds: float, keep: int) -> dict:
             view = app.screen.query_one("#dump-view")
             await _timed_press(pilot, "s")
             rng = random.Random(3)
-            start, cpu = time.monotonic(), time.process_time()
+            start, cpu, load = time.monotonic(), time.process_time(), os.getloadavg()[0]
             next_save = start + min(SAVE_EVERY_S, seconds / 2)
             i = 0
             with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +137,7 @@ async def measure(rate: float, seconds: float, keep: int) -> dict:
                     i += 1
                     await asyncio.sleep(rng.uniform(0.1, 0.5))
             result = {"cpu_share": round((time.process_time() - cpu) / (time.monotonic() - start), 2),
+                      "host_load": [round(load, 2), round(os.getloadavg()[0], 2)],
                       "captured": app.backend.made, "kept": len(view._ring),
                       "dropped": view.dropped, "status": str(view.query_one("#dump-status").content)}
     finally:
@@ -186,7 +187,8 @@ def _verdict(value: float, limit: float) -> str:
 def table(r: dict) -> str:
     k, rss, gaps = r["keys"], r["rss_mb"], r["refresh_s"]
     return "\n".join([
-        f"dump benchmark: {r['rate']:g} msg/s for {r['seconds']:g} s, ring of {r['keep']}",
+        f"dump benchmark: {r['rate']:g} msg/s for {r['seconds']:g} s, ring of {r['keep']} "
+        f"(host load average {r['host_load'][0]} at the start, {r['host_load'][1]} at the end, {os.cpu_count()} CPUs)",
         f"  refresh period shown (target {REFRESH_S:g} s): median {gaps['median']} s, "
         f"max {gaps['max']} s over {gaps['n']} refreshes",
         f"  key latency over {k['n']} presses, median ms {_verdict(k['median'], KEY_MEDIAN_MS)}",

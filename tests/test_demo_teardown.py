@@ -65,6 +65,14 @@ class Demo:
         time.sleep(seconds)
         self.procs = process_tree(self.pane)
 
+    def signal(self, sig: int) -> bool:
+        """Whether the demo was still there to get it."""
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     def gone_within(self, seconds: float) -> float:
         """Seconds until nothing is left; fails with what is left after `seconds`."""
         start = time.monotonic()
@@ -97,7 +105,7 @@ def test_a_signal_at_a_random_moment_leaves_nothing(a_demo, sig):
     if sig == signal.SIGHUP:
         a_demo.tmux.kill()  # the terminal closes: its processes get SIGHUP
     else:
-        os.kill(a_demo.pid, sig)
+        assert a_demo.signal(sig), f"the demo ended by itself:\n{a_demo.tmux.screen()}"
     took = a_demo.gone_within(TEARDOWN_S)
     print(f"{signal.Signals(sig).name} {moment:.1f}s after the start: nothing left after {took:.1f}s")
 
@@ -106,9 +114,9 @@ def test_q_then_ctrl_c_and_sigterm_during_the_teardown_leave_nothing(a_demo):
     wait_for("console", lambda: "Connections" in a_demo.tmux.screen(), 60, a_demo.tmux.screen)
     a_demo.running_for(random.uniform(0, 3))
     a_demo.tmux.keys("q")
-    time.sleep(random.uniform(0, 0.5))
-    os.kill(a_demo.pid, signal.SIGINT)
-    os.kill(a_demo.pid, signal.SIGTERM)
+    time.sleep(random.uniform(0, 0.3))  # the teardown takes some 0.5 s: these may come after it
+    a_demo.signal(signal.SIGINT)
+    a_demo.signal(signal.SIGTERM)
     a_demo.gone_within(TEARDOWN_S)
 
 

@@ -20,7 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import abi, bpfsys, rules
+from . import abi, bpfsys, rules, service
 from .instance import Instance
 from .pairing import PairTable
 
@@ -434,6 +434,7 @@ class Snapshot:
     active_rules: list[rules.Rule] = field(default_factory=list)  # the live set, read back
     table: Table | None = field(default=None, repr=False, compare=False)
     ends_every_s: float = 0.0             # the ends are read at most this often (Reader)
+    service: int | None = None            # pid of `mdatui serve`, None when it does not run
 
     def __post_init__(self) -> None:
         if self.table is None:
@@ -488,6 +489,7 @@ class Snapshot:
             dump={"on": self.dump.on, "ip": self.dump.ip, "port": self.dump.port,
                   "snaplen": self.dump.snaplen} if self.dump else None,
             rules_active=self.rules_active,
+            service={"running": self.service is not None, "pid": self.service},
             totals={"redirected_msgs": self.redirected_msgs,
                     "redirected_bytes": self.redirected_bytes,
                     "pairs": self.pairs},
@@ -721,6 +723,7 @@ class Reader:
             dump=_dump_state(inst.control()),
             active_rules=rules.from_ruleset(ruleset) if ruleset else [],
             ends_every_s=self._every_s,
+            service=service.running(inst.pin_dir),
         )
 
 

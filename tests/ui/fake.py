@@ -80,8 +80,10 @@ def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
               "sock_helper_map": {"entries": 1, "capacity": 262144}},
         connections=conns,
         stats={"accelerated": 40, "refused": 3, "demoted": 2, "tainted": 1, "redirect_failed": 0,
-               "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0},
-        dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset))
+               "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0,
+               "drained": 6, "blocking": 1},
+        dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset),
+        service=4242)
 
 
 PROCESSES = {

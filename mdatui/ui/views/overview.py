@@ -80,6 +80,9 @@ class OverviewView(View):
             ("rules", f"{snap.rules_active} active, from {snap.config or '(no file)'}"),
             ("programs", ", ".join(f"{name} #{pid}" for name, pid in snap.programs.items())),
             ("dump", dump_text),
+            ("drain service", f"running (pid {snap.service})" if snap.service is not None else
+             Text("not running: ends that leave the fast path stay in the sockhash "
+                  "(mdatui serve)", style="bold yellow")),
         ])
         states = dict(zip(STATES, np.bincount(snap.table.state, minlength=len(STATES)).tolist()))
         self._panel("#ov-rates", [
@@ -90,6 +93,9 @@ class OverviewView(View):
                          f"{fmt.rate(frame.total.bytes_per_s)}", style="bold")),
             ("redirected", f"{fmt.count(snap.redirected_msgs)} msgs, "
                            f"{fmt.size(snap.redirected_bytes)} since enabled"),
+            ("left", f"{snap.stats.get('demoted', 0)} streams handed back, "
+                     f"{snap.stats.get('blocking', 0)} blocking readers; "
+                     f"{snap.stats.get('drained', 0)} ends drained"),
         ])
         self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)
         self.query_one("#ov-bytes-spark", Sparkline).data = list(self._bytes)

@@ -368,6 +368,12 @@ def test_hand_back_with_bytes_in_both_queues_keeps_their_order(lab, accel):
     theirs = ends(accel)[("127.0.0.1:7000", local)]
     # 64 messages redirected into the sink's queue, unread: it may not leave the sockhash yet.
     assert (theirs.state, theirs.in_sockhash) == ("draining", True)
+    out = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "query", "--json",
+                          "--connections", "--pin-dir", accel.pin_dir],
+                         capture_output=True, text=True, timeout=30, check=True)
+    shown = json.loads(out.stdout)
+    assert shown["service"]["running"]
+    assert {c["local"]: c["state"] for c in shown["connections"]}["127.0.0.1:7000"] == "draining"
     wait_drained(accel, 2)  # the sink reads from 2 s on; the connection stays open meanwhile
     found = ends(accel)
     assert {(c.state, c.in_sockhash) for c in found.values()} == {("normal", False)}

@@ -427,8 +427,9 @@ def test_blocking_full_duplex_through_a_redirected_proxy():
     assert acc.last_stats["blocking"] >= 2, info
 
 
-@pytest.mark.xfail(reason="tcp_bpf: blocked readers get EAGAIN at the end of the stream; "
-                   "no byte is lost, reordered or hung across the toggles", strict=False)
+@pytest.mark.xfail(reason="tcp_bpf: a read blocked before mdatui serve took the connection off "
+                   "the fast path can still get EAGAIN (no byte is lost, reordered or hung)",
+                   strict=False)
 def test_blocking_full_duplex_with_toggles_and_live_rule_changes():
     """The same, with 12 connections started a second apart, while the accelerator is disabled
     and enabled twice and a live RETURN rule takes the open connections off the fast path."""
@@ -469,5 +470,7 @@ def test_blocking_full_duplex_with_toggles_and_live_rule_changes():
     assert plain["intact"] == 12 and not plain["hangs"], f"plain run failed: {plain}"
     assert_same("blocking full duplex with toggles", duplex_view(plain), duplex_view(accel), info)
     check_accelerated("blocking full duplex with toggles", acc, pairs=4)
-    assert taken_off and taken_off[0] > 0, (
+    # The rule takes off what is still accelerated by then; mdatui serve may have taken these
+    # blocking full-duplex connections off the fast path before it (core/guard.py), counted.
+    assert taken_off and (taken_off[0] > 0 or acc.last_stats.get("blocking", 0) > 0), (
         f"the live RETURN rule found no accelerated pair to take off: {acc.events}")

@@ -25,6 +25,9 @@ from .system import syscall_number
 
 READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
 PERIOD = 0.1  # seconds between two looks: some 2 % of a CPU for `mdatui serve` when idle
+# A reader thread starts its recv() as soon as its connection is up: for this long after new
+# connections were accelerated, look at every tick of the service.
+EAGER = 0.2
 O_NONBLOCK = 0o4000
 
 
@@ -71,6 +74,23 @@ class Guard:
         # never sent a message after the request), and is not asked again.
         self._asked: set[tuple] = set()
         self._pruned_at = 0.0
+        self._accelerated = -1  # the ACCELERATED stat at the last tick
+        self._eager_until = 0.0
+        self._next = 0.0
+
+    def eager(self) -> bool:
+        return time.monotonic() < self._eager_until
+
+    def tick(self) -> None:
+        """Look now if new connections were accelerated lately, else every PERIOD."""
+        now = time.monotonic()
+        accelerated = self.inst.stat(abi.Stat.ACCELERATED)
+        if accelerated != self._accelerated:
+            self._accelerated = accelerated
+            self._eager_until = now + EAGER
+        if now >= self._next or now < self._eager_until:
+            self.check()
+            self._next = now + PERIOD
 
     def check(self) -> int:
         """Ask the connections of blocked readers found now to stop; how many ends were asked

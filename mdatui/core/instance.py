@@ -98,13 +98,12 @@ class Instance:
 
     def stats(self) -> dict[str, int]:
         """Per-CPU counters summed, by name."""
-        m = self.maps["mda_stats"]
+        return {stat.name.lower(): self.stat(stat) for stat in abi.Stat}
+
+    def stat(self, stat: abi.Stat) -> int:
         buf = (ct.c_uint64 * self.ncpus)()
-        out = {}
-        for stat in abi.Stat:
-            m.lookup_raw(ct.c_uint32(stat), buf)
-            out[stat.name.lower()] = sum(buf)
-        return out
+        self.maps["mda_stats"].lookup_raw(ct.c_uint32(stat), buf)
+        return sum(buf)
 
     def add_stat(self, stat: abi.Stat, n: int) -> None:
         """Add to a counter that only user space moves (its per-CPU slot 0)."""

@@ -103,13 +103,10 @@ def serve(pin_dir: str) -> int:
             pins = Path(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
             watch = guard.Guard(inst, reaper.finder)
-            next_watch = 0.0
             while not stopping and pins.exists():
                 waiting = reaper.sweep().waiting
-                if time.monotonic() >= next_watch:
-                    watch.check()
-                    next_watch = time.monotonic() + guard.PERIOD
-                time.sleep(drain.PERIOD_BUSY if waiting else drain.PERIOD_IDLE)
+                watch.tick()
+                time.sleep(drain.PERIOD_BUSY if waiting or watch.eager() else drain.PERIOD_IDLE)
             if not pins.exists():
                 # Disabled: this process holds the last references to the maps, and letting go
                 # would free unread redirected bytes, so it stays, signals or not, until every

@@ -301,6 +301,23 @@ async def test_dump_paused_keeps_what_it_shows_and_drops_arrivals_that_find_no_r
         assert (table.first, table.end, table.cursor) == (0, 10, 9)
 
 
+async def test_dump_a_click_on_a_message_shows_it_and_pauses():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("4", "s")
+        view = pilot.app.screen.query_one("#dump-view")
+        table = view.query_one("#dump-table", RingTable)
+        for _ in range(100):
+            if table.end == 6:
+                break
+            await pilot.pause(0.02)
+        await pilot.click("#dump-table", offset=(3, 2))  # line 0 is the header: message #2
+        assert view.paused and table.cursor == 1
+        hex_pane = text(view.query_one("#dump-hex"))
+        assert hex_pane.startswith("127.0.0.1:15001 → 127.0.0.1:40000  to-client")
+        assert "HTTP/1.1 200 OK" in hex_pane
+
+
 async def test_dump_refuses_a_bad_filter_and_starts_nothing():
     backend = FakeBackend()
     async with console(backend).run_test(size=SIZE) as pilot:

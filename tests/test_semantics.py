@@ -399,27 +399,31 @@ def duplex_info(plain: dict, accel: dict, acc: Accel) -> str:
             f"accelerator: {acc.events} totals {acc.totals}\ncounters at the end: {acc.last_stats}")
 
 
-@pytest.mark.xfail(reason="tcp_bpf: a read blocked before mdatui serve took the connection off "
-                   "the fast path can still get EAGAIN (about 1 run in 3 here)", strict=False)
-def test_blocking_full_duplex_through_a_redirected_proxy():
-    """4 connections, each a writer and a reader thread, through a REDIRECT to a blocking
-    threaded proxy and on to an echo server; every echoed byte checked at its position."""
-    kw = dict(conns=4, seconds=3, stagger=0, hang_after=20)
+def duplex_both(name: str, conns: int, during=None, **kw) -> tuple[dict, Accel]:
+    """The duplex run in a plain lab, then in an accelerated one with during(acc) running
+    beside it; the plain run must be clean and the accelerated one the same."""
     with Lab("sem") as lab:
-        plain = duplex_run(lab, **kw)
+        plain = duplex_run(lab, conns=conns, **kw)
     with Lab("sem") as lab:
         acc = Accel(lab)
         try:
             acc.enable()
-            accel = duplex_run(lab, **kw)
+            accel = duplex_run(lab, conns=conns, during=during and (lambda: during(acc)), **kw)
             acc.wait_closed()
             acc.disable()
         finally:
             acc.close()
     info = duplex_info(plain, accel, acc)
     print(info)
-    assert plain["intact"] == 4 and not plain["hangs"], f"plain run failed: {plain}"
-    assert_same("blocking full duplex", duplex_view(plain), duplex_view(accel), info)
+    assert plain["intact"] == conns and not plain["hangs"], f"plain run failed: {plain}"
+    assert_same(name, duplex_view(plain), duplex_view(accel), info)
+    return info, acc
+
+
+def test_blocking_full_duplex_through_a_redirected_proxy():
+    """4 connections, each a writer and a reader thread, through a REDIRECT to a blocking
+    threaded proxy and on to an echo server; every echoed byte checked at its position."""
+    info, acc = duplex_both("blocking full duplex", conns=4, seconds=3, stagger=0, hang_after=20)
     # app<->proxy and proxy<->echo for each of the 4 connections
     check_accelerated("blocking full duplex", acc, pairs=8)
     # tcp_bpf cannot serve a thread blocked in recv() while another thread uses the socket:
@@ -433,42 +437,28 @@ def test_blocking_full_duplex_through_a_redirected_proxy():
 def test_blocking_full_duplex_with_toggles_and_live_rule_changes():
     """The same, with 12 connections started a second apart, while the accelerator is disabled
     and enabled twice and a live RETURN rule takes the open connections off the fast path."""
-    kw = dict(conns=12, seconds=3, stagger=1.0, hang_after=30)
-
-    with Lab("sem") as lab:
-        plain = duplex_run(lab, **kw)
     taken_off = []
-    with Lab("sem") as lab:
-        acc = Accel(lab)
 
-        def toggles() -> None:
-            t0 = time.monotonic()
+    def toggles(acc: Accel) -> None:
+        t0 = time.monotonic()
 
-            def at(t: float) -> None:
-                time.sleep(max(0.0, t0 + t - time.monotonic()))
-            at(1.0)
-            acc.disable()           # conns 0 and 1 are accelerated and mid-transfer
-            acc.enable()            # conns started from here on are accelerated
-            time.sleep(1.2)
-            taken_off.append(acc.apply_rules(f"chain --port {SVC_PORT} -j RETURN\n"
-                                             f"chain --port {ECHO_PORT} -j RETURN\n"))
-            time.sleep(0.8)
-            acc.apply_rules("")     # back to no rules: new connections accelerated again
-            time.sleep(1.2)
-            acc.disable()
-            acc.enable()
-            acc.events.append(f"last enable {time.monotonic() - t0:.1f} s after the start")
-        try:
-            acc.enable()
-            accel = duplex_run(lab, during=toggles, **kw)
-            acc.wait_closed()
-            acc.disable()
-        finally:
-            acc.close()
-    info = duplex_info(plain, accel, acc)
-    print(info)
-    assert plain["intact"] == 12 and not plain["hangs"], f"plain run failed: {plain}"
-    assert_same("blocking full duplex with toggles", duplex_view(plain), duplex_view(accel), info)
+        def at(t: float) -> None:
+            time.sleep(max(0.0, t0 + t - time.monotonic()))
+        at(1.0)
+        acc.disable()           # conns 0 and 1 are accelerated and mid-transfer
+        acc.enable()            # conns started from here on are accelerated
+        time.sleep(1.2)
+        taken_off.append(acc.apply_rules(f"chain --port {SVC_PORT} -j RETURN\n"
+                                         f"chain --port {ECHO_PORT} -j RETURN\n"))
+        time.sleep(0.8)
+        acc.apply_rules("")     # back to no rules: new connections accelerated again
+        time.sleep(1.2)
+        acc.disable()
+        acc.enable()
+        acc.events.append(f"last enable {time.monotonic() - t0:.1f} s after the start")
+
+    _, acc = duplex_both("blocking full duplex with toggles", conns=12, during=toggles,
+                         seconds=3, stagger=1.0, hang_after=30)
     check_accelerated("blocking full duplex with toggles", acc, pairs=4)
     # The rule takes off what is still accelerated by then; mdatui serve may have taken these
     # blocking full-duplex connections off the fast path before it (core/guard.py), counted.

@@ -1,23 +1,22 @@
 """The ends as columns (snapshot.Table) against the same questions asked of Connection objects
 one by one, the way the console answered them before it kept columns: pairs and their health,
-rates between two reads, ends found by key, rules judged, and the sockhash walked a slice at a
+rates between two reads, ends found by key, and the sockhash walked a slice at a
 time."""
 
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 import random
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from mdatui.core import abi, apply, rules, snapshot
-from mdatui.core.console import Attribution, ConnectionPairs, Frame, preview
+from mdatui.core import abi, snapshot
+from mdatui.core.console import Attribution, Frame
 from mdatui.core.pairing import HEALTH, PairTable, pair_rows_of
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import ACCELERATED, NORMAL, Connection, Endpoint, Owner, Snapshot, Table
+from mdatui.core.snapshot import Connection, Endpoint, Owner, Snapshot, Table
 
 
 def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
@@ -325,38 +324,3 @@ def test_frames_of_the_same_ends_take_the_earlier_pairs_and_of_changed_ends_pair
         assert (frame.pairs.health == fresh.health).all() and (frame.pairs.a == fresh.a).all()
     assert other.pairs.counts()["normal"] == same.pairs.counts()["normal"] + 1
     assert other.pairs.counts()["ok"] == same.pairs.counts()["ok"] - 1
-
-
-def random_rules(rng: random.Random) -> list[rules.Rule]:
-    out = []
-    for _ in range(rng.randrange(0, 5)):
-        net = rng.choice([None, "198.19.0.0/16", "198.19.1.0/24", "127.0.0.0/8", "198.19.9.3/32"])
-        ports = rng.choice([None, (80, 81), (10000, 10100), (82, 82), (1, 65535)])
-        uid = rng.choice([None, None, 0, 5])
-        out.append(rules.Rule(rng.choice(list(rules.Target)),
-                              ipaddress.IPv4Network(net) if net else None, ports,
-                              rules.NamedId(uid) if uid is not None else None,
-                              rules.NamedId(0) if rng.random() < 0.2 else None))
-    return out
-
-
-def test_rules_judged_over_the_columns_are_judged_as_one_by_one():
-    conns = mesh(600, 8)
-    snap = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", connections=conns)
-    by_end = {c.end: c for c in conns}
-    normal = [apply.Pair(c, by_end[c.peer]) for c in conns
-              if c.state == "normal" and c.active and c.peer in by_end]
-    accelerated = apply.accelerated_pairs(snap)
-    rng = random.Random(9)
-    for _ in range(200):
-        rule_set = random_rules(rng)
-        for state, objects in ((ACCELERATED, accelerated), (NORMAL, normal)):
-            pairs = ConnectionPairs.of(snap.table, state)
-            assert [pairs.pair(k) for k in range(len(pairs))] == objects
-            keep, by = pairs.judge(rule_set)
-            want = [rules.judge(rule_set, p.view()) for p in objects]
-            assert keep.tolist() == [v.accelerate for v in want]
-            assert [None if i < 0 else i for i in by.tolist()] == [v.rule_index for v in want]
-        change = preview(snap, rule_set, first=3)
-        old = apply.preview(snap, rule_set)
-        assert change.taken_off == len(old.taken_off) and change.first_taken_off == old.taken_off[:3]

@@ -2,8 +2,8 @@
 
 The console (mdatui/ui) never opens a map or a perf ring: it holds a ConsoleBackend. LiveBackend
 is the real one, over the pins of a running accelerator; the UI tests hand the console a fake
-with fixed data. The pure helpers here (frames, pairs, rule previews, pcap files) are used with
-either, so a fake exercises the same logic the live console runs.
+with fixed data. The pure helpers here (frames, pairs, pcap files; rule previews in verdicts.py) are
+used with either, so a fake exercises the same logic the live console runs.
 
 Threads: the console calls snapshot() and attribute() from one worker thread, and owns each
 EventSource / DumpSource from the worker thread that opened it (perf rings are not thread-safe);
@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from . import abi, apply, loader, rules, snapshot, system
+from . import apply, loader, rules, snapshot, system
 from .dump import DumpRecord, DumpSession, Raw, record  # noqa: F401  (record: for the UI)
 from .events import Event, EventStream
 from .instance import Instance, NotEnabled
@@ -134,88 +134,6 @@ class Frame:
 
     def rate(self, end: Endpoint) -> Rates:
         return self.row_rate(self.snapshot.table.row_of(end))
-
-
-@dataclass(frozen=True)
-class ConnectionPairs:
-    """Connections of a table as apply.Pair finds them: the rows of each connecting end and of
-    its accepting peer. In those states that the rules are asked about."""
-
-    table: Table
-    connecting: np.ndarray
-    accepting: np.ndarray
-
-    @classmethod
-    def of(cls, table: Table, state: int) -> "ConnectionPairs":
-        """Connecting ends in `state` (snapshot.ACCELERATED, NORMAL) whose peer has an entry:
-        apply.accelerated_pairs for ACCELERATED."""
-        rows = np.flatnonzero((table.state == state) & table.active & (table.peer_row >= 0))
-        return cls(table, rows, table.peer_row[rows])
-
-    def __len__(self) -> int:
-        return len(self.connecting)
-
-    def pair(self, k: int) -> apply.Pair:
-        return apply.Pair(self.table.connection(int(self.connecting[k])),
-                          self.table.connection(int(self.accepting[k])))
-
-    def matching(self, rule: rules.Rule) -> np.ndarray:
-        """rule.matches(pair.view()) of every pair, from the columns (apply.Pair.view: the
-        connecting end's addresses and the accepting end's local one, both ends' owners)."""
-        keys, owners = self.table.keys, self.table.owners
-        c, a = self.connecting, self.accepting
-        hit = np.ones(len(c), dtype=bool)
-        if rule.net is not None:
-            net, mask = abi.ip_be(rule.net.network_address), abi.ip_be(rule.net.netmask)
-            ips = (keys["local_ip4"][c], keys["remote_ip4"][c], keys["local_ip4"][a])
-            hit &= np.logical_or.reduce([(ip & mask) == net for ip in ips])
-        if rule.ports is not None:
-            lo, hi = rule.ports
-            ports = (keys["local_port"][c], keys["remote_port"][c], keys["local_port"][a])
-            hit &= np.logical_or.reduce([(lo <= p) & (p <= hi) for p in ports])
-        for named, field_ in ((rule.uid, "uid"), (rule.gid, "gid")):
-            if named is not None:
-                hit &= (owners[field_][c] == named.id) | (owners[field_][a] == named.id)
-        return hit
-
-    def judge(self, rule_set: Sequence[rules.Rule]) -> tuple[np.ndarray, np.ndarray]:
-        """rules.judge of every pair: whether it is accelerated, and by (or against) which rule
-        (-1: none)."""
-        first = np.full(len(self), -1)
-        returned = np.full(len(self), -1)
-        for i in reversed(range(len(rule_set))):  # the first matching rule is the last written
-            hit = self.matching(rule_set[i])
-            first[hit] = i
-            if rule_set[i].target is rules.Target.RETURN:
-                returned[hit] = i
-        accepts = any(r.target is rules.Target.ACCEPT for r in rule_set)
-        accelerate = (returned < 0) & ((first >= 0) | (not accepts))
-        return accelerate, np.where(returned >= 0, returned, first)
-
-
-@dataclass(frozen=True)
-class RulePreview:
-    """What making `edited` live would do to the connections open now: how many, and the first
-    few of them as pairs."""
-
-    taken_off: int                                       # accelerated, then refused
-    put_on: int      # on the normal path, accepted: accelerated from their next connection
-    first_taken_off: list[tuple[apply.Pair, int | None]]  # with the refusing rule's index
-    first_put_on: list[apply.Pair]
-
-
-def preview(snap: Snapshot, edited: Sequence[rules.Rule], first: int = 12) -> RulePreview:
-    """rules.judge on each connection, as apply.apply would judge it; over the columns, as a
-    few hundred thousand connections take seconds one by one."""
-    accelerated = ConnectionPairs.of(snap.table, snapshot.ACCELERATED)
-    keep, rule = accelerated.judge(edited)
-    off = np.flatnonzero(~keep)
-    normal = ConnectionPairs.of(snap.table, snapshot.NORMAL)
-    on = np.flatnonzero(normal.judge(edited)[0])
-    return RulePreview(
-        len(off), len(on),
-        [(accelerated.pair(k), int(rule[k]) if rule[k] >= 0 else None) for k in off[:first]],
-        [normal.pair(k) for k in on[:first]])
 
 
 @dataclass

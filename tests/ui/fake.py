@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.text import Text
 
 from mdatui.core import abi, apply, dump, events, rules
-from mdatui.core.console import RulesDoc, Unavailable, preview
+from mdatui.core.console import RulesDoc, Unavailable
 from mdatui.core.procs import ProcessInfo
 from mdatui.core.snapshot import Connection, DumpState, Endpoint, Owner, Snapshot, disabled
+from mdatui.core.verdicts import preview
 
 NOW = 1_700_000_100.0          # wall clock of every frame
 ENABLED_AT = 1_700_000_000     # so uptime reads 1m40s
@@ -276,7 +277,7 @@ class FakeBackend:
 
     def apply_rules(self, config: rules.Config) -> apply.Applied:
         self.applied.append(config.rules)
-        taken_off = preview(snapshot(self._step, self.ruleset), config.rules).taken_off
+        taken_off = preview(snapshot(self._step, self.ruleset).table, config.rules).taken_off
         self.ruleset = rules.to_ruleset(config.rules)
         return apply.Applied(len(config.rules), taken_off, None)
 

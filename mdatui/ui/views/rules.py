@@ -17,8 +17,9 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import apply, rules
-from ...core.console import ConnectionPairs, Frame, RulesDoc, Unavailable, preview
+from ...core.console import Frame, RulesDoc, Unavailable
 from ...core.snapshot import ACCELERATED
+from ...core.verdicts import ConnectionPairs, Pair, preview
 from ..screens.rule_form import RuleFormScreen
 from .base import View
 
@@ -41,7 +42,7 @@ def _ports(ports: tuple[int, int] | None) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def _pair_text(pair: apply.Pair) -> str:
+def _pair_text(pair: Pair) -> str:
     c = pair.connecting
     return f"{c.end.local} → {c.end.remote}"
 
@@ -180,7 +181,7 @@ class RulesView(View):
         if not self._unapplied():
             pane.update(Text("The table is what the kernel runs: nothing to apply.", style="dim"))
             return
-        change = preview(self._frame.snapshot, self.edited.rules, SHOWN_CHANGES)
+        change = preview(self._frame.snapshot.table, self.edited.rules, SHOWN_CHANGES)
         out = Table.grid()
         out.add_column(overflow="fold")
         out.add_row(Text(f"{change.taken_off} open connections leave the fast path",

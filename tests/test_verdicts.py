@@ -1,0 +1,117 @@
+"""The column judge (verdicts.py, what Preview, Apply and `rules apply` use) against the object
+judge (rules.judge on Pair.view, the oracle): random rule sets on random connections."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdatui.core import rules, verdicts
+from mdatui.core.snapshot import ACCELERATED, NORMAL, Connection, Endpoint, Owner, Table
+
+from .test_columns import mesh
+
+# Few values, so that rules and connections meet often: addresses of two subnets and loopback,
+# the ports of services and of the first clients, owners known and not (None).
+IPS = ("198.19.0.1", "198.19.0.2", "198.19.1.7", "198.19.9.3", "127.0.0.1", "10.0.0.1")
+SERVICE_PORTS = (80, 81, 15001, 15006)
+CLIENT_PORT = 40000  # the connecting ends' ports count up from here, so that keys differ
+IDS = (None, 0, 5, 1337, rules.MAX_ID)
+
+nets = st.builds(lambda ip, prefix: ipaddress.IPv4Network(f"{ip}/{prefix}", strict=False),
+                 st.sampled_from(IPS), st.sampled_from([0, 8, 16, 24, 31, 32]))
+port_ranges = st.builds(lambda lo, width: (lo, min(65535, lo + width)),
+                        st.sampled_from([1, 80, 81, 15006, CLIENT_PORT, CLIENT_PORT + 3]),
+                        st.sampled_from([0, 1, 5, 70000]))
+ids = st.builds(rules.NamedId, st.sampled_from([0, 5, 1337, rules.MAX_ID]))
+rule_sets = st.lists(st.builds(rules.Rule, st.sampled_from(list(rules.Target)),
+                               st.none() | nets, st.none() | port_ranges,
+                               st.none() | ids, st.none() | ids), max_size=6)
+
+# One connection: the connecting end's address, its original destination (the accepting end's
+# address, unless an iptables REDIRECT sent it to a sidecar's), both owners, and its state.
+connections = st.tuples(
+    st.sampled_from(IPS), st.sampled_from(IPS), st.sampled_from(SERVICE_PORTS),
+    st.none() | st.tuples(st.sampled_from(IPS), st.sampled_from(SERVICE_PORTS)),
+    st.sampled_from(IDS), st.sampled_from(IDS), st.sampled_from(IDS), st.sampled_from(IDS),
+    st.sampled_from(["accelerated", "normal", "draining", "pending", "peer gone"]))
+
+
+def ends_of(specs: list[tuple]) -> list[Connection]:
+    out = []
+    for i, (src, dst, dport, redirect, cuid, cgid, auid, agid, state) in enumerate(specs):
+        client = Endpoint(f"{src}:{CLIENT_PORT + i}", f"{dst}:{dport}")
+        server = Endpoint(":".join(map(str, redirect)) if redirect else client.remote, client.local)
+        held = state != "normal"
+
+        def end(me, peer, active, owner):
+            return Connection(me, peer, state if state in ("normal", "draining") else "accelerated",
+                              3, 300, 0, 1.0, owner, held, active)
+        if state == "pending":
+            out.append(Connection(client, None, "pending", 0, 0, 0, 1.0, Owner(1, cuid, cgid),
+                                  True, True))
+            continue
+        out.append(end(client, server, True, Owner(1, cuid, cgid)))
+        if state != "peer gone":
+            out.append(end(server, client, False, Owner(2, auid, agid)))
+    return out
+
+
+def object_pairs(conns: list[Connection], states: tuple[str, ...]) -> list[verdicts.Pair]:
+    """Pairs as the object path found them: a connecting end in one of `states` whose peer has
+    an entry."""
+    by_end = {c.end: c for c in conns}
+    return [verdicts.Pair(c, by_end[c.peer]) for c in conns
+            if c.state in states and c.active and c.peer in by_end]
+
+
+def assert_judged_alike(conns: list[Connection], rule_set: list[rules.Rule]) -> None:
+    table = Table.of(conns)
+    for state, names in ((ACCELERATED, ("accelerated",)), (NORMAL, ("normal", "draining"))):
+        objects = object_pairs(conns, names)
+        pairs = verdicts.ConnectionPairs.of(table, state)
+        assert [pairs.pair(k) for k in range(len(pairs))] == objects
+        keep, by = pairs.judge(rule_set)
+        want = [rules.judge(rule_set, p.view()) for p in objects]
+        assert list(zip(keep.tolist(), [None if i < 0 else i for i in by.tolist()])) == \
+            [(v.accelerate, v.rule_index) for v in want]
+    change = verdicts.preview(table, rule_set, first=len(conns))
+    judged = [(p, rules.judge(rule_set, p.view())) for p in object_pairs(conns, ("accelerated",))]
+    assert change.first_taken_off == [(p, v.rule_index) for p, v in judged if not v.accelerate]
+    assert change.taken_off == len(change.off)
+    assert sorted(change.off.keys().tolist()) == sorted(
+        Table.of([e for p, _ in change.first_taken_off for e in (p.connecting, p.accepting)])
+        .keys.tolist())
+    put_on = [p for p in object_pairs(conns, ("normal", "draining"))
+              if rules.judge(rule_set, p.view()).accelerate]
+    assert (change.put_on, change.first_put_on) == (len(put_on), put_on)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_sets, st.lists(connections, max_size=12))
+def test_column_judge_is_the_object_judge(rule_set, specs):
+    assert_judged_alike(ends_of(specs), rule_set)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rule_sets)
+def test_column_judge_is_the_object_judge_on_a_mesh(rule_set):
+    """Hundreds of connections of every kind pairing.py knows (stale peers, ends that left the
+    sockhash), on a pod's loopback too."""
+    assert_judged_alike(mesh(300, 8), rule_set)
+
+
+def test_preview_says_which_connections_leave_and_which_would_join():
+    """A readable case: an ACCEPT for one subnet and a RETURN for a port."""
+    conns = ends_of([("198.19.0.1", "198.19.0.2", 80, None, 0, 0, 0, 0, "accelerated"),
+                     ("198.19.0.1", "198.19.0.2", 15006, None, 0, 0, 0, 0, "accelerated"),
+                     ("10.0.0.1", "127.0.0.1", 80, None, 0, 0, 0, 0, "accelerated"),
+                     ("198.19.1.7", "198.19.0.2", 81, None, 0, 0, 0, 0, "normal")])
+    edited = [rules.parse_rule("chain --ip 198.19.0.0/16 -j ACCEPT"),
+              rules.parse_rule("chain --port 15006 -j RETURN")]
+    change = verdicts.preview(Table.of(conns), edited)
+    assert [(p.connecting.end.remote, rule) for p, rule in change.first_taken_off] == [
+        ("198.19.0.2:15006", 1), ("127.0.0.1:80", None)]  # None: no ACCEPT rule matched
+    assert [p.connecting.end.local for p in change.first_put_on] == ["198.19.1.7:40003"]

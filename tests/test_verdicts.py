@@ -4,6 +4,7 @@ judge (rules.judge on Pair.view, the oracle): random rule sets on random connect
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,18 +45,16 @@ def ends_of(specs: list[tuple]) -> list[Connection]:
     for i, (src, dst, dport, redirect, cuid, cgid, auid, agid, state) in enumerate(specs):
         client = Endpoint(f"{src}:{CLIENT_PORT + i}", f"{dst}:{dport}")
         server = Endpoint(":".join(map(str, redirect)) if redirect else client.remote, client.local)
-        held = state != "normal"
-
-        def end(me, peer, active, owner):
-            return Connection(me, peer, state if state in ("normal", "draining") else "accelerated",
-                              3, 300, 0, 1.0, owner, held, active)
+        paired = state if state in ("normal", "draining") else "accelerated"
+        end = partial(Connection, state=paired, msgs=3, bytes=300, passed=0, age_s=1.0,
+                      in_sockhash=state != "normal")
         if state == "pending":
             out.append(Connection(client, None, "pending", 0, 0, 0, 1.0, Owner(1, cuid, cgid),
                                   True, True))
             continue
-        out.append(end(client, server, True, Owner(1, cuid, cgid)))
+        out.append(end(client, server, owner=Owner(1, cuid, cgid), active=True))
         if state != "peer gone":
-            out.append(end(server, client, False, Owner(2, auid, agid)))
+            out.append(end(server, client, owner=Owner(2, auid, agid), active=False))
     return out
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from ..core import abi, loader, snapshot, system, units
+from ..core import abi, jsonout, loader, snapshot, system, units
 from ..core.console import DUMP_KEEP
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from .errors import CliError
@@ -65,8 +64,8 @@ def cmd_query(a) -> int:
     else:
         with inst:
             snap = snapshot.read(inst)
-    if a.json:
-        print(json.dumps(snap.to_json(connections=a.connections), indent=2))
+    if a.json or a.jsonl:
+        (jsonout.write_jsonl if a.jsonl else jsonout.write_json)(snap, sys.stdout, a.connections)
         return 0
     if not snap.enabled:
         print(f"mdatui: not enabled (nothing pinned at {a.pin_dir})")
@@ -104,7 +103,7 @@ def cmd_demo(a) -> int:
             import time
             time.sleep(a.seconds)
             snap = snapshot.read(d.instance)
-            print(json.dumps(snap.to_json(connections=True), indent=2))
+            jsonout.write_json(snap, sys.stdout, connections=True)
             return 0
         from ..ui.app import run_console
         return run_console(d.pin_dir, interval=a.refresh, dump_keep=a.dump_keep)
@@ -161,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_disable)
 
     p = sub.add_parser("query", help="state of the accelerator")
-    p.add_argument("--json", action="store_true")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--jsonl", action="store_true",
+                     help="JSON lines: the --json object without connections, then one per end")
     p.add_argument("--connections", action="store_true", help="list every accelerated end")
     _pin_arg(p)
     p.set_defaults(func=cmd_query)

@@ -1,0 +1,112 @@
+"""The scriptable side at scale, without a kernel: a rule preview, what Apply does besides the
+kernel's walk, and `query --json/--jsonl --connections`, on bench.console's synthetic ends.
+
+    .venv/bin/python -m bench.scripting [--connections 100000]
+
+Targets (issue 12): a preview or an Apply <= 100 ms of CPU at 200,000 ends besides the walk
+of sock_proxy_map; 200,000 ends as JSON or JSON lines in <= 1.5 s with bounded memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import time
+import tracemalloc
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from bench.console import synthetic_ends  # noqa: E402
+from mdatui.core import abi, jsonout, rules, snapshot, verdicts  # noqa: E402
+
+RULE_SETS = {
+    "seed example": "chain --ip 198.19.0.0/16 --uid-owner 1337 -j ACCEPT\n"
+                    "chain --port 15006 -j RETURN\n",
+    "8 rules": "\n".join(f"chain --ip 198.19.{i}.0/24 --port {80 + i}-{90 + i} -j RETURN"
+                         for i in range(7)) + "\nchain --gid-owner 0 -j ACCEPT\n",
+}
+
+
+def synthetic_table(connections: int, seed: int = 1) -> snapshot.Table:
+    """bench.console's synthetic ends as a Table, as read_ends would make of them."""
+    ends = list(synthetic_ends(connections, pids=[1, 100, 200], seed=seed))
+    keys = np.frombuffer(b"".join(bytes(k) for k, _, _ in ends), snapshot.KEY)
+    conns = np.frombuffer(b"".join(bytes(c) for _, c, _ in ends), snapshot.CONN)
+    static = np.zeros(len(ends), snapshot.STATIC)
+    for f in snapshot.STATIC_FIELDS:
+        static[f] = conns[f]
+    counters = np.zeros(len(ends), snapshot.COUNTERS)
+    for f in snapshot.COUNTER_FIELDS:
+        counters[f] = conns[f]
+    taken_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    return snapshot.Table(keys.copy(), static, counters, taken_ns,
+                          np.array([held for _, _, held in ends], dtype=bool))
+
+
+def snapshot_of(table: snapshot.Table) -> snapshot.Snapshot:
+    return snapshot.Snapshot(taken_at=table.taken_ns / 1e9, enabled=True, pin_dir="/bench",
+                             table=table)
+
+
+def _cpu_ms(fn, *args, **kwargs) -> tuple[float, object]:
+    """CPU time of fn(*args, **kwargs) in ms."""
+    t = time.process_time()
+    out = fn(*args, **kwargs)
+    return (time.process_time() - t) * 1000, out
+
+
+def _apply_part(table: snapshot.Table, edited: list[rules.Rule]) -> object:
+    """What apply.apply does between reading sock_proxy_map and the bpf() calls that ask the
+    ends to stop (apply.take_off_fast_path)."""
+    keys = verdicts.preview(table, edited, first=0).off.keys()
+    return (abi.SockKey * len(keys)).from_buffer_copy(keys.tobytes())
+
+
+class _Null(io.TextIOBase):
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--connections", type=int, default=100_000)
+    a = p.parse_args(argv)
+    n = len(synthetic_table(a.connections))
+    print(f"{a.connections} connections, {n} ends")
+    for name, text in RULE_SETS.items():
+        edited = rules.parse(text).rules
+        table = synthetic_table(a.connections)  # fresh: the peers' rows are part of the cost
+        ms, change = _cpu_ms(verdicts.preview, table, edited)
+        # Apply: the same preview (first=0) and the keys of the ends to stop, fresh table again.
+        apply_ms, _ = _cpu_ms(_apply_part, synthetic_table(a.connections), edited)
+        print(f"rules '{name}': preview {ms:.1f} ms CPU, apply (besides the kernel) "
+              f"{apply_ms:.1f} ms CPU; {change.taken_off} taken off, {change.put_on} put on")
+    for fmt, write in (("--json", jsonout.write_json), ("--jsonl", jsonout.write_jsonl)):
+        snap = snapshot_of(synthetic_table(a.connections))
+        t, cpu = time.monotonic(), time.process_time()
+        write(snap, _Null(), connections=True)
+        wall, cpu = time.monotonic() - t, time.process_time() - cpu
+        tracemalloc.start()  # again, for the memory alone: tracing slows allocations severalfold
+        write(snap, _Null(), connections=True)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"query {fmt} --connections: {wall:.2f} s wall, {cpu:.2f} s CPU, "
+              f"peak Python allocations {peak / 2**20:.1f} MB while writing")
+        del snap
+    snap = snapshot_of(synthetic_table(a.connections))
+    t = time.monotonic()
+    json.dumps(snap.to_json(connections=True), indent=2)
+    print(f"the object path (Connection.to_json, json.dumps indent=2): {time.monotonic() - t:.2f} s; "
+          f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

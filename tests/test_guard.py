@@ -1,0 +1,90 @@
+"""What mdatui serve sees in /proc: which end a process holds, how much of it is unread, and
+which threads block reading a blocking socket (core.sockets, core.guard). No BPF: plain sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mdatui.core import guard, sockets
+
+# A process with a reader thread blocked in recv() on a blocking socket and another on a
+# non-blocking one (in select, not recv), and a main thread that waits: what guard looks for.
+HOLDER = r"""
+import select, socket, sys, threading, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+port = srv.getsockname()[1]
+blocking = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+quiet = socket.create_connection(("127.0.0.1", port)); b, _ = srv.accept()
+quiet.setblocking(False)
+a.sendall(b"x" * 1000)  # unread by `blocking` until the test says so
+print(blocking.fileno(), quiet.fileno(), blocking.getsockname()[1], port, flush=True)
+sys.stdin.readline()
+threading.Thread(target=lambda: blocking.recv(1 << 20) and blocking.recv(10), daemon=True).start()
+threading.Thread(target=lambda: select.select([quiet], [], [], 30), daemon=True).start()
+time.sleep(30)
+"""
+
+
+@pytest.fixture
+def holder():
+    p = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        yield p, [int(x) for x in p.stdout.readline().split()]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def wait_for(what, seconds: float = 5):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.02)
+    return what()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pidfd_getfd on another process needs root")
+def test_finder_names_the_end_a_process_holds_and_its_unread_bytes(holder):
+    proc, (fd, _, local_port, port) = holder
+    finder = sockets.SocketFinder(cgroup="/nonexistent")  # falls back to every process
+    ident = finder.key_at(proc.pid, fd)
+    lo = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")
+    assert ident is not None and ident[:4] == (lo, lo, local_port, port)
+    assert ident[4] != 0  # loopback: keyed by the netns cookie as the programs do
+    key = type("Key", (), {"ident": lambda self: ident})()
+    assert finder.unread(key) == 1000
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert wait_for(lambda: finder.unread(key) == 0)
+
+
+def test_guard_sees_the_thread_blocked_reading_a_blocking_socket_only(holder):
+    proc, (fd, quiet_fd, _, _) = holder
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    # The first recv takes the 1000 bytes; the second blocks.
+    found = wait_for(lambda: [(pid, f) for pid, f in guard.blocked_reads([proc.pid])])
+    assert found == [(proc.pid, fd)]
+    assert quiet_fd not in [f for _, f in found]
+
+
+def test_a_single_threaded_blocking_reader_is_left_alone():
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import socket; a, b = socket.socketpair(); print('ready', flush=True); a.recv(10)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        assert list(guard.blocked_reads([reader.pid])) == []
+    finally:
+        reader.kill()
+        reader.wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..core import abi, jsonout, loader, snapshot, system, units
+from ..core import abi, doctor, jsonout, loader, snapshot, system, units
 from ..core.console import DUMP_KEEP
 from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from .errors import CliError
@@ -16,8 +16,27 @@ def _pin_arg(p: argparse.ArgumentParser) -> None:
                    help=f"where maps and programs are pinned (default {DEFAULT_PIN_DIR})")
 
 
+def _preflight(pin_dir: str) -> None:
+    """Print the checks that fail; stop when one of them means the accelerator cannot run."""
+    checks = doctor.run(doctor.Host(pin_dir=pin_dir))
+    for c in checks:
+        if not c.ok:
+            print(c.line(), file=sys.stderr)
+    if doctor.blocking(checks):
+        raise CliError("mdatui: this host cannot run the accelerator: do what the FAIL lines say "
+                       "(`mdatui doctor` lists every check)")
+
+
+def cmd_doctor(a) -> int:
+    checks = doctor.run(doctor.Host(pin_dir=a.pin_dir))
+    for c in checks:
+        print(c.line())
+    return 1 if doctor.blocking(checks) else 0
+
+
 def cmd_enable(a) -> int:
     from . import rules_cmd
+    _preflight(a.pin_dir)
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
     res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
                         max_sockets=a.max_sockets, serve=not a.no_serve)
@@ -150,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not start `mdatui serve` (systemd runs it as the unit's process)")
     _pin_arg(p)
     p.set_defaults(func=cmd_enable)
+
+    p = sub.add_parser("doctor", help="check that this host can run the accelerator (exit 0 if so)")
+    _pin_arg(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("serve", help="the resident part: takes drained ends out of the sockhash")
     _pin_arg(p)

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import apply, loader, rules, snapshot, system
+from . import apply, doctor, loader, rules, snapshot, system
 from .dump import DumpRecord, DumpSession, Raw, record  # noqa: F401  (record: for the UI)
 from .events import Event, EventStream
 from .instance import Instance, NotEnabled
@@ -328,8 +328,14 @@ class LiveBackend:
         if os.geteuid() != 0:
             return False, ("enabling loads BPF programs and pins maps, which needs root: "
                            "run mdatui with sudo")
+        checks = doctor.run(doctor.Host(pin_dir=self.pin_dir))
+        failed = "\n".join(c.line() for c in checks if not c.ok)
+        if doctor.blocking(checks):
+            return False, f"This host cannot run the accelerator:\n{failed}"
         where = self._cgroup or "the root cgroup (every process on this host)"
-        return True, f"attach to {where} with the rules in {self._enable_config()}"
+        # The screen makes the first line a sentence; what failed but does not stop it follows.
+        offer = f"attach to {where} with the rules in {self._enable_config()}"
+        return True, offer + (f"\n{failed}" if failed else "")
 
     def enable(self) -> str:
         # In a process of its own: compiling loads BCC's LLVM, some 60 MB that the console

@@ -44,8 +44,9 @@ class NotRunningScreen(Screen):
             what = f"The accelerator is not running: nothing is pinned at {backend.pin_dir}."
             possible, offer = backend.enable_offer()
         self.query_one("#nr-what", Static).update(what)
+        first, _, notes = offer.partition("\n")
         self.query_one("#nr-offer", Static).update(
-            f"Enable will {offer}." if possible else offer)
+            f"Enable will {first}." + (f"\n{notes}" if notes else "") if possible else offer)
         self.query_one("#nr-enable", Button).disabled = not possible
         self.query_one("#nr-enable" if possible else "#nr-quit", Button).focus()
 

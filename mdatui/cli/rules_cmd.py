@@ -1,4 +1,4 @@
-"""`mdatui rules list|check|add|delete|apply`, and the rules `enable --config` loads."""
+"""`mdatui rules list|check|add|delete|apply|preset`, and the rules `enable --config` loads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 
 from ..core import apply as live
-from ..core import rules
+from ..core import presets, rules
 from ..core.instance import Instance, NotEnabled
 from .errors import CliError as RulesError
 
@@ -144,6 +144,47 @@ def cmd_apply(a) -> int:
     return 0
 
 
+def _current_text(path: str) -> str:
+    """The file a preset replaces, as it is ("" when there is none yet); errors say what is wrong
+    with the path before anything is written."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise RulesError(f"{path}: no such directory {parent}: give --config a file in "
+                             "an existing directory") from None
+        return ""
+    except IsADirectoryError:
+        raise RulesError(f"{path} is a directory: give --config a rules file") from None
+    except OSError as e:
+        raise RulesError(f"{path}: {e.strerror}") from None
+
+
+def cmd_preset(a) -> int:
+    preset = presets.load(a.name)
+    inst = _running(a.pin_dir)
+    try:
+        if a.apply and inst is None:
+            raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config "
+                             "FILE` first, or leave out --apply")
+        path = a.config or live.default_config(inst)
+        change = presets.diff(_current_text(path), preset.text(), path, a.name)
+        print(change or f"{path} holds the {a.name} preset already\n", end="")
+        if a.apply:
+            print(_commit(inst, preset, path))
+        elif change:
+            rules.save(preset, path)
+            print(f"saved {path} ({len(preset.rules)} rules); "
+                  + (f"not loaded: add --apply, or run `mdatui rules apply {path}`" if inst
+                     else f"mdatui is not enabled: `mdatui enable --config {path}` loads them"))
+    finally:
+        if inst:
+            inst.close()
+    return 0
+
+
 def add_parser(sub, pin_arg) -> None:
     top = sub.add_parser("rules", help="list, check, edit and apply chain rules")
     rsub = top.add_subparsers(dest="rules_cmd", required=True)
@@ -167,4 +208,8 @@ def add_parser(sub, pin_arg) -> None:
     p.add_argument("--config")
     p = cmd("apply", cmd_apply, "load a rules file into the running kernel")
     p.add_argument("file", nargs="?")
+    p = cmd("preset", cmd_preset, "replace the rules file with a preset, shown as a diff first")
+    p.add_argument("name", choices=presets.NAMES)
+    p.add_argument("--config", help="rules file to write (default: the one enable loaded)")
+    p.add_argument("--apply", action="store_true", help="also load it into the running kernel")
 

@@ -16,3 +16,4 @@ _DATA = Path(str(files("mdatui") / "_data"))
 
 BPF_DIR = _DATA / "bpf"
 DEFAULT_CONFIG = _DATA / "etc" / "oncn-mda.conf"
+PRESETS = {"istio": _DATA / "etc" / "istio.conf"}  # `mdatui rules preset NAME`

@@ -145,3 +145,11 @@ def test_console_offer_lists_what_fails(monkeypatch):
     assert offer.splitlines()[:2] == ["This host cannot run the accelerator:",
                                       "FAIL CONFIG_NET_SOCK_MSG is not set: sockhash and sk_msg "
                                       "redirects is missing; use a kernel built with CONFIG_NET_SOCK_MSG=y"]
+
+
+@pytest.mark.kernel
+def test_map_capacity_of_a_running_accelerator(accel, pin_dir):
+    """The maps are read for real (faked full in FAILURES)."""
+    check = doctor.capacity(doctor.Host(pin_dir=pin_dir))
+    room = accel.map_capacity("sock_ops_map")
+    assert check.ok and check.text.startswith("map capacity: ") and f" of {room} (the fullest)" in check.text

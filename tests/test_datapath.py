@@ -261,8 +261,11 @@ def test_enable_and_disable_twice_say_what_they_did(lab, pin_dir):
 def test_enable_without_root_explains_and_attaches_nothing(lab, pin_dir):
     res = mdatui("enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir, user="nobody")
     assert res.returncode == 1
-    assert res.stderr.strip() == ("mdatui: enable needs root (it loads BPF programs and pins maps): "
-                                  "run it with sudo")
+    assert res.stderr.splitlines() == [
+        "FAIL not root: run it as root (or with sudo) (loading BPF programs and pinning maps needs "
+        "CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+        "mdatui: this host cannot run the accelerator: do what the FAIL lines say "
+        "(`mdatui doctor` lists every check)"]
     assert mdatui("query", "--json", "--pin-dir", pin_dir).stdout.count('"enabled": false') == 1
 
 

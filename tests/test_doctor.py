@@ -40,7 +40,7 @@ def test_this_host_passes_every_check(capsys):
 
 # (faked facts, text of the one line that fails, whether it stops the accelerator)
 FAILURES = {
-    "not root": ({"euid": 1000}, "not root: run it with sudo", True),
+    "not root": ({"euid": 1000}, "not root: run it as root (or with sudo)", True),
     "old kernel": ({"release": "5.4.0-150-generic", "config": GOOD_CONFIG},
                    "kernel 5.4.0-150-generic is too old: boot Linux 5.5 or later", True),
     "no sk_msg": ({"config": GOOD_CONFIG.replace("CONFIG_NET_SOCK_MSG=y", "# CONFIG_NET_SOCK_MSG is not set")},

@@ -79,7 +79,7 @@ def cmd_query(a) -> int:
     except NotEnabled:
         snap = snapshot.disabled(a.pin_dir)
     except PermissionError:
-        raise CliError("mdatui: query needs root to open the pinned maps: run it with sudo") from None
+        raise CliError("mdatui: query needs root to open the pinned maps: run it as root (or with sudo)") from None
     else:
         with inst:
             snap = snapshot.read(inst)

@@ -121,7 +121,7 @@ def _v(version: tuple[int, int]) -> str:
 def root(h: Host) -> Check:
     if h.euid == 0:
         return Check(True, "root")
-    return Check(False, "not root: run it with sudo (loading BPF programs and pinning maps needs "
+    return Check(False, "not root: run it as root (or with sudo) (loading BPF programs and pinning maps needs "
                         "CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")
 
 

@@ -21,6 +21,7 @@ from .sockets import SocketFinder
 
 GRACE_NS = 20_000_000
 UNHELD_NS = 1_000_000_000
+BACKOFF_MIN_NS, BACKOFF_MAX_NS = 5_000_000, 200_000_000
 LEAVE, WAIT, GONE = object(), object(), object()
 PERIOD_BUSY = 0.005  # between sweeps while ends wait to leave
 PERIOD_IDLE = 0.05
@@ -38,6 +39,7 @@ class Reaper:
         self.inst = inst
         self.finder = SocketFinder(inst.cgroup)
         self._unheld: dict[tuple, int] = {}  # ends no process held, since when
+        self._retry: dict[tuple, tuple[int, int]] = {}  # when to ask FIONREAD again, backoff
         self.left = 0  # ends this reaper took out of the sockhash
         # Ends listed to stop in some sweep. A peer gone from the list has left the sockhash
         # or closed, so it cannot redirect any more, even if it never said it stopped. Kept
@@ -70,6 +72,7 @@ class Reaper:
                 out.closed += 1
         self._seen = (self._seen & peers) | set(stopped_at)
         self._unheld = {k: t for k, t in self._unheld.items() if k in stopped_at}
+        self._retry = {k: r for k, r in self._retry.items() if k in stopped_at}
         if out.left:
             self.left += out.left
             self.inst.add_stat(abi.Stat.DRAINED, out.left)
@@ -91,15 +94,25 @@ class Reaper:
                     return WAIT
         else:
             return LEAVE  # nothing was ever redirected into it
-        unread = self.finder.unread(key)
         ident = key.ident()
+        retry_at, backoff = self._retry.get(ident, (0, 0))
+        if now < retry_at:
+            return WAIT
+        unread = self.finder.unread(key)
         if unread is None:
             # No process holds it: closed while sock_ops was detached (disable), or between
             # two owners. Only a lasting absence counts as closed.
             first = self._unheld.setdefault(ident, now)
-            return GONE if now - first >= UNHELD_NS else WAIT
-        self._unheld.pop(ident, None)
-        return LEAVE if unread == 0 else WAIT
+            verdict = GONE if now - first >= UNHELD_NS else WAIT
+        else:
+            self._unheld.pop(ident, None)
+            verdict = LEAVE if unread == 0 else WAIT
+        if verdict is WAIT:
+            # A reader that falls behind is asked again later and later: each ask costs some
+            # ten system calls, and a socket no process holds, a walk of /proc.
+            backoff = min(max(2 * backoff, BACKOFF_MIN_NS), BACKOFF_MAX_NS)
+            self._retry[ident] = (now + backoff, backoff)
+        return verdict
 
     def _settle_requests(self, drain) -> None:
         """Messages look for requests only while some are outstanding. Clearing the flag is

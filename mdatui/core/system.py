@@ -41,7 +41,7 @@ def syscall_number(name: str, machine: str | None = None) -> int:
 
 def require_root(action: str) -> None:
     if os.geteuid() != 0:
-        raise SetupError(f"{action} needs root (it loads BPF programs and pins maps): run it with sudo")
+        raise SetupError(f"{action} needs root (it loads BPF programs and pins maps): run it as root (or with sudo)")
 
 
 def mounts(path: str = "/proc/mounts") -> list[tuple[str, str]]:

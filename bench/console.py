@@ -39,6 +39,7 @@ import json
 import os
 import random
 import resource
+import select
 import socket
 import statistics
 import subprocess
@@ -71,6 +72,11 @@ SERVICE_PORTS = (80, 443, 8080, 15006, 9090, 5432, 6379, 3306)
 SIDECAR_PORT = 15001
 NETNS_BASE = 4026532000                      # made-up netns cookies of the pods' loopbacks
 HELD_PER_HELPER = 15000                      # sockets per sockhash helper: under its fd limit
+REAL_PER_PROCESS = 8500                      # --real: sockets per holder (at most 9,000 each)
+REAL_PORTS = (20000, 20001, 20002, 20003)    # each server's listening ports
+REAL_CHAT = 5                                # --real: connections that carry a message a second
+REAL_BATCH_S = 120                           # --real: to open one batch
+REAL_MAX = 200_000
 REPO = Path(__file__).resolve().parents[1]
 
 # The keys pressed, in order, starting on the Overview tab, repeated until the time is up; with
@@ -380,8 +386,59 @@ def run_child(pin_dir: str, seconds: float) -> dict:
 
 # ---------------------------------------------------------------- orchestration (parent)
 
-def run(connections: int, seconds: float) -> dict:
-    results: dict = {"connections": connections}
+def _line(proc: subprocess.Popen, deadline: float) -> str:
+    """The next line proc prints on stdout, or an error past the deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+        raise RuntimeError(f"pid {proc.pid} said nothing in time")
+    line = proc.stdout.readline().decode().strip()
+    if not line:
+        raise RuntimeError(f"pid {proc.pid} ended: {proc.stderr.read().decode()[-2000:]}")
+    return line
+
+
+def open_real(lab: labm.Lab, ns: str, connections: int) -> dict:
+    """connections real loopback TCP connections in the lab: per batch of at most
+    REAL_PER_PROCESS a server process on 127.1.0.k (REAL_PORTS) and a client process bound to
+    127.2.0.k, each holding its own sockets; batches one after another, each within
+    REAL_BATCH_S."""
+    t0 = time.monotonic()
+    opened = accepted = 0
+    for k, start in enumerate(range(0, connections, REAL_PER_PROCESS)):
+        n = min(REAL_PER_PROCESS, connections - start)
+        common = ["--addr", f"127.1.0.{k + 1}", "--ports", ",".join(map(str, REAL_PORTS)),
+                  "--count", str(n), "--chat", str(REAL_CHAT if k == 0 else 0),
+                  "--seconds", str(REAL_BATCH_S), "--hold", str(CHILD_TIMEOUT_S * 3)]
+        deadline = time.monotonic() + REAL_BATCH_S + 10
+        server = lab.python(["bench.real_conns", "serve", *common], netns=ns,
+                            stdin=subprocess.PIPE, cwd=REPO)
+        if _line(server, deadline) != "LISTENING":
+            raise RuntimeError("real_conns server did not listen")
+        client = lab.python(["bench.real_conns", "connect", *common, "--src", f"127.2.0.{k + 1}"],
+                            netns=ns, stdin=subprocess.PIPE, cwd=REPO)
+        got_c, got_s = (int(_line(p, deadline).split()[1]) for p in (client, server))
+        opened, accepted = opened + got_c, accepted + got_s
+        progress(f"  batch {k + 1}: {got_c}/{n} connected, {got_s} accepted "
+                 f"({opened} in all, {time.monotonic() - t0:.0f}s)")
+        if got_c < n or got_s < got_c:
+            progress("  stopping: a batch fell short")
+            break
+    return {"asked": connections, "opened": opened, "accepted": accepted,
+            "processes": 2 * (k + 1), "seconds_to_open": round(time.monotonic() - t0, 1)}
+
+
+def _query_entries(pin_dir: str) -> dict:
+    """What `mdatui query --json` says while the connections are held."""
+    done = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "query", "--json",
+                           "--pin-dir", pin_dir], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        return {"error": done.stderr[-500:]}
+    return json.loads(done.stdout)
+
+
+def run(connections: int, seconds: float, real: bool = False) -> dict:
+    results: dict = {"connections": connections, "kind": "real" if real else "synthetic"}
     stack = ExitStack()
     try:
         lab = stack.enter_context(labm.Lab("cbench"))
@@ -405,10 +462,19 @@ def run(connections: int, seconds: float) -> dict:
 
         progress("the console with the real connections only")
         results["reference"] = run_child(pin_dir, seconds)
-        t = time.monotonic()
-        results["synthetic_ends"] = fill(inst, lab, ns, connections, pids)
-        progress(f"wrote {results['synthetic_ends']} ends in {time.monotonic() - t:.1f}s; "
-                 f"the console with {connections} more connections")
+        if real:
+            progress(f"opening {connections} real connections")
+            results["real"] = open_real(lab, ns, connections)
+            time.sleep(2)  # the last ends paired, the serve daemon's first scans over
+            query = _query_entries(pin_dir)
+            results["query"] = {k: v for k, v in query.items() if k != "connections"}
+            results["synthetic_ends"] = 2 * results["real"]["opened"]
+            progress(f"the console with {results['real']['opened']} real connections more")
+        else:
+            t = time.monotonic()
+            results["synthetic_ends"] = fill(inst, lab, ns, connections, pids)
+            progress(f"wrote {results['synthetic_ends']} ends in {time.monotonic() - t:.1f}s; "
+                     f"the console with {connections} more connections")
         results["loaded"] = run_child(pin_dir, seconds)
     finally:
         progress("removing everything")
@@ -422,8 +488,19 @@ def _verdict(value: float, limit: float) -> str:
 
 
 def table(r: dict) -> str:
-    lines = [f"console benchmark: {r['connections']} synthetic connections "
-             f"({r['synthetic_ends']} ends in sock_proxy_map and the sockhash)"]
+    if "synthetic" in r and "real" in r:  # --both
+        return "\n\n".join((table(r["synthetic"]), table(r["real"]), side_by_side(r)))
+    if r.get("kind") == "real":
+        real, maps = r["real"], r["query"].get("maps", {})
+        lines = [f"console benchmark: {real['opened']} real loopback connections of "
+                 f"{real['asked']} asked ({real['accepted']} accepted), held by "
+                 f"{real['processes']} processes, opened in {real['seconds_to_open']}s",
+                 "  mdatui query --json while held: " + ", ".join(
+                     f"{name} {m.get('entries')} entries" for name, m in maps.items())
+                 + f"; {r['query'].get('totals', {}).get('pairs')} pairs"]
+    else:
+        lines = [f"console benchmark: {r['connections']} synthetic connections "
+                 f"({r['synthetic_ends']} ends in sock_proxy_map and the sockhash)"]
     for name in ("reference", "loaded"):
         res = r[name]
         b, a = res["backend"], res["app"]
@@ -457,6 +534,24 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _summary(r: dict) -> dict[str, str]:
+    b, a, rss = r["loaded"]["backend"], r["loaded"]["app"], r["loaded"]["rss_mb"]
+    cpu = [t["process_cpu_per_refresh_ms"] for t in a["tabs"].values()]
+    return {"ends in the maps": f"{b['entries']}",
+            "poll worker, a refresh reading the ends (warm, CPU ms)": f"{b['warm_ms']['total']}"
+            f" ({b['warm_ms']['of it in the kernel']} kernel)",
+            "process CPU per 1 Hz refresh, by tab (ms)": f"{min(cpu)}-{max(cpu)}",
+            "key press median / slowest (ms)": f"{a['keys']['median']} / {a['keys']['max']}",
+            "peak RSS (MB)": f"{rss['peak']}"}
+
+
+def side_by_side(r: dict) -> str:
+    syn, real = _summary(r["synthetic"]), _summary(r["real"])
+    lines = [f"{'':<58} {'synthetic':>16} {'real':>16}"]
+    lines += [f"{k:<58} {syn[k]:>16} {real[k]:>16}" for k in syn]
+    return "\n".join(lines)
+
+
 def _ratio(loaded: float, reference: float) -> str:
     return f"{loaded / reference:.2f}x ({loaded:g} / {reference:g})"
 
@@ -467,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthetic connections (two ends each) added to the maps")
     ap.add_argument("--seconds", type=float, default=10,
                     help=f"of key presses per run (at least {MIN_PRESSES} presses)")
+    ap.add_argument("--real", action="store_true",
+                    help="open --connections real loopback TCP connections in the lab instead "
+                    f"(at most {REAL_MAX:,}; {REAL_PER_PROCESS:,} sockets a process)")
+    ap.add_argument("--both", action="store_true",
+                    help="the synthetic run, then the real one in a new lab, side by side")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--child", metavar="PIN_DIR", help=argparse.SUPPRESS)
     ap.add_argument("--part", choices=("backend", "app"), help=argparse.SUPPRESS)
@@ -483,7 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 0 <= args.connections <= 4_000_000 or args.seconds <= 0:
         ap.error("--connections 0..4000000, --seconds > 0")
-    return run_and_print(lambda: run(args.connections, args.seconds), table, args.json)
+    if (args.real or args.both) and not 0 < args.connections <= REAL_MAX:
+        ap.error(f"--real/--both: --connections 1..{REAL_MAX}")
+    if args.both:
+        return run_and_print(lambda: {"synthetic": run(args.connections, args.seconds),
+                                      "real": run(args.connections, args.seconds, real=True)},
+                             table, args.json)
+    return run_and_print(lambda: run(args.connections, args.seconds, args.real), table, args.json)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,6 @@ PERIOD_IDLE = 0.05
 class Sweep:
     waiting: int = 0  # ends still in sock_drain_map after this sweep
     left: int = 0     # ends taken out of the sockhash by this sweep (not already out)
-    closed: int = 0   # entries of sockets that closed meanwhile, dropped
 
 
 class Reaper:
@@ -66,17 +65,14 @@ class Reaper:
                 continue
             took_out = sockhash.delete(key)
             drain.delete(key)
-            if verdict is LEAVE and took_out:
-                out.left += 1
-            elif verdict is GONE:
-                out.closed += 1
+            out.left += verdict is LEAVE and took_out
         self._seen = (self._seen & peers) | set(stopped_at)
         self._unheld = {k: t for k, t in self._unheld.items() if k in stopped_at}
         self._retry = {k: r for k, r in self._retry.items() if k in stopped_at}
         if out.left:
             self.left += out.left
             self.inst.add_stat(abi.Stat.DRAINED, out.left)
-        self._settle_requests(drain)
+        self._settle_requests(drain, any(d.requested for _, d in entries))
         return out
 
     def _verdict(self, key, conn, d, stopped_at: dict, now: int) -> object:
@@ -84,16 +80,15 @@ class Reaper:
             return GONE  # closed: sock_ops dropped its entry, and the kernel its sockhash slot
         if now - d.since_ns < GRACE_NS:
             return WAIT
-        if conn.paired:
-            peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
-            if peer is not None:
-                since = stopped_at.get(conn.peer.ident())
-                if since is None and not peer.tainted and conn.peer.ident() not in self._seen:
-                    return WAIT  # the peer still redirects into it, never asked to stop
-                if since is not None and now - since < GRACE_NS:
-                    return WAIT
-        else:
+        if not conn.paired:
             return LEAVE  # nothing was ever redirected into it
+        peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
+        if peer is not None:
+            since = stopped_at.get(conn.peer.ident())
+            if since is None and not peer.tainted and conn.peer.ident() not in self._seen:
+                return WAIT  # the peer still redirects into it, never asked to stop
+            if since is not None and now - since < GRACE_NS:
+                return WAIT
         ident = key.ident()
         retry_at, backoff = self._retry.get(ident, (0, 0))
         if now < retry_at:
@@ -114,13 +109,11 @@ class Reaper:
             self._retry[ident] = (now + backoff, backoff)
         return verdict
 
-    def _settle_requests(self, drain) -> None:
+    def _settle_requests(self, drain, outstanding: bool) -> None:
         """Messages look for requests only while some are outstanding. Clearing the flag is
         checked again after, so that a request written meanwhile is never missed."""
         flag = self.inst.maps["mda_stop_req"]
-        if not flag.lookup(ct.c_uint32(0)).value:
-            return
-        if any(d.requested for _, d in drain.items()):
+        if outstanding or not flag.lookup(ct.c_uint32(0)).value:
             return
         flag.update(ct.c_uint32(0), ct.c_uint32(0))
         if any(d.requested for _, d in drain.items()):

@@ -1,7 +1,10 @@
 """The scriptable side at scale, without a kernel: a rule preview, what Apply does besides the
 kernel's walk, and `query --json/--jsonl --connections`, on bench.console's synthetic ends.
 
-    .venv/bin/python -m bench.scripting [--connections 100000]
+    .venv/bin/python -m bench.scripting [--connections 100000] [--kernel]
+
+--kernel (root): also writes the synthetic ends into the maps of an accelerator enabled on a
+lab cgroup (bench.console's fill) and times the commands themselves, as a user runs them.
 
 Targets (issue 12): a preview or an Apply <= 100 ms of CPU at 200,000 ends besides the walk
 of sock_proxy_map; 200,000 ends as JSON or JSON lines in <= 1.5 s with bounded memory.
@@ -14,7 +17,9 @@ import io
 import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -23,7 +28,10 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import numpy as np  # noqa: E402
 
-from bench.console import synthetic_ends  # noqa: E402
+from bench.console import ECHO_PORT, fill, synthetic_ends  # noqa: E402
+from bench.datapath import _uninterrupted  # noqa: E402
+from mdatui.core import lab as labm  # noqa: E402
+from mdatui.core import loader  # noqa: E402
 from mdatui.core import abi, jsonout, rules, snapshot, verdicts  # noqa: E402
 
 RULE_SETS = {
@@ -74,10 +82,51 @@ class _Null(io.TextIOBase):
         return len(s)
 
 
+def _command(argv: list[str]) -> str:
+    """Runs `mdatui ARGV` with its output to /dev/null: wall time, CPU (user + system, the
+    kernel's map walks among it) and the child's peak resident memory."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    with open(os.devnull, "w") as null:
+        subprocess.run([sys.executable, "-m", "mdatui.cli.main", *argv], stdout=null, check=True)
+    wall = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return f"{wall:.2f} s wall, {cpu:.2f} s CPU, max RSS of a child so far {after.ru_maxrss / 1024:.0f} MB"
+
+
+def kernel_run(connections: int) -> None:
+    with labm.Lab("sbench") as lab, _uninterrupted():
+        ns = lab.add_netns("pod")
+        pin_dir = f"/sys/fs/bpf/{lab.name}"
+        max_socks = 1 << (2 * connections + 1024).bit_length()
+        inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
+        try:
+            server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
+            if server.stdout.readline().strip() != b"READY":
+                raise RuntimeError("echo server did not start")
+            ends = fill(inst, lab, ns, connections, [os.getpid(), server.pid])
+            print(f"kernel: {ends} ends in the maps")
+            pins = ["--pin-dir", pin_dir]
+            print("  query --json:", _command(["query", "--json", *pins]))
+            for fmt in ("--json", "--jsonl"):
+                print(f"  query {fmt} --connections:", _command(["query", fmt, "--connections", *pins]))
+            with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+                f.write("chain --port 1 -j RETURN\n")  # takes nothing off: the judge alone
+                f.flush()
+                print("  rules apply (nothing taken off):", _command(["rules", "apply", f.name, *pins]))
+        finally:
+            inst.close()
+            loader.disable(pin_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--connections", type=int, default=100_000)
+    p.add_argument("--kernel", action="store_true", help="also time the commands on real maps")
     a = p.parse_args(argv)
+    if a.kernel:
+        kernel_run(a.connections)
     n = len(synthetic_table(a.connections))
     print(f"{a.connections} connections, {n} ends")
     for name, text in RULE_SETS.items():

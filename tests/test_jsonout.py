@@ -7,7 +7,10 @@ import io
 import json
 from dataclasses import replace
 
+import pytest
+
 from bench.scripting import snapshot_of, synthetic_table
+from mdatui.cli.main import main
 from mdatui.core import jsonout, snapshot
 from mdatui.core.snapshot import Snapshot
 
@@ -77,3 +80,12 @@ def test_jsonl_is_the_summary_then_one_line_per_connection():
     out = io.StringIO()
     jsonout.write_jsonl(snap, out)
     assert out.getvalue().splitlines() == [first]
+
+
+def test_query_jsonl_on_a_pin_dir_without_accelerator(tmp_path, capsys):
+    assert main(["query", "--jsonl", "--connections", "--pin-dir", str(tmp_path)]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {"enabled": False, "pin_dir": str(tmp_path), "cgroup": ""}]
+    with pytest.raises(SystemExit):  # one format at a time
+        main(["query", "--json", "--jsonl", "--pin-dir", str(tmp_path)])
+    assert "not allowed with argument" in capsys.readouterr().err

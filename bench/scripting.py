@@ -30,8 +30,10 @@ import numpy as np  # noqa: E402
 
 from bench.console import ECHO_PORT, fill, synthetic_ends  # noqa: E402
 from bench.datapath import _uninterrupted  # noqa: E402
+from mdatui.core import bpfsys  # noqa: E402
 from mdatui.core import lab as labm  # noqa: E402
 from mdatui.core import loader  # noqa: E402
+from mdatui.core.instance import Instance  # noqa: E402
 from mdatui.core import abi, jsonout, rules, snapshot, verdicts  # noqa: E402
 
 RULE_SETS = {
@@ -95,29 +97,43 @@ def _command(argv: list[str]) -> str:
     return f"{wall:.2f} s wall, {cpu:.2f} s CPU, max RSS of a child so far {after.ru_maxrss / 1024:.0f} MB"
 
 
+def _forget_synthetic(pin_dir: str) -> None:
+    """Deletes the synthetic ends: no socket stands behind them, so disable would wait for
+    each to drain (minutes at 198,000, a sweep of /proc per pass) for nothing."""
+    proxy = bpfsys.Map.open(os.path.join(pin_dir, "sock_proxy_map"), abi.SockKey, abi.Conn)
+    for key in list(proxy.keys()):
+        proxy.delete(key)
+
+
 def kernel_run(connections: int) -> None:
-    with labm.Lab("sbench") as lab, _uninterrupted():
+    lab = labm.Lab("sbench")
+    pin_dir = f"/sys/fs/bpf/{lab.name}"
+    enabled = False
+    try:
         ns = lab.add_netns("pod")
-        pin_dir = f"/sys/fs/bpf/{lab.name}"
         max_socks = 1 << (2 * connections + 1024).bit_length()
-        inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
-        try:
-            server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
-            if server.stdout.readline().strip() != b"READY":
-                raise RuntimeError("echo server did not start")
+        loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance.close()
+        enabled = True
+        server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
+        if server.stdout.readline().strip() != b"READY":
+            raise RuntimeError("echo server did not start")
+        with Instance(pin_dir) as inst:
             ends = fill(inst, lab, ns, connections, [os.getpid(), server.pid])
-            print(f"kernel: {ends} ends in the maps")
-            pins = ["--pin-dir", pin_dir]
-            print("  query --json:", _command(["query", "--json", *pins]))
-            for fmt in ("--json", "--jsonl"):
-                print(f"  query {fmt} --connections:", _command(["query", fmt, "--connections", *pins]))
-            with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
-                f.write("chain --port 1 -j RETURN\n")  # takes nothing off: the judge alone
-                f.flush()
-                print("  rules apply (nothing taken off):", _command(["rules", "apply", f.name, *pins]))
-        finally:
-            inst.close()
-            loader.disable(pin_dir)
+        print(f"kernel: {ends} ends in the maps")
+        pins = ["--pin-dir", pin_dir]
+        print("  query --json:", _command(["query", "--json", *pins]))
+        for fmt in ("--json", "--jsonl"):
+            print(f"  query {fmt} --connections:", _command(["query", fmt, "--connections", *pins]))
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+            f.write("chain --port 1 -j RETURN\n")  # takes nothing off: the judge alone
+            f.flush()
+            print("  rules apply (nothing taken off):", _command(["rules", "apply", f.name, *pins]))
+    finally:
+        with _uninterrupted():  # teardown only: the pins would stay behind
+            if enabled:
+                _forget_synthetic(pin_dir)
+                loader.disable(pin_dir)
+            lab.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,7 +108,8 @@ int mda_sk_msg(struct sk_msg_md *msg)
 		__u32 size = msg->size;
 		/* A peer that stopped redirecting is leaving: so does this end, or the peer could
 		 * never leave (its queue would keep filling). */
-		if (peer && !peer->tainted) {
+		int peer_stopped = peer && peer->tainted;
+		if (peer && !peer_stopped) {
 			/* BCC rewrites this method call into a statement: it cannot sit in the if. */
 			long verdict = sock_ops_map.msg_redirect_hash(msg, &c->peer, BPF_F_INGRESS);
 			if (verdict == SK_PASS) {
@@ -119,11 +120,13 @@ int mda_sk_msg(struct sk_msg_md *msg)
 				return SK_PASS;
 			}
 		}
-		/* The peer closed or left the sockhash: from now on this end talks through the
-		 * stack, and says so once. */
+		/* From now on this end talks through the stack too. A peer that closed or left the
+		 * sockhash unannounced made the redirect fail, and that is said once. */
 		mda_leave(&self, c, MDA_LEAVE_PEER_GONE);
-		mda_count(MDA_STAT_REDIRECT_FAILED);
-		mda_report(msg, MDA_EV_REDIRECT_FAILED, &self, c);
+		if (!peer_stopped) {
+			mda_count(MDA_STAT_REDIRECT_FAILED);
+			mda_report(msg, MDA_EV_REDIRECT_FAILED, &self, c);
+		}
 	} else if (!c->tainted) {
 		mda_stop(&self, c, MDA_LEAVE_SENT_EARLY);
 		mda_count(MDA_STAT_TAINTED);

@@ -124,10 +124,14 @@ def kernel_run(connections: int) -> None:
         print("  query --json:", _command(["query", "--json", *pins]))
         for fmt in ("--json", "--jsonl"):
             print(f"  query {fmt} --connections:", _command(["query", fmt, "--connections", *pins]))
-        with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
-            f.write("chain --port 1 -j RETURN\n")  # takes nothing off: the judge alone
-            f.flush()
-            print("  rules apply (nothing taken off):", _command(["rules", "apply", f.name, *pins]))
+        # First a set that takes nothing off (the judge alone), then one that takes tens of
+        # thousands of ends off (one bpf() update each asks them to stop).
+        for what, text in (("nothing taken off", "chain --port 1 -j RETURN\n"),
+                           ("seed example", RULE_SETS["seed example"])):
+            with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+                f.write(text)
+                f.flush()
+                print(f"  rules apply ({what}):", _command(["rules", "apply", f.name, *pins]))
     finally:
         with _uninterrupted():  # teardown only: the pins would stay behind
             if enabled:

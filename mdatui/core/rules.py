@@ -10,8 +10,8 @@ a.b.c.d/N with no host bits set. A user or group may be a number or a name; a na
 when the file is parsed, like iptables' owner match, and kept for display and saving. At most
 abi.MAX_RULES rules fit in the kernel.
 
-Semantics (bpf/sock_ops.c implements them, verdicts.py judges open connections by them over
-columns, and judge() here, one connection at a time, is the plain mirror the tests hold both to):
+Semantics (bpf/sock_ops.c implements them; verdicts.py judges open connections by them over
+columns, held by the tests to the kernel and to judge() here, one connection at a time):
   * A rule matches when all its options hold. An option holds when ANY end of the connection
     satisfies it: --ip when any of the three addresses (the connecting end's local address, its
     original destination, the accepting end's local address; they differ behind an iptables
@@ -118,7 +118,7 @@ class ParseError(ValueError):
 
 def judge(rules: Sequence[Rule], view: ConnView) -> Verdict:
     """Whether the kernel would accelerate this connection, and by (or against) which rule.
-    The tests' oracle: what the product judges goes through verdicts.ConnectionPairs.judge."""
+    The tests' oracle; what mdatui judges goes through verdicts.ConnectionPairs.judge."""
     matched = [i for i, rule in enumerate(rules) if rule.matches(view)]
     for i in matched:
         if rules[i].target is Target.RETURN:

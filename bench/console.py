@@ -27,7 +27,17 @@ each time one child for the poll worker's part alone and one for the app:
             (Pilot.press is not used for timing: it sleeps until the process is idle.)
   memory    peak RSS of the child (getrusage ru_maxrss).
 
+With --real the lab holds --connections real loopback TCP connections instead, accelerated like
+any other (bench/real_conns.py): batches of at most 8,500, each a server process listening on
+127.1.0.k (four ports) and a client process bound to 127.2.0.k, every process holding its own
+sockets (under the fd limit, which may not be raised past 20,000 here), idle but for five that
+carry a message a second; `mdatui query --json` is read while they are held. --both makes the
+synthetic run and then the real one, in a new lab, and prints them side by side. At the end the
+holders are killed (by pid) and the synthetic ends deleted before the accelerator is disabled,
+so that disable's drain has no 198,000 live ends to sweep.
+
     sudo .venv/bin/python -m bench.console [--connections 100000] [--seconds 10] [--json]
+    sudo .venv/bin/python -m bench.console --real [--connections 100000]   # or --both
 """
 
 from __future__ import annotations
@@ -183,6 +193,28 @@ def fill(inst: Instance, lab: labm.Lab, ns: str, connections: int, pids: list[in
         if h.stdout.readline().strip() != b"READY":
             raise RuntimeError(f"sockhash helper failed: {h.stderr.read().decode()[-2000:]}")
     return ends
+
+
+def unfill(pin_dir: str, connections: int, pids: list[int]) -> int:
+    """The synthetic ends out of sock_proxy_map again before disable: no socket closes them, and
+    disable's drain would otherwise sweep them all (minutes at 198,000 ends)."""
+    proxy = bpfsys.Map.open(os.path.join(pin_dir, "sock_proxy_map"), abi.SockKey, abi.Conn)
+    gone = 0
+    try:
+        for key, _, _ in synthetic_ends(connections, pids):
+            gone += bool(proxy.delete(key))
+    finally:
+        proxy.close()
+    return gone
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    """Holders killed by pid before disable, so that their ends close and leave the maps."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
 
 
 # ---------------------------------------------------------------- the console (child)
@@ -397,7 +429,7 @@ def _line(proc: subprocess.Popen, deadline: float) -> str:
     return line
 
 
-def open_real(lab: labm.Lab, ns: str, connections: int) -> dict:
+def open_real(lab: labm.Lab, ns: str, connections: int, holders: list) -> dict:
     """connections real loopback TCP connections in the lab: per batch of at most
     REAL_PER_PROCESS a server process on 127.1.0.k (REAL_PORTS) and a client process bound to
     127.2.0.k, each holding its own sockets; batches one after another, each within
@@ -412,10 +444,12 @@ def open_real(lab: labm.Lab, ns: str, connections: int) -> dict:
         deadline = time.monotonic() + REAL_BATCH_S + 10
         server = lab.python(["bench.real_conns", "serve", *common], netns=ns,
                             stdin=subprocess.PIPE, cwd=REPO)
+        holders.append(server)
         if _line(server, deadline) != "LISTENING":
             raise RuntimeError("real_conns server did not listen")
         client = lab.python(["bench.real_conns", "connect", *common, "--src", f"127.2.0.{k + 1}"],
                             netns=ns, stdin=subprocess.PIPE, cwd=REPO)
+        holders.append(client)
         got_c, got_s = (int(_line(p, deadline).split()[1]) for p in (client, server))
         opened, accepted = opened + got_c, accepted + got_s
         progress(f"  batch {k + 1}: {got_c}/{n} connected, {got_s} accepted "
@@ -464,7 +498,9 @@ def run(connections: int, seconds: float, real: bool = False) -> dict:
         results["reference"] = run_child(pin_dir, seconds)
         if real:
             progress(f"opening {connections} real connections")
-            results["real"] = open_real(lab, ns, connections)
+            holders: list[subprocess.Popen] = []
+            stack.callback(_kill, holders)  # before disable (the callbacks run last first)
+            results["real"] = open_real(lab, ns, connections, holders)
             time.sleep(2)  # the last ends paired, the serve daemon's first scans over
             query = _query_entries(pin_dir)
             results["query"] = {k: v for k, v in query.items() if k != "connections"}
@@ -472,6 +508,7 @@ def run(connections: int, seconds: float, real: bool = False) -> dict:
             progress(f"the console with {results['real']['opened']} real connections more")
         else:
             t = time.monotonic()
+            stack.callback(unfill, pin_dir, connections, pids)  # before disable
             results["synthetic_ends"] = fill(inst, lab, ns, connections, pids)
             progress(f"wrote {results['synthetic_ends']} ends in {time.monotonic() - t:.1f}s; "
                      f"the console with {connections} more connections")

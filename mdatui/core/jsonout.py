@@ -39,6 +39,12 @@ def _ids(column: np.ndarray) -> list:
 
 def connection_lines(table: Table) -> Iterator[str]:
     """Each row of the table as one line of JSON: Connection.to_json's object, key for key."""
+    for lines in connection_chunks(table):
+        yield from lines
+
+
+def connection_chunks(table: Table) -> Iterator[list[str]]:
+    """connection_lines, CHUNK rows at a time: written with one call a chunk."""
     known: dict[int, str] = {}
     for start in range(0, len(table), CHUNK):
         rows = slice(start, start + CHUNK)
@@ -57,14 +63,17 @@ def connection_lines(table: Table) -> Iterator[str]:
             counters["msgs"].tolist(), counters["bytes"].tolist(), counters["passed"].tolist(),
             [round(age, 3) for age in table.age_s[rows].tolist()],
             _ids(owner["pid"]), _ids(owner["uid"]), _ids(owner["gid"]))
+        lines = []
         for (lip, lport, rip, rport, netns, paired, plip, plport, prip, prport, st, role,
              msgs, nbytes, passed, age, pid, uid, gid) in zip(*columns):
             peer_text = (f'{{"local": "{plip}:{plport}", "remote": "{prip}:{prport}"}}'
                          if paired else "null")
-            yield (f'{{"local": "{lip}:{lport}", "remote": "{rip}:{rport}", "netns": {netns}, '
-                   f'"peer": {peer_text}, "state": "{st}", "role": "{role}", "msgs": {msgs}, '
-                   f'"bytes": {nbytes}, "passed": {passed}, "age_s": {age!r}, '
-                   f'"owner": {{"pid": {pid}, "uid": {uid}, "gid": {gid}}}}}')
+            lines.append(
+                f'{{"local": "{lip}:{lport}", "remote": "{rip}:{rport}", "netns": {netns}, '
+                f'"peer": {peer_text}, "state": "{st}", "role": "{role}", "msgs": {msgs}, '
+                f'"bytes": {nbytes}, "passed": {passed}, "age_s": {age!r}, '
+                f'"owner": {{"pid": {pid}, "uid": {uid}, "gid": {gid}}}}}')
+        yield lines
 
 
 def write_json(snap: Snapshot, out: TextIO, connections: bool = False) -> None:
@@ -76,15 +85,15 @@ def write_json(snap: Snapshot, out: TextIO, connections: bool = False) -> None:
         return
     out.write(head[:-2] + ',\n  "connections": [')  # head ends with "\n}"
     sep = "\n    "
-    for line in connection_lines(snap.table):
-        out.write(sep + line)
+    for lines in connection_chunks(snap.table):
+        out.write(sep + ",\n    ".join(lines))
         sep = ",\n    "
-    out.write("\n  ]\n}\n" if sep != "\n    " else "]\n}\n")
+    out.write("\n  ]\n}\n" if len(snap.table) else "]\n}\n")
 
 
 def write_jsonl(snap: Snapshot, out: TextIO, connections: bool = False) -> None:
     """JSON lines: Snapshot.to_json() without connections first, then one line per connection."""
     out.write(json.dumps(snap.to_json()) + "\n")
     if connections and snap.enabled:
-        for line in connection_lines(snap.table):
-            out.write(line + "\n")
+        for lines in connection_chunks(snap.table):
+            out.write("\n".join(lines) + "\n")

@@ -22,6 +22,9 @@ from .sockets import SocketFinder
 GRACE_NS = 20_000_000
 UNHELD_NS = 1_000_000_000
 BACKOFF_MIN_NS, BACKOFF_MAX_NS = 5_000_000, 200_000_000
+# FIONREAD questions a sweep asks at most (some ten system calls each): with 200,000 ends to
+# drain (disable at scale) a sweep stays near a tenth of a second and the rest wait their turn.
+ASKS_PER_SWEEP = 2000
 LEAVE, WAIT, GONE = object(), object(), object()
 PERIOD_BUSY = 0.005  # between sweeps while ends wait to leave
 PERIOD_IDLE = 0.05
@@ -44,6 +47,7 @@ class Reaper:
         # or closed, so it cannot redirect any more, even if it never said it stopped. Kept
         # only while an end that waits has it as its peer.
         self._seen: set[tuple] = set()
+        self._asks = 0  # FIONREAD questions asked in the current sweep
 
     def sweep(self) -> Sweep:
         drain = self.inst.maps["sock_drain_map"]
@@ -55,6 +59,7 @@ class Reaper:
         self._seen.update(stopped_at)
         peers: set[tuple] = set()
         now = time.monotonic_ns()
+        self._asks = 0
         for key, d in entries:
             conn = proxy.lookup(key)
             verdict = self._verdict(key, conn, d, stopped_at, now)
@@ -91,8 +96,9 @@ class Reaper:
                 return WAIT
         ident = key.ident()
         retry_at, backoff = self._retry.get(ident, (0, 0))
-        if now < retry_at:
+        if now < retry_at or self._asks >= ASKS_PER_SWEEP:
             return WAIT
+        self._asks += 1
         unread = self.finder.unread(key)
         if unread is None:
             # No process holds it: closed while sock_ops was detached (disable), or between

@@ -584,8 +584,8 @@ def _summary(r: dict) -> dict[str, str]:
 
 def side_by_side(r: dict) -> str:
     syn, real = _summary(r["synthetic"]), _summary(r["real"])
-    lines = [f"{'':<58} {'synthetic':>16} {'real':>16}"]
-    lines += [f"{k:<58} {syn[k]:>16} {real[k]:>16}" for k in syn]
+    lines = [f"{'':<58} {'synthetic':>20} {'real':>20}"]
+    lines += [f"{k:<58} {syn[k]:>20} {real[k]:>20}" for k in syn]
     return "\n".join(lines)
 
 

@@ -46,14 +46,19 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
+def lock_path(path: str) -> str:
+    """Where the reader of the array pinned at path keeps its lock."""
+    name = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:16] + ".lock"
+    return os.path.join(LOCK_DIR, name)
+
+
 def lock_reader(path: str) -> tuple[int, str]:
     """An exclusive lock file for the array at path; removed again by unlock_reader."""
     os.makedirs(LOCK_DIR, exist_ok=True)
     _sweep_stale_locks()
-    name = hashlib.sha1(os.path.realpath(path).encode()).hexdigest()[:16] + ".lock"
-    lock_path = os.path.join(LOCK_DIR, name)
+    where = lock_path(path)
     for _ in range(3):  # a holder may remove the file between our open and our flock
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,15 +67,15 @@ def lock_reader(path: str) -> tuple[int, str]:
             raise ReaderBusy(f"{path} is already being read by process {holder}; "
                              "a perf array has one reader at a time: stop that one first") from None
         try:
-            current = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            current = os.stat(where).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             current = False
         if current:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            return fd, lock_path
+            return fd, where
         os.close(fd)
-    raise ReaderBusy(f"{path}: its lock file {lock_path} keeps changing hands; try again")
+    raise ReaderBusy(f"{path}: its lock file {where} keeps changing hands; try again")
 
 
 def _sweep_stale_locks() -> None:

@@ -22,7 +22,7 @@ from . import drain, guard
 from .instance import Instance, NotEnabled
 
 RUN_DIR = Path("/run/mdatui")
-START_SECONDS = 5
+START_SECONDS = 15  # a Python start with numpy, on a loaded 2-CPU host, took over 5
 
 
 def _pidfile(pin_dir: str) -> Path:

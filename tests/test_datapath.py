@@ -236,6 +236,22 @@ def mdatui(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def test_disable_drains_an_idle_connection_which_goes_on_over_the_stack(lab, pin_dir):
+    ns = lab.add_netns("pod")
+    assert mdatui("enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir).returncode == 0
+    peers.server(lab, "echo", 7000, ns)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "3000000", "--echo",
+                       hold=True)
+    peers.report(cli)  # connected and paired, nothing sent yet
+    off = mdatui("disable", "--pin-dir", pin_dir)
+    assert off.stdout.strip() == (f"disabled on {lab.cgroup}; open connections continue over the "
+                                  "normal stack; 2 ends drained and left the sockhash")
+    peers.proceed(cli)
+    done = peers.report(cli)
+    assert done["received"] == 3_000_000 and done["sha256_received"] == done["sha256_sent"]
+    peers.proceed(cli)
+
+
 def test_enable_and_disable_twice_say_what_they_did(lab, pin_dir):
     scope = ["--cgroup", lab.cgroup, "--pin-dir", pin_dir]
     first, second = mdatui("enable", *scope), mdatui("enable", *scope)

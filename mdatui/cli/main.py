@@ -67,9 +67,12 @@ def cmd_disable(a) -> int:
     except NotEnabled:
         print(f"not enabled: nothing pinned at {a.pin_dir}")
         return 0
-    print(f"disabled on {res.cgroup}; open connections continue over the normal stack "
-          f"({res.left} ends left the fast path drained"
-          + (f", {res.handed} still draining in `mdatui serve`)" if res.handed else ")"))
+    said = [f"disabled on {res.cgroup}; open connections continue over the normal stack"]
+    if res.left:
+        said.append(f"{res.left} ends drained and left the sockhash")
+    if res.handed:
+        said.append(f"{res.handed} still draining: `mdatui serve` finishes them")
+    print("; ".join(said))
     return 0
 
 

@@ -161,13 +161,14 @@ def disable(pin_dir: str = DEFAULT_PIN_DIR) -> DisableResult:
     with Instance(pin_dir) as inst:
         cg = inst.cgroup
         _detach_from_cgroup(pin_dir, cg)
+        # One process takes ends out at a time (and counts them); the service comes back only
+        # for what is still draining at the deadline.
+        service.stop(pin_dir)
         inst.request_stop(list(inst.maps["sock_proxy_map"].keys()), abi.Leave.DISABLE)
         reaper = drain.Reaper(inst)
         last = reaper.run(until_empty=True, deadline=time.monotonic() + DRAIN_SECONDS)
         if last.waiting:
             service.start(pin_dir)  # it opens the maps before they are unpinned below
-    if not last.waiting:
-        service.stop(pin_dir)
     for entry in os.listdir(pin_dir):
         os.unlink(os.path.join(pin_dir, entry))
     _rmdir_quietly(pin_dir)

@@ -43,7 +43,9 @@ def running(pin_dir: str) -> int | None:
         text = os.pread(fd, 32, 0).decode().strip()
         return int(text) if text.isdigit() else None
     else:
-        path.unlink(missing_ok=True)  # left by a service that was killed
+        # Left by a service that was killed, or made by one that has not locked it yet: not
+        # removed here, since a starting service would then lock a file nobody can find. The
+        # next service reuses it.
         return None
     finally:
         os.close(fd)

@@ -158,6 +158,8 @@ enum mda_stat {
 	MDA_STAT_DEMOTED,
 	MDA_STAT_DRAINED,   /* ends that left the sockhash with an empty queue (user space) */
 	MDA_STAT_BLOCKING,  /* connections kept off: blocking full-duplex readers (user space) */
+	MDA_STAT_CLOSED_PASSED, /* passed of the ends that left sock_proxy_map */
+	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
 	MDA_STAT_MAX,
 };
 
@@ -168,6 +170,10 @@ enum mda_event_type {
 	MDA_EV_REDIRECT_FAILED = 4,
 	MDA_EV_DEMOTED = 5,
 };
+
+/* bpf_perf_event_output's answer when no reader has a ring on this CPU: nobody listens, so
+ * nothing is lost. */
+#define MDA_ENOENT 2
 
 #define MDA_NO_RULE 0xffffffff /* refused because no ACCEPT rule matched */
 

@@ -63,7 +63,9 @@ static __always_inline void mda_report(struct sk_msg_md *msg, __u32 type,
 	ev.msgs = c->msgs;
 	ev.bytes = c->bytes;
 	ev.passed = c->passed;
-	mda_events.perf_submit(msg, &ev, sizeof(ev));
+	int err = mda_events.perf_submit(msg, &ev, sizeof(ev));
+	if (err && err != -MDA_ENOENT)
+		mda_count(MDA_STAT_EVENTS_LOST);
 }
 
 /* See MDA_STREAM_RUN: send a stream of small writes back to the stack. */

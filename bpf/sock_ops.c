@@ -108,7 +108,9 @@ static __always_inline void mda_emit(struct bpf_sock_ops *skops, __u32 type, __u
 		ev.bytes = counts->bytes;
 		ev.passed = counts->passed;
 	}
-	mda_events.perf_submit(skops, &ev, sizeof(ev));
+	int err = mda_events.perf_submit(skops, &ev, sizeof(ev));
+	if (err && err != -MDA_ENOENT)
+		mda_count(MDA_STAT_EVENTS_LOST);
 }
 
 /* The connecting end sees its own source address; the accepting end sees it as remote. */
@@ -227,6 +229,11 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 			if (v)
 				*v += c->bytes;
 		}
+		/* Unpaired ends too: what went through the stack stays counted when an end goes. */
+		__u32 gone = MDA_STAT_CLOSED_PASSED;
+		__u64 *passed = mda_stats.lookup(&gone);
+		if (passed)
+			*passed += c->passed;
 		if (c->active && !c->paired) {
 			mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
 			sock_helper_map.delete(&hk);

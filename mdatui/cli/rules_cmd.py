@@ -1,10 +1,14 @@
-"""`mdatui rules list|check|add|delete|apply|preset`, and the rules `enable --config` loads."""
+"""`mdatui rules list|check|add|delete|apply|watch|preset`, and the rules `enable --config` loads."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
+import sys
+import threading
 
 from ..core import apply as live
 from ..core import presets, rules
@@ -12,9 +16,10 @@ from ..core.instance import Instance, NotEnabled
 from .errors import CliError as RulesError
 
 
-def _load(path: str) -> rules.Config:
+def _load(path: str, text: str | None = None) -> rules.Config:
+    """The rules file at path (or text, as read from it), or the error that names its lines."""
     try:
-        return rules.load(path)
+        return rules.load(path) if text is None else rules.parse(text, path)
     except FileNotFoundError:
         raise RulesError(f"{path}: no such file") from None
     except rules.ParseError as e:
@@ -139,9 +144,123 @@ def cmd_apply(a) -> int:
         raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config FILE`")
     with inst:
         path = a.file or live.default_config(inst)
-        done = live.apply(inst, _load(path), None)
-    print(f"applied {done.rules} rules from {path}; " + _effect(done))
+        said = _applied(inst, _load(path), path)
+    print(said)
     return 0
+
+
+def _applied(inst: Instance, config: rules.Config, path: str) -> str:
+    """Load the rules of a file into the running kernel (the file is not written), as `rules
+    apply` and each change `rules watch` sees do; the line they print."""
+    done = live.apply(inst, config, None)
+    return f"applied {done.rules} rules from {path}; " + _effect(done)
+
+
+# ------------------------------------------------------------------------------ rules watch
+
+def _say(line: str, error: bool = False) -> None:
+    # One line at a time, at once: a container's stdout is a pipe, and its log is what is read.
+    print(line, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def _read_version(path: str) -> tuple[tuple[str, str], str]:
+    """((resolved path, SHA-256 of the content), text) of the rules file as it is now.
+
+    Kubernetes updates a mounted ConfigMap by writing a new directory and pointing the `..data`
+    symlink at it, so the resolved path names a version; it is read through that path, so that
+    path and content belong together even when the link is swapped meanwhile.
+    """
+    for _ in range(3):
+        real = os.path.realpath(path)
+        try:
+            with open(real, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            if real == path:
+                raise
+            continue  # the version just resolved was swapped out and removed: resolve again
+        return (real, hashlib.sha256(data).hexdigest()), data.decode("utf-8", "surrogateescape")
+    raise FileNotFoundError(2, os.strerror(2), path)
+
+
+class _Watcher:
+    """Acts once on each version of the rules file: loads it when it differs from what the
+    kernel runs, or says why not and leaves the kernel's rules as they are."""
+
+    def __init__(self, path: str, pin_dir: str):
+        self.path, self.pin_dir = path, pin_dir
+        self.seen: tuple | None = None  # the version last acted on
+        self.waiting = False            # said that nothing is enabled
+
+    def tick(self) -> None:
+        try:
+            version, text = _read_version(self.path)
+        except OSError as e:
+            if ("unreadable", e.strerror) != self.seen:
+                self.seen = ("unreadable", e.strerror)
+                _say(f"{self.path}: {e.strerror or e}; the rules loaded before keep running", error=True)
+            return
+        if version == self.seen:
+            return
+        inst = _running(self.pin_dir)
+        if inst is None:  # disabled meanwhile: tried again at each tick, said once
+            if not self.waiting:
+                _say(f"mdatui is not enabled at {self.pin_dir}: {self.path} is loaded when it is",
+                     error=True)
+            self.waiting = True
+            return
+        self.waiting = False
+        with inst:
+            self.seen = version
+            self._act(inst, text)
+
+    def _act(self, inst: Instance, text: str) -> None:
+        running = rules.from_ruleset(inst.active_rules())
+        kept = f"the {len(running)} rules loaded before keep running"
+        try:
+            config = _load(self.path, text)
+        except RulesError as e:
+            _say(f"{e}\nrules watch: {self.path} not applied; {kept}", error=True)
+            return
+        if rules.first_difference(running, config.rules) is None:
+            _say(f"{self.path}: {len(config.rules)} rules, as the kernel runs them already")
+            return
+        try:
+            _say(_applied(inst, config, self.path))
+        except (OSError, ValueError) as e:
+            _say(f"rules watch: the kernel did not take {self.path} ({e}); {kept}", error=True)
+
+
+def cmd_watch(a) -> int:
+    inst = _running(a.pin_dir)
+    if inst is None:
+        raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config FILE` first")
+    with inst:
+        path = a.file or live.default_config(inst)
+    stop = threading.Event()
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _say(f"watching {path} every {a.interval:g} s: each change is checked and loaded into "
+             f"the accelerator at {a.pin_dir}")
+        watcher = _Watcher(path, a.pin_dir)
+        while not stop.is_set():
+            watcher.tick()  # a signal lets a change being loaded finish first
+            stop.wait(a.interval)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    _say(f"stopped watching {path}")
+    return 0
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range 0.05-3600 seconds")
+    return value
 
 
 def _current_text(path: str) -> str:
@@ -208,6 +327,11 @@ def add_parser(sub, pin_arg) -> None:
     p.add_argument("--config")
     p = cmd("apply", cmd_apply, "load a rules file into the running kernel")
     p.add_argument("file", nargs="?")
+    p = cmd("watch", cmd_watch, "load a rules file into the running kernel each time it changes "
+            "(a mounted ConfigMap too); a bad version is reported and the rules running stay")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--interval", type=_interval, default=2.0, metavar="SECONDS",
+                   help="how often the file is looked at (default 2)")
     p = cmd("preset", cmd_preset, "replace the rules file with a preset, shown as a diff first")
     p.add_argument("name", choices=presets.NAMES)
     p.add_argument("--config", help="rules file to write (default: the one enable loaded)")

@@ -58,6 +58,9 @@ def cmd_enable(a) -> int:
 def cmd_serve(a) -> int:
     from ..core import service
     system.require_root("serve")
+    if a.metrics:
+        from . import metrics_cmd
+        metrics_cmd.start(a.metrics, a.pin_dir)
     return service.serve(a.pin_dir)
 
 
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("serve", help="the resident part: takes drained ends out of the sockhash")
+    from . import metrics_cmd
+    p.add_argument("--metrics", type=metrics_cmd.listen_arg, metavar="HOST:PORT",
+                   help="also serve Prometheus metrics at http://HOST:PORT/metrics (as `mdatui metrics`)")
     _pin_arg(p)
     p.set_defaults(func=cmd_serve)
 
@@ -211,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     rules_cmd.add_parser(sub, _pin_arg)
     from . import dump_cmd
     dump_cmd.add_parser(sub, _pin_arg)
+    metrics_cmd.add_parser(sub, _pin_arg)
     return ap
 
 

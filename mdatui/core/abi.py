@@ -129,6 +129,8 @@ class Stat(enum.IntEnum):
     DEMOTED = 11
     DRAINED = 12
     BLOCKING = 13
+    CLOSED_PASSED = 14
+    EVENTS_LOST = 15
 
 
 STAT_MAX = len(Stat)

@@ -63,10 +63,10 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.datapath import _uninterrupted  # noqa: E402  (teardown a second Ctrl-C cannot cut short)
-from mdatui.core import abi, bpfsys  # noqa: E402
-from mdatui.core import lab as labm  # noqa: E402
-from mdatui.core import loader  # noqa: E402
-from mdatui.core.instance import Instance  # noqa: E402
+from mdatui.core.kernel import abi, bpfsys  # noqa: E402
+from mdatui import lab as labm  # noqa: E402
+from mdatui.core import lifecycle
+from mdatui.core.kernel.instance import Instance  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
 
 REFRESH_CPU_MS = 100.0
@@ -232,7 +232,7 @@ def _stats(samples: list[float]) -> dict:
 def measure_backend(pin_dir: str, rounds: int = 4) -> dict:
     """The poll worker's part of a refresh that reads the ends (as ctrl+r asks), without the UI:
     the first round decodes everything."""
-    from mdatui.core.console import Frame, LiveBackend
+    from mdatui.core.backend import Frame, LiveBackend
 
     backend = LiveBackend(pin_dir)
     parts = defaultdict(list)
@@ -293,8 +293,8 @@ async def _frames(app, n: int, timeout: float) -> None:
 
 
 async def measure_app(pin_dir: str, seconds: float) -> dict:
-    from mdatui.core import console as core_console
-    from mdatui.core.console import LiveBackend
+    from mdatui.core import backend as core_console
+    from mdatui.core.backend import LiveBackend
     from mdatui.ui.app import MdaConsole
 
     worker = defaultdict(list)   # thread CPU of the poll worker's calls
@@ -389,7 +389,7 @@ def child(pin_dir: str, part: str, seconds: float) -> dict:
     """One part in a process of its own: the poll worker's reads alone would leave the console
     heaps of freed memory that its own worker thread (another malloc arena) does not reuse."""
     import mdatui.ui.app  # noqa: F401  (what the console imports, for the reference point)
-    from mdatui.core import system
+    from mdatui.core.kernel import system
     system.unmap_large_blocks()  # as run_console does
     out = {"rss_mb": {"after_imports": _rss_mb("VmRSS")}}
     if part == "backend":
@@ -480,15 +480,15 @@ def run(connections: int, seconds: float, real: bool = False) -> dict:
         pin_dir = f"/sys/fs/bpf/{lab.name}"
         max_socks = max(abi.MAX_SOCKS, 1 << (2 * connections + 1024).bit_length())
         progress(f"enabling on {lab.cgroup} (max_sockets {max_socks})")
-        inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
-        stack.callback(loader.disable, pin_dir)
+        inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
+        stack.callback(lifecycle.disable, pin_dir)
         stack.callback(inst.close)
-        server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
+        server = lab.python(["mdatui.lab.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
         if server.stdout.readline().strip() != b"READY":
             raise RuntimeError("echo server did not start")
         chat_seconds = str(CHILD_TIMEOUT_S * 2 + 60)
         for rate in ("200", "50", "10"):
-            lab.python(["mdatui.core.traffic", "chat", "--to", f"127.0.0.1:{ECHO_PORT}",
+            lab.python(["mdatui.lab.traffic", "chat", "--to", f"127.0.0.1:{ECHO_PORT}",
                         "--seconds", chat_seconds, "--rate", rate], netns=ns)
         owners = [lab.spawn(["sleep", str(CHILD_TIMEOUT_S * 3)]) for _ in range(8)]
         pids = [os.getpid(), server.pid] + [p.pid for p in owners]

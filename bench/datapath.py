@@ -39,9 +39,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mdatui.core import lab as labm  # noqa: E402
-from mdatui.core import loader, service, snapshot, system  # noqa: E402
-from mdatui.core.instance import Instance  # noqa: E402
+from mdatui import lab as labm  # noqa: E402
+from mdatui.core.kernel import system
+from mdatui.core import reader
+from mdatui.core import lifecycle
+from mdatui.core import service, snapshot  # noqa: E402
+from mdatui.core.kernel.instance import Instance  # noqa: E402
 from bench import dp_cases, dp_mesh, dp_tools  # noqa: E402
 from bench.dp_cases import Case  # noqa: E402
 from bench.dp_tools import SOCKPERF_IDLE, RunFailed  # noqa: E402
@@ -171,7 +174,7 @@ def measure(plain: Side, accel: Side, cases: list[Case], pairs: int, seconds: in
             for offset, what in sorted(events):
                 time.sleep(max(0.0, t0 + offset - time.monotonic()))
                 if what == "look":
-                    look = states(snapshot.read(accel.inst), case_ports(side, case))
+                    look = states(reader.read(accel.inst), case_ports(side, case))
                 else:
                     upcoming = launch(n + 1)
             values = client.result()
@@ -249,11 +252,11 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
         served.append(pin_dir)
         progress("compiling and attaching the accelerator to the accelerated lab's cgroup ...")
         try:
-            inst = loader.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance
+            inst = lifecycle.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance
         except BaseException:
             with _uninterrupted():
                 try:
-                    loader.disable(pin_dir)  # whatever a cut-short enable pinned
+                    lifecycle.disable(pin_dir)  # whatever a cut-short enable pinned
                 except Exception:
                     pass
             raise
@@ -261,7 +264,7 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
         def teardown():
             with _uninterrupted():
                 inst.close()
-                loader.disable(pin_dir)
+                lifecycle.disable(pin_dir)
         stack.callback(teardown)  # runs before the labs close: detach while the cgroup exists
         need_mesh = "mesh" in tools
         plain = build("plain", plain_lab, 1, tmp, need_mesh)

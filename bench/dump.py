@@ -36,8 +36,9 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from bench.console import _ms, _rss_mb, _stats, _timed_press  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
-from mdatui.core import abi, dump  # noqa: E402
-from mdatui.core.perfbuf import wall_offset_ns  # noqa: E402
+from mdatui.core.kernel import abi
+from mdatui.core import dump  # noqa: E402
+from mdatui.core.kernel.perfbuf import wall_offset_ns  # noqa: E402
 from tests.ui.fake import FakeBackend  # noqa: E402  (the fixed maps the UI tests show)
 
 KEY_MEDIAN_MS, KEY_MAX_MS, RSS_MB = 100.0, 250.0, 200.0

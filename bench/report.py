@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from mdatui.core import system
+from mdatui.core.kernel import system
 
 
 def run_and_print(run: Callable[[], dict], table: Callable[[dict], str], as_json: bool) -> int:

@@ -30,11 +30,13 @@ import numpy as np  # noqa: E402
 
 from bench.console import ECHO_PORT, fill, synthetic_ends  # noqa: E402
 from bench.datapath import _uninterrupted  # noqa: E402
-from mdatui.core import bpfsys  # noqa: E402
-from mdatui.core import lab as labm  # noqa: E402
-from mdatui.core import loader  # noqa: E402
-from mdatui.core.instance import Instance  # noqa: E402
-from mdatui.core import abi, jsonout, rules, snapshot, verdicts  # noqa: E402
+from mdatui.core.kernel import bpfsys  # noqa: E402
+from mdatui import lab as labm  # noqa: E402
+from mdatui.core.table import CONN, COUNTER_FIELDS, COUNTERS, KEY, STATIC, STATIC_FIELDS, Table
+from mdatui.core import lifecycle
+from mdatui.core.kernel.instance import Instance  # noqa: E402
+from mdatui.core.kernel import abi
+from mdatui.core import jsonout, rules, snapshot, verdicts  # noqa: E402
 
 RULE_SETS = {
     "seed example": "chain --ip 198.19.0.0/16 --uid-owner 1337 -j ACCEPT\n"
@@ -44,23 +46,23 @@ RULE_SETS = {
 }
 
 
-def synthetic_table(connections: int, seed: int = 1) -> snapshot.Table:
+def synthetic_table(connections: int, seed: int = 1) -> Table:
     """bench.console's synthetic ends as a Table, as read_ends would make of them."""
     ends = list(synthetic_ends(connections, pids=[1, 100, 200], seed=seed))
-    keys = np.frombuffer(b"".join(bytes(k) for k, _, _ in ends), snapshot.KEY)
-    conns = np.frombuffer(b"".join(bytes(c) for _, c, _ in ends), snapshot.CONN)
-    static = np.zeros(len(ends), snapshot.STATIC)
-    for f in snapshot.STATIC_FIELDS:
+    keys = np.frombuffer(b"".join(bytes(k) for k, _, _ in ends), KEY)
+    conns = np.frombuffer(b"".join(bytes(c) for _, c, _ in ends), CONN)
+    static = np.zeros(len(ends), STATIC)
+    for f in STATIC_FIELDS:
         static[f] = conns[f]
-    counters = np.zeros(len(ends), snapshot.COUNTERS)
-    for f in snapshot.COUNTER_FIELDS:
+    counters = np.zeros(len(ends), COUNTERS)
+    for f in COUNTER_FIELDS:
         counters[f] = conns[f]
     taken_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    return snapshot.Table(keys.copy(), static, counters, taken_ns,
+    return Table(keys.copy(), static, counters, taken_ns,
                           np.array([held for _, _, held in ends], dtype=bool))
 
 
-def snapshot_of(table: snapshot.Table) -> snapshot.Snapshot:
+def snapshot_of(table: Table) -> snapshot.Snapshot:
     return snapshot.Snapshot(taken_at=table.taken_ns / 1e9, enabled=True, pin_dir="/bench",
                              table=table)
 
@@ -72,7 +74,7 @@ def _cpu_ms(fn, *args, **kwargs) -> tuple[float, object]:
     return (time.process_time() - t) * 1000, out
 
 
-def _apply_part(table: snapshot.Table, edited: list[rules.Rule]) -> object:
+def _apply_part(table: Table, edited: list[rules.Rule]) -> object:
     """What apply.apply does between reading sock_proxy_map and the bpf() calls that ask the
     ends to stop (apply.take_off_fast_path)."""
     keys = verdicts.preview(table, edited, first=0).off.keys()
@@ -112,9 +114,9 @@ def kernel_run(connections: int) -> None:
     try:
         ns = lab.add_netns("pod")
         max_socks = 1 << (2 * connections + 1024).bit_length()
-        loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance.close()
+        lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance.close()
         enabled = True
-        server = lab.python(["mdatui.core.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
+        server = lab.python(["mdatui.lab.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)
         if server.stdout.readline().strip() != b"READY":
             raise RuntimeError("echo server did not start")
         with Instance(pin_dir) as inst:
@@ -136,7 +138,7 @@ def kernel_run(connections: int) -> None:
         with _uninterrupted():  # teardown only: the pins would stay behind
             if enabled:
                 _forget_synthetic(pin_dir)
-                loader.disable(pin_dir)
+                lifecycle.disable(pin_dir)
             lab.close()
 
 

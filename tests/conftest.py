@@ -1,4 +1,4 @@
-"""Shared fixtures. Kernel tests run in a private cgroup + netns (mdatui.core.lab) and remove
+"""Shared fixtures. Kernel tests run in a private cgroup + netns (mdatui.lab) and remove
 everything they made; under CI=true a kernel test that cannot run fails instead of skipping."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from mdatui.core import lab as labmod
-from mdatui.core import loader, system
-from mdatui.core.instance import NotEnabled
+from mdatui import lab as labmod
+from mdatui.core import lifecycle
+from mdatui.core.kernel import system
+from mdatui.core.kernel.instance import NotEnabled
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -54,7 +55,7 @@ def pin_dir(lab):
     path = f"/sys/fs/bpf/{lab.name}"
     yield path
     try:
-        loader.disable(path)
+        lifecycle.disable(path)
     except NotEnabled:
         pass
 
@@ -62,6 +63,6 @@ def pin_dir(lab):
 @pytest.fixture
 def accel(lab, pin_dir):
     """The accelerator attached to the lab's cgroup only."""
-    inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance
+    inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance
     yield inst
     inst.close()

@@ -6,7 +6,7 @@ import json
 import select
 import subprocess
 
-TRAFFIC = "mdatui.core.traffic"
+TRAFFIC = "mdatui.lab.traffic"
 
 
 def _line(proc: subprocess.Popen, timeout: float) -> str:

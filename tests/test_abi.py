@@ -1,4 +1,4 @@
-"""mdatui/core/abi.py against what BCC makes of bpf/mdatui.h: each record field by field."""
+"""mdatui/core/kernel/abi.py against what BCC makes of bpf/mdatui.h: each record field by field."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mdatui.core import abi, loader
-from mdatui.core.instance import MAPS
+from mdatui.core.kernel import abi, loader
+from mdatui.core.kernel.instance import MAPS
 
 pytestmark = pytest.mark.kernel
 

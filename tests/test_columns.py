@@ -1,4 +1,4 @@
-"""The ends as columns (snapshot.Table) against the same questions asked of Connection objects
+"""The ends as columns (table.Table) against the same questions asked of Connection objects
 one by one, the way the console answered them before it kept columns: pairs and their health,
 rates between two reads, ends found by key, and the sockhash walked a slice at a
 time."""
@@ -12,11 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mdatui.core import abi, snapshot
-from mdatui.core.console import Attribution, Frame
+from mdatui.core import reader, snapshot
+from mdatui.core.backend import Attribution, Frame
+from mdatui.core.ends import Connection, Endpoint, Owner
+from mdatui.core.kernel import abi
 from mdatui.core.pairing import HEALTH, PairTable, pair_rows_of
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import Connection, Endpoint, Owner, Snapshot, Table
+from mdatui.core.snapshot import Snapshot
+from mdatui.core.table import CONN, COUNTER_FIELDS, STATIC_FIELDS, Table, key_record
 
 
 def mesh(n: int, seed: int, first_port: int = 10000) -> list[Connection]:
@@ -193,8 +196,8 @@ def test_the_sockhash_walked_a_slice_per_read_says_which_ends_it_holds():
     table = Table.of(conns)
     now = table.taken_ns  # every end was made before the walks below began
     held_ends = [c.end for c in conns if c.in_sockhash]
-    keys = [abi.SockKey(*snapshot.key_record(end)) for end in held_ends]
-    members = snapshot.SockhashMembers(walk_slice=100)
+    keys = [abi.SockKey(*key_record(end)) for end in held_ends]
+    members = reader.SockhashMembers(walk_slice=100)
     walked = WalkedMap(keys)
     members.walk(walked, now, capacity=1024)  # the first walk goes to the end at once
     assert walked.calls == 1 and members.count == len(keys)
@@ -218,9 +221,9 @@ class BatchedMap:
     def __init__(self, conns: list[Connection]):
         table = Table.of(conns)
         self.keys = table.keys
-        self.values = np.zeros(len(conns), snapshot.CONN)
-        for part, fields in ((table.static, snapshot.STATIC_FIELDS),
-                             (table.counters, snapshot.COUNTER_FIELDS)):
+        self.values = np.zeros(len(conns), CONN)
+        for part, fields in ((table.static, STATIC_FIELDS),
+                             (table.counters, COUNTER_FIELDS)):
             for f in fields:
                 self.values[f] = part[f]
         self.taken_ns = table.taken_ns
@@ -255,19 +258,19 @@ def read_back(table: Table) -> list[Connection]:
 @pytest.fixture
 def small_batches(monkeypatch):
     """Reads in batches of 256 ends: a map of a thousand is read in a few."""
-    monkeypatch.setattr(snapshot, "BATCH", 256)
+    monkeypatch.setattr(reader, "BATCH", 256)
 
 
 def test_a_read_of_the_same_ends_shares_their_columns_and_only_the_counters_are_new(small_batches):
-    conns = mesh(3 * snapshot.BATCH, 9)
-    assert len(conns) > 3 * snapshot.BATCH
+    conns = mesh(3 * reader.BATCH, 9)
+    assert len(conns) > 3 * reader.BATCH
     ages_zero = as_read(conns)
     m = BatchedMap(ages_zero)
-    first = snapshot.read_ends(m, len(conns), m.taken_ns)
+    first = reader.read_ends(m, len(conns), m.taken_ns)
     assert read_back(first) == ages_zero
     _ = first.peer_row, first.index  # worked out once
     later = moved(ages_zero, 1)
-    second = snapshot.read_ends(BatchedMap(later), len(conns), m.taken_ns, earlier=first)
+    second = reader.read_ends(BatchedMap(later), len(conns), m.taken_ns, earlier=first)
     assert read_back(second) == later
     assert second.keys is first.keys and second.static is first.static
     assert second.__dict__["peer_row"] is first.peer_row  # not worked out again
@@ -278,10 +281,10 @@ def test_a_read_of_the_same_ends_shares_their_columns_and_only_the_counters_are_
 
 @pytest.mark.parametrize("change", ["state", "owner", "peer", "gone", "new", "fewer"])
 def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
-    conns = as_read(mesh(3 * snapshot.BATCH, 10))
-    first = snapshot.read_ends(BatchedMap(conns), len(conns), 0)
+    conns = as_read(mesh(3 * reader.BATCH, 10))
+    first = reader.read_ends(BatchedMap(conns), len(conns), 0)
     later = moved(conns, 2)
-    at = 2 * snapshot.BATCH + 5  # in the third batch: the first two were shared so far
+    at = 2 * reader.BATCH + 5  # in the third batch: the first two were shared so far
     c = later[at]
     if change == "state":
         later[at] = replace(c, state="accelerated" if c.state == "draining" else "draining")
@@ -295,7 +298,7 @@ def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
         later.insert(at, replace(c, end=Endpoint("10.1.1.1:1", "10.1.1.2:2")))
     else:
         del later[at:]
-    second = snapshot.read_ends(BatchedMap(later), len(conns), 0, earlier=first)
+    second = reader.read_ends(BatchedMap(later), len(conns), 0, earlier=first)
     assert read_back(second) == later
     assert second.static is not first.static
     assert (second.peer_row == Table.of(later).peer_row).all()
@@ -303,14 +306,14 @@ def test_a_read_of_changed_ends_is_read_whole(change, small_batches):
 
 
 def test_frames_of_the_same_ends_take_the_earlier_pairs_and_of_changed_ends_pair_anew(small_batches):
-    conns = as_read(mesh(3 * snapshot.BATCH, 11))
+    conns = as_read(mesh(3 * reader.BATCH, 11))
     changed = moved(conns, 1)
     ok = PairTable.of(Table.of(conns))
     at = int(ok.a[list(ok.health).index(HEALTH.index("ok"))])  # rows are in the map's order
     changed[at] = replace(changed[at], state="normal", in_sockhash=False)  # ok becomes "normal"
     tables = []
     for later in (conns, moved(conns, 1), changed):
-        tables.append(snapshot.read_ends(BatchedMap(later), len(conns), 0,
+        tables.append(reader.read_ends(BatchedMap(later), len(conns), 0,
                                          tables[-1] if tables else None))
     frames = []
     for i, table in enumerate(tables):

@@ -45,7 +45,7 @@ def test_the_console_and_the_commands_load_no_bcc():
 def test_the_core_loads_no_textual():
     loaded = _loaded_after(
         "import importlib, pkgutil, mdatui.core\n"
-        "for m in pkgutil.iter_modules(mdatui.core.__path__, 'mdatui.core.'):\n"
+        "for m in pkgutil.walk_packages(mdatui.core.__path__, 'mdatui.core.'):\n"
         "    importlib.import_module(m.name)\n")
     assert {"numpy", "mdatui"} <= loaded
     assert not {"textual", "rich"} & loaded

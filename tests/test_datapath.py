@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from mdatui.core import loader, snapshot
+from mdatui.core import lifecycle, reader
+from mdatui.core.ends import Connection
 
 from . import peers
 
@@ -25,8 +26,8 @@ def lo_packets(netns: str) -> int:
     return json.loads(out)[0]["stats64"]["rx"]["packets"]
 
 
-def ends(inst) -> dict[tuple[str, str], snapshot.Connection]:
-    return {(c.end.local, c.end.remote): c for c in snapshot.read(inst).connections}
+def ends(inst) -> dict[tuple[str, str], Connection]:
+    return {(c.end.local, c.end.remote): c for c in reader.read(inst).connections}
 
 
 def wait_maps_empty(inst, seconds: float = 5) -> dict[str, int]:
@@ -214,16 +215,16 @@ def test_ten_thousand_connections_leave_every_map_empty(lab, accel):
 
 def test_disable_during_a_transfer_loses_no_byte(lab, pin_dir):
     ns = lab.add_netns("pod")
-    inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance
+    inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance
     sink = peers.server(lab, "sink", 7000, ns)
     cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "100000000",
                        "--pause", "0.001")
     deadline = time.monotonic() + 10
-    while snapshot.read(inst).redirected_bytes == 0 and time.monotonic() < deadline:
+    while reader.read(inst).redirected_bytes == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    moved = snapshot.read(inst).redirected_bytes
+    moved = reader.read(inst).redirected_bytes
     inst.close()
-    loader.disable(pin_dir)
+    lifecycle.disable(pin_dir)
     done = peers.report(cli, timeout=120)
     got = peers.report(sink)
     assert 0 < moved < 100_000_000, "the transfer was accelerated when disable came"
@@ -293,7 +294,7 @@ def test_enable_on_a_missing_cgroup_names_it(lab, pin_dir):
 
 def test_a_full_map_falls_back_to_the_stack_and_is_counted(lab, pin_dir):
     ns = lab.add_netns("pod")
-    inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=6).instance
+    inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=6).instance
     try:
         peers.server(lab, "echo", 7000, ns)
         clients = [peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "2000000",
@@ -304,7 +305,7 @@ def test_a_full_map_falls_back_to_the_stack_and_is_counted(lab, pin_dir):
         for c in clients:
             done = peers.report(c)
             assert done["sha256_received"] == done["sha256_sent"]
-        states = {c.end.local: c.state for c in snapshot.read(inst).connections}
+        states = {c.end.local: c.state for c in reader.read(inst).connections}
         # Three connections fill six sockets; the other two were never in the maps.
         assert sorted(str(states.get(local)) for local in locals_) == ["None"] * 2 + ["accelerated"] * 3
         assert inst.stats()["sockhash_full"] == 2
@@ -406,3 +407,4 @@ def wait_drained(inst, n: int, seconds: float = 10) -> None:
     while inst.stats()["drained"] < n and time.monotonic() < deadline:
         time.sleep(0.05)
     assert inst.stats()["drained"] == n
+

@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mdatui.core import apply, demo, resources
+from mdatui.core import apply, resources
+from mdatui.lab import demo
 
 from .test_demo_tmux import Tmux, _alive, leftovers, process_tree, remove, wait_for
 
@@ -183,7 +184,7 @@ def test_the_demo_edits_a_scratch_copy_of_the_rules_and_a_pasted_burst_lands_in_
 
 def test_an_exception_in_the_demo_leaves_nothing():
     """What an exception in the console does too: the demo's block ends by raising."""
-    script = ("from mdatui.core import demo\n"
+    script = ("from mdatui.lab import demo\n"
               "with demo.running(clients=1, seconds=30) as d:\n"
               "    print(d.lab.name, flush=True)\n"
               "    raise RuntimeError('boom')\n")

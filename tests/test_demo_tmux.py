@@ -21,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mdatui.core import loader, system
-from mdatui.core.instance import NotEnabled
+from mdatui.core import lifecycle
+from mdatui.core.kernel import system
+from mdatui.core.kernel.instance import NotEnabled
 
 REPO = Path(__file__).resolve().parents[1]
 BPFFS = "/sys/fs/bpf"
@@ -151,7 +152,7 @@ def remove(found: dict[str, list[str]], procs: list[psutil.Process]) -> None:
     psutil.wait_procs(alive, timeout=5)
     for pin in found.get("pins", []):
         try:
-            loader.disable(pin)
+            lifecycle.disable(pin)
         except NotEnabled:
             pass
     for ns in found.get("netns", []):

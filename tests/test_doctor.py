@@ -10,7 +10,7 @@ import pytest
 
 from mdatui.cli import main as cli
 from mdatui.core import doctor
-from mdatui.core.console import LiveBackend
+from mdatui.core.backend import LiveBackend
 
 GOOD_CONFIG = "CONFIG_BPF_SYSCALL=y\nCONFIG_CGROUP_BPF=y\nCONFIG_NET_SOCK_MSG=y\n"
 
@@ -111,7 +111,7 @@ def test_enable_prints_only_what_fails_and_stops_before_loading(monkeypatch, cap
     if os.geteuid() != 0:
         pytest.skip("without root the root check fails too")
     monkeypatch.setattr(doctor, "read_config", lambda release: GOOD_CONFIG.replace("CONFIG_CGROUP_BPF=y", ""))
-    monkeypatch.setattr(cli.loader, "enable", lambda **kw: pytest.fail("enable went on"))
+    monkeypatch.setattr(cli.lifecycle, "enable", lambda **kw: pytest.fail("enable went on"))
     assert cli.main(["enable", "--cgroup", "/nonexistent/cgroup",
                      "--pin-dir", "/sys/fs/bpf/mdatui-doctor-test-none"]) == 1
     err = capsys.readouterr().err.splitlines()

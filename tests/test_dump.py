@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from mdatui.core import abi, dump, traffic
+from mdatui.core import dump
+from mdatui.core.kernel import abi
+from mdatui.lab import traffic
 from tests import peers
 from tests.test_events import _line, held_client, wait_accelerated
 

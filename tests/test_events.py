@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from mdatui.core import abi, events, perfbuf, snapshot
+from mdatui.core import ends, events, reader
 from mdatui.core.dump import DumpSession
-from mdatui.core.perfbuf import ReaderBusy, online_cpus
+from mdatui.core.kernel import abi, perfbuf
+from mdatui.core.kernel.perfbuf import ReaderBusy, online_cpus
 from tests import peers
 
 SIZES = [1, 17, 500, 1460, 3000, 9, 4096]
@@ -32,8 +33,8 @@ def wait_events(stream: events.EventStream, want, timeout: float = 10) -> list[e
     raise AssertionError(f"events never satisfied the test; got {[e.to_json() for e in seen]}")
 
 
-def end_of(inst, local: str) -> snapshot.Connection | None:
-    return next((c for c in snapshot.read(inst).connections if c.end.local == local), None)
+def end_of(inst, local: str) -> ends.Connection | None:
+    return next((c for c in reader.read(inst).connections if c.end.local == local), None)
 
 
 def wait_accelerated(inst, local: str, timeout: float = 10) -> None:
@@ -71,23 +72,23 @@ def test_a_reader_held_to_a_cpu_share_reads_the_ends_again_once_its_time_is_up(l
     peers.server(lab, "sink", 7000, ns)
     cli, local = held_client(lab, ns)
     wait_accelerated(accel, local)
-    reader = snapshot.Reader(cpu_share=1e-6)  # a millisecond of reading buys a quarter hour
-    first, second = reader.read(accel), reader.read(accel)
+    slow = reader.Reader(cpu_share=1e-6)  # a millisecond of reading buys a quarter hour
+    first, second = slow.read(accel), slow.read(accel)
     assert first.ends_every_s == 0 and second.table is not first.table
     assert second.ends_every_s > 1
     peers.proceed(cli)
     assert peers.report(cli)["state"] == "done"
-    held = reader.read(accel)
+    held = slow.read(accel)
     assert held.table is second.table  # the messages just sent are not in it yet
     assert held.stats == accel.stats() and held.taken_at > second.taken_at
-    clock = snapshot._ktime_now_ns
-    monkeypatch.setattr(snapshot, "_ktime_now_ns",
+    clock = reader._ktime_now_ns
+    monkeypatch.setattr(reader, "_ktime_now_ns",
                         lambda: clock() + round(second.ends_every_s * 1e9))
-    later = reader.read(accel)
+    later = slow.read(accel)
     conn = next(c for c in later.connections if c.end.local == local)
     assert (conn.msgs, conn.bytes) == (len(SIZES), sum(SIZES))
-    assert reader.read(accel).table is later.table
-    assert reader.read(accel, fresh=True).table is not later.table  # ctrl+r in the console
+    assert slow.read(accel).table is later.table
+    assert slow.read(accel, fresh=True).table is not later.table  # ctrl+r in the console
     peers.proceed(cli)
 
 
@@ -160,7 +161,7 @@ def test_second_reader_is_refused_until_the_first_closes(accel):
 
 @pytest.mark.kernel
 def test_a_killed_readers_lock_file_is_swept_by_the_next_reader(accel):
-    code = ("import sys, time; from mdatui.core import events; from mdatui.core.instance import "
+    code = ("import sys, time; from mdatui.core import events; from mdatui.core.kernel.instance import "
             "Instance; s = events.EventStream(Instance(sys.argv[1])); print('READY', flush=True); "
             "time.sleep(60)")
     reader = subprocess.Popen([sys.executable, "-c", code, accel.pin_dir], stdout=subprocess.PIPE)

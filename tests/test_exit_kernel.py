@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mdatui.core import dump, perfbuf
-from mdatui.core.instance import Instance
+from mdatui.core import dump
+from mdatui.core.kernel import perfbuf
+from mdatui.core.kernel.instance import Instance
 from mdatui.ui.app import EXIT_GRACE_S
 
 from .test_demo_tmux import Tmux, process_tree, wait_for
@@ -31,7 +32,7 @@ def reader(pin_dir: str, code: str) -> subprocess.Popen:
     READY when it has done what it does before waiting to be ended."""
     script = textwrap.dedent(f"""
         import sys, time
-        from mdatui.core.instance import Instance
+        from mdatui.core.kernel.instance import Instance
         pin_dir = {pin_dir!r}
         inst = Instance(pin_dir)
     """) + textwrap.dedent(code)

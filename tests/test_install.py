@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mdatui.core import apply
-from mdatui.core.instance import PROGRAMS
+from mdatui.core.kernel.instance import PROGRAMS
 
 pytestmark = pytest.mark.kernel
 

@@ -7,8 +7,8 @@ import ctypes as ct
 import pytest
 
 from mdatui.cli.main import main
-from mdatui.core import abi, instance, system
-from mdatui.core.console import LiveBackend, Unavailable
+from mdatui.core.backend import LiveBackend, Unavailable
+from mdatui.core.kernel import abi, instance, system
 
 
 def test_system_calls_are_numbered_for_the_machine():

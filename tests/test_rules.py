@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdatui.core import abi
 from mdatui.core import rules as R
+from mdatui.core.kernel import abi
 from mdatui.core.rules import ConnView, NamedId, ParseError, Rule, RuleError, Target, Verdict
 
 SEED = """\

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mdatui.core import apply, rules, snapshot
+from mdatui.core import apply, reader, rules
 
 from . import peers
 
@@ -45,7 +45,7 @@ def accelerated(lab, accel, ns: str, to: str, *extra: str, **ids) -> bool:
     peers.proceed(cli)
     done = peers.report(cli)
     assert done["sha256_received"] == done["sha256_sent"]
-    mine = next((c for c in snapshot.read(accel).connections if c.end.local == local), None)
+    mine = next((c for c in reader.read(accel).connections if c.end.local == local), None)
     peers.proceed(cli)
     cli.wait(10)
     return mine is not None and mine.state == "accelerated" and mine.bytes == 65536
@@ -54,7 +54,7 @@ def accelerated(lab, accel, ns: str, to: str, *extra: str, **ids) -> bool:
 def test_seed_example_accelerates_only_what_its_comment_says(lab, accel, pods):
     a, _ = pods
     load(accel, SEED)
-    assert snapshot.read(accel).active_rules == [  # read back from the kernel's live set
+    assert reader.read(accel).active_rules == [  # read back from the kernel's live set
         rules.Rule(rules.Target.ACCEPT, ipaddress.IPv4Network("198.18.1.0/24"), uid=rules.NamedId(1337)),
         rules.Rule(rules.Target.RETURN, ports=(15006, 15006))]
     assert accelerated(lab, accel, a, "198.18.1.2:7000", uid=1337)
@@ -105,7 +105,7 @@ def test_live_apply_takes_a_streaming_connection_off_the_fast_path(lab, accel, p
     cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(total),
                        "--chunk", "65536", "--pause", "0.002")
     deadline = time.monotonic() + 10
-    while snapshot.read(accel).redirected_bytes < 2_000_000 and time.monotonic() < deadline:
+    while reader.read(accel).redirected_bytes < 2_000_000 and time.monotonic() < deadline:
         time.sleep(0.02)
 
     out = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "rules", "add",
@@ -115,9 +115,9 @@ def test_live_apply_takes_a_streaming_connection_off_the_fast_path(lab, accel, p
     assert "1 accelerated connections taken off the fast path" in out.stdout
     assert config.read_text() == "# live\nchain --port 7000 -j RETURN\n"
 
-    mine = next(c for c in snapshot.read(accel).connections if c.active)
+    mine = next(c for c in reader.read(accel).connections if c.active)
     time.sleep(0.5)
-    later = next(c for c in snapshot.read(accel).connections if c.end == mine.end)
+    later = next(c for c in reader.read(accel).connections if c.end == mine.end)
     assert later.bytes == mine.bytes < total      # no more redirects: the stack carries it,
     assert (later.state, later.in_sockhash) == ("normal", False)  # as plain TCP, drained
     assert accel.stats()["drained"] == 2

@@ -46,9 +46,9 @@ from pathlib import Path
 
 import pytest
 
-from mdatui.core import apply, loader, rules, snapshot
-from mdatui.core.instance import NotEnabled
-from mdatui.core.lab import Lab
+from mdatui.core import apply, lifecycle, reader, rules
+from mdatui.core.kernel.instance import NotEnabled
+from mdatui.lab import Lab
 
 pytestmark = pytest.mark.kernel
 
@@ -155,14 +155,14 @@ class Accel:
         self.taken_off: list[int] = []
 
     def enable(self) -> None:
-        self.inst = loader.enable(cgroup=self.lab.cgroup, pin_dir=self.pin_dir).instance
+        self.inst = lifecycle.enable(cgroup=self.lab.cgroup, pin_dir=self.pin_dir).instance
         self.events.append("enable")
 
     def count(self) -> dict:
         """This enable's counters so far, closed ends and open ones."""
         stats = self.inst.stats()
         return {"accelerated": stats["accelerated"],
-                "redirected_msgs": stats["closed_msgs"] + snapshot.read(self.inst).redirected_msgs,
+                "redirected_msgs": stats["closed_msgs"] + reader.read(self.inst).redirected_msgs,
                 "not_accelerated": sum(stats.get(k, 0) for k in NOT_ACCELERATED_COUNTERS),
                 "stats": stats}
 
@@ -180,7 +180,7 @@ class Accel:
         self.last_stats = counted["stats"]
         self.inst.close()
         self.inst = None
-        loader.disable(self.pin_dir)
+        lifecycle.disable(self.pin_dir)
         self.events.append("disable")
 
     def apply_rules(self, text: str) -> int:
@@ -194,7 +194,7 @@ class Accel:
             self.inst.close()
             self.inst = None
         try:
-            loader.disable(self.pin_dir)
+            lifecycle.disable(self.pin_dir)
         except NotEnabled:
             pass
 

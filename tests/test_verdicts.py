@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdatui.core import rules, verdicts
-from mdatui.core.snapshot import ACCELERATED, NORMAL, Connection, Endpoint, Owner, Table
+from mdatui.core.ends import ACCELERATED, NORMAL, Connection, Endpoint, Owner
+from mdatui.core.table import Table
 
 from .test_columns import mesh
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from mdatui.core import events, rules, snapshot, verdicts
-from mdatui.core.snapshot import ACCELERATED, Connection, Table
+from mdatui.core import events, reader, rules, verdicts
+from mdatui.core.ends import ACCELERATED, Connection
+from mdatui.core.table import Table
 
 from . import peers
 from .test_events import wait_events
@@ -86,7 +87,7 @@ def test_column_judge_gives_the_kernels_verdicts(lab, accel, pods, text):
                     if isinstance(e, (events.Accelerated, events.Refused))} >= locals_
         seen = [e for e in wait_events(stream, judged)
                 if isinstance(e, (events.Accelerated, events.Refused)) and e.end.local in locals_]
-        in_map = column_verdict(verdicts.ConnectionPairs.of(snapshot.read(accel).table, ACCELERATED),
+        in_map = column_verdict(verdicts.ConnectionPairs.of(reader.read(accel).table, ACCELERATED),
                                 rule_set)
     kernel, columns = {}, {}
     for ev in seen:

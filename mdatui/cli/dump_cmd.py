@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 
-from ..core import dump, events, pcap, system, units
-from ..core.instance import Instance
-from ..core.perfbuf import ReaderBusy
-from ..core.snapshot import Owner
+from ..core import dump, events, pcap, units
+from ..core.ends import Owner
+from ..core.kernel import system
+from ..core.kernel.instance import Instance
+from ..core.kernel.perfbuf import ReaderBusy
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_SECONDS = 0.5

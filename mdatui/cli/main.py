@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..core import abi, doctor, jsonout, loader, snapshot, system, units
-from ..core.console import DUMP_KEEP
-from ..core.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
+from ..core import doctor, jsonout, lifecycle, reader, snapshot, units
+from ..core.backend import DUMP_KEEP
+from ..core.kernel import abi, system
+from ..core.kernel.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 from .errors import CliError
 
 
@@ -38,7 +39,7 @@ def cmd_enable(a) -> int:
     from . import rules_cmd
     _preflight(a.pin_dir)
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
-    res = loader.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
+    res = lifecycle.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
                         max_sockets=a.max_sockets, serve=not a.no_serve)
     with res.instance as inst:
         ids = ", ".join(f"{k}={v}" for k, v in inst.program_ids().items())
@@ -66,7 +67,7 @@ def cmd_serve(a) -> int:
 
 def cmd_disable(a) -> int:
     try:
-        res = loader.disable(a.pin_dir)
+        res = lifecycle.disable(a.pin_dir)
     except NotEnabled:
         print(f"not enabled: nothing pinned at {a.pin_dir}")
         return 0
@@ -88,7 +89,7 @@ def cmd_query(a) -> int:
         raise CliError("mdatui: query needs root to open the pinned maps: run it as root (or with sudo)") from None
     else:
         with inst:
-            snap = snapshot.read(inst)
+            snap = reader.read(inst)
     if a.json or a.jsonl:
         (jsonout.write_jsonl if a.jsonl else jsonout.write_json)(snap, sys.stdout, a.connections)
         return 0
@@ -116,7 +117,7 @@ def cmd_query(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from ..core import demo
+    from ..lab import demo
     system.require_root("demo")
     if a.clean:
         removed = demo.clean()
@@ -127,7 +128,7 @@ def cmd_demo(a) -> int:
         if a.no_console:
             import time
             time.sleep(a.seconds)
-            snap = snapshot.read(d.instance)
+            snap = reader.read(d.instance)
             jsonout.write_json(snap, sys.stdout, connections=True)
             return 0
         from ..ui.app import run_console

@@ -12,7 +12,7 @@ import threading
 
 from ..core import apply as live
 from ..core import presets, rules
-from ..core.instance import Instance, NotEnabled
+from ..core.kernel.instance import Instance, NotEnabled
 from .errors import CliError as RulesError
 
 

@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import abi, resources, rules, snapshot, verdicts
-from .instance import Instance
+from . import reader, resources, rules, table, verdicts
+from .kernel import abi
+from .kernel.instance import Instance
 
 SYSTEM_CONFIG = Path("/etc/oncn-mda/oncn-mda.conf")
 
@@ -35,11 +36,11 @@ def take_off_fast_path(inst: Instance, change: verdicts.RulePreview) -> int:
                              abi.Leave.RULE)
 
 
-def _ends(inst: Instance) -> snapshot.Table:
+def _ends(inst: Instance) -> table.Table:
     """The ends as they are now. Only sock_proxy_map is read: the judge needs neither the
     sockhash (walking it costs 0.4 s at 200,000 ends) nor the rest of a snapshot."""
     name = "sock_proxy_map"
-    return snapshot.read_ends(inst.maps[name], inst.map_capacity(name), time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+    return reader.read_ends(inst.maps[name], inst.map_capacity(name), time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
 
 @dataclass

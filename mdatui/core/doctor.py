@@ -23,8 +23,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import NamedTuple
 
-from . import system
-from .instance import DEFAULT_PIN_DIR, Instance, NotEnabled
+from .kernel import system
+from .kernel.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
 
 # bpf_probe_read_kernel, the newest helper bpf/*.c calls, came in 5.5; sockhash and sk_msg in 4.18.
 MIN_KERNEL = (5, 5)

@@ -15,8 +15,8 @@ import ctypes as ct
 import time
 from dataclasses import dataclass
 
-from . import abi
-from .instance import Instance
+from .kernel import abi
+from .kernel.instance import Instance
 from .sockets import SocketFinder
 
 GRACE_NS = 20_000_000

@@ -22,9 +22,10 @@ import os
 import sys
 from typing import NamedTuple
 
-from . import abi, guardian
-from .instance import Instance, NotEnabled
-from .perfbuf import PerfReader, ReaderBusy, lock_reader, unlock_reader, wall_offset_ns
+from . import guardian
+from .kernel import abi
+from .kernel.instance import Instance, NotEnabled
+from .kernel.perfbuf import PerfReader, ReaderBusy, lock_reader, unlock_reader, wall_offset_ns
 
 DEFAULT_SNAPLEN = 128
 MAX_SNAPLEN = abi.MAX_SNAPLEN

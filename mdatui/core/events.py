@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
-from . import abi
-from .instance import Instance
-from .perfbuf import PerfReader, wall_offset_ns
-from .snapshot import Endpoint, Owner
+from .ends import Endpoint, Owner
+from .kernel import abi
+from .kernel.instance import Instance
+from .kernel.perfbuf import PerfReader, wall_offset_ns
 
 
 @dataclass(frozen=True)

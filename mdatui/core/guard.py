@@ -18,10 +18,10 @@ import os
 import time
 from collections.abc import Iterator
 
-from . import abi
-from .instance import Instance
+from .kernel import abi
+from .kernel.instance import Instance
+from .kernel.system import syscall_number
 from .sockets import SocketFinder, cgroup_pids
-from .system import syscall_number
 
 READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
 PERIOD = 0.1  # seconds between two looks: some 2 % of a CPU for `mdatui serve` when idle

@@ -7,7 +7,7 @@ of its own and ignores SIGINT, SIGTERM and SIGHUP, so that the terminal's Ctrl-C
 that ends the owner, or a second one while it works, does not end it too.
 
     # the owner                                      # the guardian: python -m MODULE --guard ARGS
-    g = guardian.start("mdatui.core.demo", prefix)    guardian.wait_for_owner()
+    g = guardian.start("mdatui.lab.demo", prefix)    guardian.wait_for_owner()
     ...                                               undo(...)
     guardian.release(g, timeout)
 """

@@ -15,8 +15,10 @@ from typing import TextIO
 
 import numpy as np
 
-from . import abi
-from .snapshot import NORMAL, STATES, Snapshot, Table
+from .ends import NORMAL, STATES
+from .kernel import abi
+from .snapshot import Snapshot
+from .table import Table
 
 CHUNK = 4096  # rows formatted at once: a few MB of strings at most
 DRAINING = len(STATES)  # a fourth state code: NORMAL, and still in the sockhash

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # snapshot imports this module: the types are only named here
-    from .snapshot import Connection, Table
+    from .ends import Connection
+    from .table import Table
 
 
 @dataclass(frozen=True)

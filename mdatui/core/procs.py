@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 
-from .abi import UNKNOWN_ID
+from .kernel.abi import UNKNOWN_ID
 
 # Long enough that a console redrawing every second looks each process up rarely; short enough
 # that a command that exec()s something else is shown as that soon after.

@@ -10,7 +10,6 @@ closed, and then exits, so no redirected byte is freed unread.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import signal
 import subprocess
@@ -19,36 +18,10 @@ import time
 from pathlib import Path
 
 from . import drain, guard
-from .instance import Instance, NotEnabled
+from .kernel.instance import Instance, NotEnabled
+from .service_status import RUN_DIR, pidfile, running
 
-RUN_DIR = Path("/run/mdatui")
 START_SECONDS = 15  # a Python start with numpy, on a loaded 2-CPU host, took over 5
-
-
-def _pidfile(pin_dir: str) -> Path:
-    tag = hashlib.sha1(os.path.realpath(pin_dir).encode()).hexdigest()[:12]
-    return RUN_DIR / f"serve-{tag}.pid"
-
-
-def running(pin_dir: str) -> int | None:
-    """The pid of the service of this pin dir, if one runs (it holds a lock on its pid file)."""
-    path = _pidfile(pin_dir)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode().strip()
-        return int(text) if text.isdigit() else None
-    else:
-        # Left by a service that was killed, or made by one that has not locked it yet: not
-        # removed here, since a starting service would then lock a file nobody can find. The
-        # next service reuses it.
-        return None
-    finally:
-        os.close(fd)
 
 
 def start(pin_dir: str) -> int:
@@ -57,7 +30,7 @@ def start(pin_dir: str) -> int:
     if pid is not None:
         return pid
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with open(_pidfile(pin_dir).with_suffix(".log"), "ab") as log:
+    with open(pidfile(pin_dir).with_suffix(".log"), "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "mdatui.cli.main", "serve", "--pin-dir", pin_dir],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -87,7 +60,7 @@ def serve(pin_dir: str) -> int:
     """Run until SIGTERM/SIGINT/SIGHUP while the accelerator is enabled (what drains then stays
     in the pinned maps for the next run), or until it was disabled and nothing drains."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    path = _pidfile(pin_dir)
+    path = pidfile(pin_dir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,8 +16,8 @@ import termios
 import time
 from pathlib import Path
 
-from . import abi
-from .system import libc, syscall_number
+from .kernel import abi
+from .kernel.system import libc, syscall_number
 
 SYS_PIDFD_GETFD = syscall_number("pidfd_getfd")
 SO_NETNS_COOKIE = 71

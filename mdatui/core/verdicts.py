@@ -15,8 +15,10 @@ from functools import cached_property
 
 import numpy as np
 
-from . import abi, rules
-from .snapshot import ACCELERATED, NORMAL, Connection, Table
+from . import rules
+from .ends import ACCELERATED, NORMAL, Connection
+from .kernel import abi
+from .table import Table
 
 
 @dataclass(frozen=True)

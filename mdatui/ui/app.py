@@ -22,8 +22,8 @@ from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import get_current_worker
 
-from ..core import system
-from ..core.console import DUMP_KEEP, ConsoleBackend, Frame, LiveBackend, Unavailable
+from ..core.backend import DUMP_KEEP, ConsoleBackend, Frame, LiveBackend, Unavailable
+from ..core.kernel import system
 from .key_order import KeysInOrder
 from .screens.help import HelpScreen
 from .screens.main import TABS, MainScreen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from ..core import units
-from ..core.snapshot import Owner
+from ..core.ends import Owner
 
 
 def count(n: float) -> str:

@@ -11,10 +11,12 @@ import time
 from rich.console import Console
 from rich.text import Text
 
-from mdatui.core import abi, apply, dump, events, rules
-from mdatui.core.console import RulesDoc, Unavailable
+from mdatui.core import apply, dump, events, rules
+from mdatui.core.backend import RulesDoc, Unavailable
+from mdatui.core.ends import Connection, Endpoint, Owner
+from mdatui.core.kernel import abi
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import Connection, DumpState, Endpoint, Owner, Snapshot, disabled
+from mdatui.core.snapshot import DumpState, Snapshot, disabled
 from mdatui.core.verdicts import preview
 
 NOW = 1_700_000_100.0          # wall clock of every frame
@@ -88,10 +90,10 @@ def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
 
 
 PROCESSES = {
-    2001: "python -m mdatui.core.traffic chat --to 198.18.0.2:80",
+    2001: "python -m mdatui.lab.traffic chat --to 198.18.0.2:80",
     2002: "envoy --config sidecar-out.yaml",
     2003: "envoy --config sidecar-in.yaml",
-    2004: "python -m mdatui.core.traffic echo --port 9090",
+    2004: "python -m mdatui.lab.traffic echo --port 9090",
     2005: "curl http://127.0.0.1:7000/",
 }
 USERS = {0: "root", 1337: "istio-proxy"}

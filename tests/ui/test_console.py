@@ -8,7 +8,7 @@ import pytest
 from textual.geometry import Region
 from textual.widgets import Button, DataTable, Input, Log, TabbedContent
 
-from mdatui.core.console import Frame
+from mdatui.core.backend import Frame
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.screens.help import HelpScreen
 from mdatui.ui.screens.not_running import NotRunningScreen

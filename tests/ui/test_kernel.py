@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mdatui.core import rules, snapshot
-from mdatui.core.console import LiveBackend
+from mdatui.core import ends, reader, rules
+from mdatui.core.backend import LiveBackend
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.screens.not_running import NotRunningScreen
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.kernel
 PORT = 7000
 
 
-def ends_to(inst, port: int) -> list[snapshot.Connection]:
-    return [c for c in snapshot.read(inst).connections if f":{port}" in c.end.local + c.end.remote]
+def ends_to(inst, port: int) -> list[ends.Connection]:
+    return [c for c in reader.read(inst).connections if f":{port}" in c.end.local + c.end.remote]
 
 
 def wait_for(condition, seconds: float = 10.0):

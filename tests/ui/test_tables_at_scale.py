@@ -12,10 +12,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mdatui.core import snapshot
-from mdatui.core.console import Frame
+from mdatui.core import reader
+from mdatui.core.backend import Frame
+from mdatui.core.ends import Endpoint
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import Endpoint, Snapshot
+from mdatui.core.snapshot import Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
 from mdatui.ui.widgets import sortable_table
@@ -114,14 +115,14 @@ def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, nam
 
 def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what_is_read(
         monkeypatch):
-    monkeypatch.setattr(snapshot, "BATCH", 128)
+    monkeypatch.setattr(reader, "BATCH", 128)
     conns = as_read(mesh(300, 13))
     gone = next(i for i, c in enumerate(conns) if c.end.local.startswith("198.19.1."))
     changed = conns[:gone] + conns[gone + 1:] + [replace(conns[gone], end=Endpoint(
         "198.19.7.7:7777", conns[gone].end.remote))]
     reads = []
     for i, later in enumerate((conns, moved(conns, 1), changed)):
-        table = snapshot.read_ends(BatchedMap(later), 1024, 0, reads[-1].table if reads else None)
+        table = reader.read_ends(BatchedMap(later), 1024, 0, reads[-1].table if reads else None)
         reads.append(Snapshot(10.0 + i, True, "/x", table=table))
     frame = None
     conn_rows, pair_rows = [], []
@@ -154,7 +155,7 @@ def test_positions_among_the_distinct_values_are_what_a_binary_search_finds(dtyp
 
 
 class ReadAsTheKernelDoes(FakeBackend):
-    """The fake mesh with its ends read as from the map (snapshot.read_ends): from one read to
+    """The fake mesh with its ends read as from the map (reader.read_ends): from one read to
     the next the same ends, and the tables share their columns, until one end closes."""
 
     def __init__(self):
@@ -165,7 +166,7 @@ class ReadAsTheKernelDoes(FakeBackend):
     def snapshot(self, fresh: bool = False) -> Snapshot:
         snap = super().snapshot(fresh)
         ends = as_read(list(snap.connections))[self.closed:]
-        self.table = snapshot.read_ends(BatchedMap(ends), 1024, 0, self.table)
+        self.table = reader.read_ends(BatchedMap(ends), 1024, 0, self.table)
         return replace(snap, connections=[], table=self.table)
 
 

@@ -10,7 +10,7 @@ from textual.screen import Screen
 from textual.widgets import Button, LoadingIndicator, Static
 from textual.worker import Worker, WorkerState
 
-from ...core.console import Unavailable
+from ...core.backend import Unavailable
 from ..widgets.key_bar import KeyBar
 
 

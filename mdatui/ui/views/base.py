@@ -8,7 +8,7 @@ from textual.app import SystemCommand
 from textual.binding import Binding
 from textual.containers import Vertical
 
-from ...core.console import Frame
+from ...core.backend import Frame
 from ..widgets.columns import Leftover
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import SortableTable
@@ -19,7 +19,7 @@ class View(Vertical):
 
     MAIN = "SortableTable"  # selector of the widget that gets the focus when the tab opens
     # True: show_frame shows only the ends (the table, their rates and processes), so a frame
-    # that brings the same table again (core.snapshot.Reader) changes nothing on the screen.
+    # that brings the same table again (core.reader.Reader) changes nothing on the screen.
     ENDS_ONLY = False
 
     def on_mount(self) -> None:

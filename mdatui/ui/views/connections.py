@@ -11,11 +11,12 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from ...core.abi import UNKNOWN_ID
-from ...core.console import Frame
+from ...core.backend import Frame
+from ...core.ends import STATES, Connection
+from ...core.kernel.abi import UNKNOWN_ID
 from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
-from ...core.snapshot import STATES, Connection, Rates
+from ...core.snapshot import Rates
 from .. import format as fmt
 from ..widgets.columns import Addresses, Distinct, Leftover, host_order, indexed_order, indexed_search, styled
 from ..widgets.filter_input import FilterInput

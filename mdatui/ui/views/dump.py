@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...core.console import DumpSource, Frame, Handoff, Raw, Ring, Unavailable, record, write_pcap
+from ...core.backend import DumpSource, Frame, Handoff, Raw, Ring, Unavailable, record, write_pcap
 from ...core.dump import DEFAULT_SNAPLEN, DumpRecord
 from .. import format as fmt
 from ..screens.prompt import PromptScreen

@@ -22,7 +22,7 @@ from textual.widgets import Log, Static
 from textual.worker import get_current_worker
 
 from ...core import events as ev
-from ...core.console import EventSource, Frame, Unavailable
+from ...core.backend import EventSource, Frame, Unavailable
 from .. import format as fmt
 from .base import View
 

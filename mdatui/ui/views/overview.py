@@ -11,8 +11,8 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Label, Sparkline, Static
 
-from ...core.console import Frame
-from ...core.snapshot import STATES
+from ...core.backend import Frame
+from ...core.ends import STATES
 from .. import format as fmt
 from .base import View
 

@@ -10,9 +10,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from ...core.console import Frame
+from ...core.backend import Frame
+from ...core.ends import STATES, Connection
 from ...core.pairing import HEALTH, Pair
-from ...core.snapshot import STATES, Connection, Rates
+from ...core.snapshot import Rates
 from .. import format as fmt
 from ..widgets.columns import Addresses, Leftover, indexed_search, styled
 from ..widgets.filter_input import FilterInput

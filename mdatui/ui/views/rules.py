@@ -17,8 +17,8 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 
 from ...core import apply, rules
-from ...core.console import Frame, RulesDoc, Unavailable
-from ...core.snapshot import ACCELERATED
+from ...core.backend import Frame, RulesDoc, Unavailable
+from ...core.ends import ACCELERATED
 from ...core.verdicts import ConnectionPairs, Pair, preview
 from ..screens.rule_form import RuleFormScreen
 from .base import View

@@ -10,7 +10,7 @@ from functools import cached_property
 import numpy as np
 from rich.text import Text
 
-from ...core.abi import ip_str
+from ...core.kernel.abi import ip_str
 
 STATE_STYLES = {
     "accelerated": "green",

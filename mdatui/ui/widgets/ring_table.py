@@ -24,7 +24,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ...core.console import Ring
+from ...core.backend import Ring
 from .sortable_table import CURSOR_BINDINGS, PAD, SortableTable, draw_cell
 
 

@@ -7,7 +7,7 @@ import math
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.console import Frame
+from ...core.backend import Frame
 from .. import format as fmt
 
 

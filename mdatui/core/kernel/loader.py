@@ -1,7 +1,8 @@
 """Compile the BPF programs with BCC, attach them to a cgroup and pin them; or take them away.
 
-`enable` leaves the accelerator running in the kernel after the process exits: cgroup attachments
-hold the programs and the pins hold the maps. `disable` finds everything again through the pins.
+What is loaded keeps running in the kernel after the process exits: cgroup attachments hold the
+programs and the pins hold the maps, and everything is found again through the pins.
+core.lifecycle puts these steps together with the drain service into `enable` and `disable`.
 """
 
 from __future__ import annotations
@@ -9,33 +10,20 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from . import abi, bpfsys, drain, resources, service, system
-from .instance import DEFAULT_PIN_DIR, MAPS, PROGRAMS, Instance, NotEnabled
+from .. import resources
+from . import abi, bpfsys, system
+from .instance import MAPS, PROGRAMS, Instance, NotEnabled
 
 BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
 HEADER = "mdatui.h"
 SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
 
-# How long `disable` takes ends out of the sockhash itself before it leaves the rest to the
-# service (the kernel frees a socket's unread redirected bytes when the socket leaves).
-DRAIN_SECONDS = 2.0
-
-
-@dataclass
-class EnableResult:
+class Loaded(NamedTuple):
     instance: Instance
     already: bool  # True: it was running; nothing new was attached
-    service: int | None  # pid of `mdatui serve` for it, None when not running
-
-
-@dataclass
-class DisableResult:
-    cgroup: str
-    left: int      # ends taken out of the sockhash after draining
-    handed: int    # ends still draining, left to the service
 
 
 def resolve_cgroup(cgroup: str | None) -> str:
@@ -62,18 +50,9 @@ def _compile(max_sockets: int):
             "CONFIG_NET_SOCK_MSG and CONFIG_CGROUP_BPF") from e
 
 
-def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
-           ruleset: abi.RuleSet | None = None, max_sockets: int = abi.MAX_SOCKS,
-           serve: bool = True) -> EnableResult:
-    """Load and attach, or find what is already running there (and load the new rules into it).
-    serve: start `mdatui serve` for it (systemd runs it as the unit's main process instead)."""
-    res = _enable(cgroup, pin_dir, config, ruleset, max_sockets)
-    res.service = service.start(pin_dir) if serve else service.running(pin_dir)
-    return res
-
-
-def _enable(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,
-            max_sockets: int) -> EnableResult:
+def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,
+         max_sockets: int) -> Loaded:
+    """Load and attach, or find what is already running there (and load the new rules into it)."""
     system.require_root("enable")
     cg = resolve_cgroup(cgroup)
     system.ensure_bpffs(pin_dir)
@@ -90,7 +69,7 @@ def _enable(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet 
                 "run `mdatui disable` first, or choose another --pin-dir")
         if ruleset is not None:
             inst.load_rules(ruleset)
-        return EnableResult(inst, already=True, service=None)
+        return Loaded(inst, already=True)
 
     if not 2 <= max_sockets <= 1 << 24:
         raise system.SetupError(f"--max-sockets {max_sockets} is out of range 2-16777216")
@@ -148,34 +127,11 @@ def _enable(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet 
     finally:
         os.close(cg_fd)
     b.cleanup()
-    return EnableResult(Instance(pin_dir), already=False, service=None)
+    return Loaded(Instance(pin_dir), already=False)
 
 
-def disable(pin_dir: str = DEFAULT_PIN_DIR) -> DisableResult:
-    """Detach and unpin. Established connections go on over the normal stack, bytes intact:
-    every end stops redirecting and leaves the sockhash once its reader has taken what was
-    redirected to it; ends still draining after DRAIN_SECONDS are left to `mdatui serve`,
-    which holds the maps until they have. Raises NotEnabled when nothing is pinned there.
-    """
-    system.require_root("disable")
-    with Instance(pin_dir) as inst:
-        cg = inst.cgroup
-        _detach_from_cgroup(pin_dir, cg)
-        # One process takes ends out at a time (and counts them); the service comes back only
-        # for what is still draining at the deadline.
-        service.stop(pin_dir)
-        inst.request_stop(list(inst.maps["sock_proxy_map"].keys()), abi.Leave.DISABLE)
-        reaper = drain.Reaper(inst)
-        last = reaper.run(until_empty=True, deadline=time.monotonic() + DRAIN_SECONDS)
-        if last.waiting:
-            service.start(pin_dir)  # it opens the maps before they are unpinned below
-    for entry in os.listdir(pin_dir):
-        os.unlink(os.path.join(pin_dir, entry))
-    _rmdir_quietly(pin_dir)
-    return DisableResult(cg, reaper.left, last.waiting)
-
-
-def _detach_from_cgroup(pin_dir: str, cg: str) -> None:
+def detach(pin_dir: str, cg: str) -> None:
+    """Take the programs off the cgroup; the maps stay pinned."""
     try:
         cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -196,6 +152,12 @@ def _detach_from_cgroup(pin_dir: str, cg: str) -> None:
                 os.close(fd)
     finally:
         os.close(cg_fd)
+
+
+def unpin(pin_dir: str) -> None:
+    for entry in os.listdir(pin_dir):
+        os.unlink(os.path.join(pin_dir, entry))
+    _rmdir_quietly(pin_dir)
 
 
 def _rmdir_quietly(path: str) -> None:

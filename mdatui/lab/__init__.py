@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import system
+from ..core.kernel import system
 
 CLONE_NEWNET = 0x40000000
 _serial = itertools.count()

@@ -159,7 +159,7 @@ class Map:
 
     def check_layout(self, path: str) -> None:
         """Refuse a map whose records the ctypes types would misread: pinned by another
-        version of mdatui, or bpf/mdatui.h changed without mdatui/core/abi.py."""
+        version of mdatui, or bpf/mdatui.h changed without mdatui/core/kernel/abi.py."""
         info = map_info(self.fd)
         key_size = ct.sizeof(self.key_type)
         # A value size of 0: the reader sizes its own buffers (per-CPU values).

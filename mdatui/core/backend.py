@@ -26,16 +26,19 @@ from typing import Protocol
 
 import numpy as np
 
-from . import apply, doctor, loader, rules, snapshot, system
+from . import apply, doctor, lifecycle, reader, rules, snapshot
 from .dump import DumpRecord, DumpSession, Raw, record  # noqa: F401  (record: for the UI)
+from .ends import Endpoint
 from .events import Event, EventStream
-from .instance import Instance, NotEnabled
+from .kernel import system
+from .kernel.instance import Instance, NotEnabled
+from .kernel.perfbuf import ReaderBusy
 from .pairing import PairTable
 from .pcap import PcapWriter
-from .perfbuf import ReaderBusy
 from .procs import CACHE_SECONDS, ProcessInfo, Processes
 from .ring import Handoff, Ring  # noqa: F401  (for the UI, which imports only this module)
-from .snapshot import Endpoint, Rates, Snapshot, Table
+from .snapshot import Rates, Snapshot
+from .table import Table
 
 
 class Unavailable(Exception):
@@ -232,7 +235,7 @@ class _Attributed:
     index: np.ndarray
 
 
-# Of one CPU, what reading the ends may take (snapshot.Reader): with 200,000 ends in the maps
+# Of one CPU, what reading the ends may take (reader.Reader): with 200,000 ends in the maps
 # the console reads them every second refresh at 1 Hz; with fewer, every refresh.
 READ_CPU_SHARE = 0.05
 
@@ -241,7 +244,7 @@ def _enable(cgroup: str | None, pin_dir: str, path: str) -> tuple[bool, str]:
     """LiveBackend.enable in its child: whether it worked, and what it did or why not."""
     try:
         config = rules.load(path) if Path(path).exists() else rules.Config()
-        res = loader.enable(cgroup=cgroup, pin_dir=pin_dir, config=os.path.abspath(path),
+        res = lifecycle.enable(cgroup=cgroup, pin_dir=pin_dir, config=os.path.abspath(path),
                             ruleset=rules.to_ruleset(config.rules))
     except (system.SetupError, rules.ParseError) as e:
         return False, str(e)
@@ -259,7 +262,7 @@ class LiveBackend:
         self._inst: Instance | None = None
         self._lock = threading.Lock()
         self._processes = Processes()
-        self._reader: snapshot.Reader | None = None  # of the instance open now, made with it
+        self._reader: reader.Reader | None = None  # of the instance open now, made with it
         self._attributed: _Attributed | None = None  # the last attribute()
 
     def _instance(self) -> Instance | None:
@@ -271,7 +274,7 @@ class LiveBackend:
             if self._inst is None:
                 try:
                     self._inst = Instance(self.pin_dir)
-                    self._reader = snapshot.Reader(cpu_share=READ_CPU_SHARE)
+                    self._reader = reader.Reader(cpu_share=READ_CPU_SHARE)
                 except NotEnabled:
                     return None
                 except PermissionError:

@@ -1,14 +1,14 @@
 """Small TCP peers that make real traffic for the demo, the benchmarks and the tests.
 
-    python -m mdatui.core.traffic echo  --port 7000
-    python -m mdatui.core.traffic sink  --port 7000 [--delay 2]
-    python -m mdatui.core.traffic proxy --port 15001 --to 127.0.0.1:7000
-    python -m mdatui.core.traffic push  --port 7000 --bytes 3000000
-    python -m mdatui.core.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
-    python -m mdatui.core.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
-    python -m mdatui.core.traffic churn --to 127.0.0.1:7000 --count 10000
-    python -m mdatui.core.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
-    python -m mdatui.core.traffic msgs  --to 127.0.0.1:7000 --sizes 10,3000,1 [--hold]
+    python -m mdatui.lab.traffic echo  --port 7000
+    python -m mdatui.lab.traffic sink  --port 7000 [--delay 2]
+    python -m mdatui.lab.traffic proxy --port 15001 --to 127.0.0.1:7000
+    python -m mdatui.lab.traffic push  --port 7000 --bytes 3000000
+    python -m mdatui.lab.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
+    python -m mdatui.lab.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
+    python -m mdatui.lab.traffic churn --to 127.0.0.1:7000 --count 10000
+    python -m mdatui.lab.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
+    python -m mdatui.lab.traffic msgs  --to 127.0.0.1:7000 --sizes 10,3000,1 [--hold]
 
 Servers print READY once listening; every command reports on stdout as one JSON line.
 Every loop is bounded by a count or a time.
@@ -228,7 +228,7 @@ def chat(to: tuple[str, int], seconds: float, rate: float, size: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="mdatui.core.traffic")
+    ap = argparse.ArgumentParser(prog="mdatui.lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("echo", "sink", "proxy", "push"):
         p = sub.add_parser(name)

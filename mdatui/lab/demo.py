@@ -27,11 +27,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import guardian, loader, resources, service, system
-from . import lab as labm
-from .instance import Instance, NotEnabled
+from .. import lab as labm
+from ..core import guardian, lifecycle, resources, service
+from ..core.kernel import system
+from ..core.kernel.instance import Instance, NotEnabled
 
-TRAFFIC = "mdatui.core.traffic"
+TRAFFIC = "mdatui.lab.traffic"
 SIDECAR_UID = 1337  # Istio's proxy uid: its own connections are not redirected back to it
 RUN_DIR = Path("/run/mdatui")
 BPFFS = Path("/sys/fs/bpf")
@@ -95,7 +96,7 @@ def running(clients: int = 3, seconds: float = 1800):
         lab = labm.Lab("demo")
         pin_dir = str(BPFFS / lab.name)
         rules = _scratch_rules(lab.name)
-        inst = loader.enable(cgroup=lab.cgroup, pin_dir=pin_dir, config=rules).instance
+        inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, config=rules).instance
         try:
             _build(lab, clients, seconds)
             yield Demo(lab, pin_dir, inst, rules)
@@ -118,7 +119,7 @@ def remove(prefix: str) -> list[str]:
     pins = sorted(str(p) for p in BPFFS.glob(prefix + "*"))
     for pin in pins:
         try:
-            loader.disable(pin)
+            lifecycle.disable(pin)
         except (NotEnabled, OSError):  # half made (enable was cut short), or half removed
             _unpin(pin)
         service.stop(pin)

@@ -160,6 +160,8 @@ enum mda_stat {
 	MDA_STAT_BLOCKING,  /* connections kept off: blocking full-duplex readers (user space) */
 	MDA_STAT_CLOSED_PASSED, /* passed of the ends that left sock_proxy_map */
 	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
+	MDA_STAT_IPV6,          /* IPv6 ends established in the cgroup: keys hold IPv4 only, so
+	                         * these (v4-mapped ones too) stay on the normal path, counted */
 	MDA_STAT_MAX,
 };
 

@@ -270,8 +270,13 @@ static __always_inline void mda_segment(struct bpf_sock_ops *skops)
 
 int mda_sock_ops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET)
+	if (skops->family != AF_INET) {
+		if (skops->family == AF_INET6 &&
+		    (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ||
+		     skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
+			mda_count(MDA_STAT_IPV6);
 		return 0;
+	}
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		mda_active_established(skops);

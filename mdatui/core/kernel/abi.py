@@ -131,6 +131,7 @@ class Stat(enum.IntEnum):
     BLOCKING = 13
     CLOSED_PASSED = 14
     EVENTS_LOST = 15
+    IPV6 = 16
 
 
 STAT_MAX = len(Stat)

@@ -42,6 +42,17 @@ class Polled(Message):
 # Refresh periods the +/- keys step through, in seconds.
 INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 YOUNG_OBJECTS_PER_GC = 5000
+# The cyclic GC collects between keys, not in them. Left to itself, Python collects in whatever
+# allocation crosses a threshold: mostly one of a key press or a redraw, the UI thread's busiest
+# allocators, and the key waited for it: a young collection 2-10 ms, a middle one 10-50, a full
+# one 30-80 ms (100-180 on a busy host), bench/dump.py's slowest presses. So the console turns the
+# automatic collections off and runs the same ones (same thresholds) from a timer, when no key is
+# under way, held back or has just been handled; a UI thread never idle that long (a paste that
+# goes on) still collects the young objects past GC_FORCED_AT.
+GC_EVERY_S = 0.1
+GC_AFTER_KEY_S = 0.05
+GC_FORCED_AT = 20 * YOUNG_OBJECTS_PER_GC
+OLDER_GCS_PER_COLLECTION = 10  # Python's default: a generation is collected every 10 of the one below
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
 # dump's capture thread decodes tens of thousands of messages a second; the UI thread gives the
 # GIL up at every turn of its event loop and waited up to this long each time to get it back: a
@@ -100,6 +111,7 @@ class MdaConsole(KeysInOrder, App[int]):
         self.main_screen.view("events").add_note(text, severity)
 
     def on_unmount(self) -> None:
+        gc.enable()  # the process may go on (tests run many apps)
         self.workers.cancel_all()
         self._wake.set()
         self.backend.close()
@@ -139,8 +151,23 @@ class MdaConsole(KeysInOrder, App[int]):
                 # every 2 s at 200,000 ends, each a 30-70 ms pause; every 5,000, a collection
                 # takes a few ms and a full one comes once in some 20 s (bench/console.py).
                 gc.freeze()
-                gc.set_threshold(YOUNG_OBJECTS_PER_GC)
+                gc.disable()
+                self.set_interval(GC_EVERY_S, self._collect)
         self._sync_not_running(message.frame is not None and message.frame.snapshot.enabled)
+
+    def _collect(self) -> None:
+        """What the cyclic GC would have collected by now, if no key is under way."""
+        young, middle, old = gc.get_count()
+        if young < YOUNG_OBJECTS_PER_GC:
+            return
+        if not self.keys_idle(GC_AFTER_KEY_S) and young < GC_FORCED_AT:
+            return
+        if old >= OLDER_GCS_PER_COLLECTION:
+            gc.collect(2)
+        elif middle >= OLDER_GCS_PER_COLLECTION:
+            gc.collect(1)
+        else:
+            gc.collect(0)
 
     def end_on_signal(self, signum: int, frame) -> None:
         """A signal handler: end as on q, and for certain EXIT_GRACE_S later; a second signal

@@ -14,6 +14,7 @@ which is where a form focuses its first field.
 from __future__ import annotations
 
 from collections import deque
+from time import monotonic
 
 from textual import events
 from textual.app import App
@@ -34,6 +35,14 @@ class KeysInOrder(App):
         self._key_trip: int = 0            # of the key under way; 0: none
         self._trips = 0
         self._stuck: Timer | None = None
+        self._key_done = 0.0               # monotonic() when the last key's trip ended
+
+    def keys_idle(self, since_s: float = 0.0) -> bool:
+        """No key is under way, held back or yet to be taken from the app's queue, nor was
+        one handled in the last since_s seconds."""
+        if self._key_trip or self._keys_waiting or monotonic() - self._key_done < since_s:
+            return False
+        return not any(isinstance(message, events.Key) for message in self._message_queue.values)
 
     async def on_event(self, event: events.Event) -> None:
         if not isinstance(event, events.Key) or event.is_forwarded:
@@ -73,5 +82,6 @@ class KeysInOrder(App):
             self._stuck.stop()
             self._stuck = None
         self._key_trip = 0
+        self._key_done = monotonic()
         if self._keys_waiting:
             self.call_next(self._send_key, self._keys_waiting.popleft())

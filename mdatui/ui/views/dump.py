@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from ...core.backend import DumpSource, Frame, Handoff, Raw, Ring, Unavailable, record, write_pcap
-from ...core.dump import DEFAULT_SNAPLEN, DumpRecord
+from ...core.backend import DumpSource, Frame, Handoff, Raw, Ring, Unavailable, write_pcap
+from ...core.dump import DEFAULT_SNAPLEN, DumpRecord, decode
 from .. import format as fmt
 from ..screens.prompt import PromptScreen
 from ..widgets.hexview import hexdump, printable
@@ -32,6 +32,25 @@ POLL_S = 0.2
 # table and the hex pane (some 15 ms at 200x50), whatever the number of messages it brings.
 BATCH_S = 0.25
 PREVIEW_BYTES = 40
+
+
+def packed(batch: list[Raw]) -> list[bytes]:
+    """Messages as the capture thread hands them over and the ring keeps them: each (wall offset,
+    record) as one bytes, its offset first. A tuple is an object the cyclic GC counts until it
+    dies (bytes are not): at 50,000 a second, kept for seconds in the ring, they started a young
+    collection 10 times a second, so that what the UI made in a frame survived into the older
+    generations and a full collection (30-80 ms, the UI thread stopped) came every 8 s."""
+    out, last, head = [], None, b""
+    for offset, raw in batch:
+        if offset != last:
+            last, head = offset, offset.to_bytes(8, "little", signed=True)
+        out.append(head + raw)
+    return out
+
+
+def unpacked(message: bytes) -> DumpRecord:
+    return decode(message[8:], int.from_bytes(message[:8], "little", signed=True))
+
 
 COLUMNS = (
     RingColumn("#", lambda seq, rec: str(seq + 1), numeric=True),
@@ -73,10 +92,10 @@ class DumpView(View):
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
         keep = self.app.dump_keep  # for scrolling back and saving; the oldest go first
-        # Kept as they came, decoded when drawn, saved or selected: see core.dump.Raw.
-        self._ring: Ring[DumpRecord] = Ring(keep, record)
+        # Kept packed (see packed), decoded when drawn, saved or selected: see core.dump.Raw.
+        self._ring: Ring[DumpRecord] = Ring(keep, unpacked)
         # The capture thread's messages until the UI thread takes them: bounded like the ring.
-        self._inbox: Handoff[Raw] = Handoff(keep)
+        self._inbox: Handoff[bytes] = Handoff(keep)
         self._lost = 0
         self._hex_lines = 0  # of the hex pane: only a new number needs the screen laid out again
         self._snaplen = DEFAULT_SNAPLEN
@@ -163,7 +182,7 @@ class DumpView(View):
             self.post_message(self.Started(source.snaplen))
             lost, woken = 0, 0.0
             while not worker.is_cancelled:
-                self._inbox.put(source.poll_raw(POLL_S))
+                self._inbox.put(packed(source.poll_raw(POLL_S)))
                 now = time.monotonic()
                 if now - woken >= BATCH_S and (self._inbox.claim_wakeup() or source.lost != lost):
                     lost, woken = source.lost, now

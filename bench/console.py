@@ -65,7 +65,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 from bench.datapath import _uninterrupted  # noqa: E402  (teardown a second Ctrl-C cannot cut short)
 from mdatui.core.kernel import abi, bpfsys  # noqa: E402
 from mdatui import lab as labm  # noqa: E402
-from mdatui.core import lifecycle
+from mdatui.core import addrs, lifecycle  # noqa: E402
 from mdatui.core.kernel.instance import Instance  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
 
@@ -106,11 +106,11 @@ def progress(text: str) -> None:
 
 # ---------------------------------------------------------------- the maps (parent)
 
-def _ip(text: str) -> int:
-    return abi.ip_be(text)
+def _ip(text: str) -> bytes:
+    return addrs.pack(text)
 
 
-def _pod_ip(pod: int) -> int:
+def _pod_ip(pod: int) -> bytes:
     return _ip(f"198.19.{pod // 250}.{pod % 250 + 1}")
 
 
@@ -128,13 +128,13 @@ def synthetic_ends(n: int, pids: list[int], seed: int = 1):
         pod, port = i % PODS, 10000 + i // PODS
         if i % 10 == 0:
             netns = NETNS_BASE + pod
-            client = abi.SockKey(lo, lo, port, SIDECAR_PORT, netns)
-            server = abi.SockKey(lo, lo, SIDECAR_PORT, port, netns)
+            client = abi.SockKey.of(lo, lo, port, SIDECAR_PORT, netns)
+            server = abi.SockKey.of(lo, lo, SIDECAR_PORT, port, netns)
         else:
             dst = _pod_ip((i * 7 + 3) % PODS)
             service = SERVICE_PORTS[i % len(SERVICE_PORTS)]
-            client = abi.SockKey(_pod_ip(pod), dst, port, service, 0)
-            server = abi.SockKey(dst, _pod_ip(pod), service, port, 0)
+            client = abi.SockKey.of(_pod_ip(pod), dst, port, service, 0)
+            server = abi.SockKey.of(dst, _pod_ip(pod), service, port, 0)
         state = "pending" if i % 50 == 7 else "normal" if i % 50 == 13 else "accelerated"
         since = now - rng.randrange(1, 3600) * 10**9
         for key, peer, active in ((client, server, 1), (server, client, 0)):

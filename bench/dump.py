@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 from bench.console import _ms, _rss_mb, _stats, _timed_press  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
-from mdatui.core.kernel import abi
+from mdatui.core import addrs  # noqa: E402
+from mdatui.core.kernel import abi  # noqa: E402
 from mdatui.core import dump  # noqa: E402
 from mdatui.core.kernel.perfbuf import wall_offset_ns  # noqa: E402
 from tests.ui.fake import FakeBackend  # noqa: E402  (the fixed maps the UI tests show)
@@ -66,10 +67,9 @@ class StreamDump:
         self._templates = [self._record(i) for i in range(64)]
 
     def _record(self, i: int) -> bytes:
-        ev = abi.DumpEvent(len=200 + 37 * i, active=i % 2)
-        ev.key.local_ip4 = abi.ip_be(f"198.18.0.{1 + i % 2}")
-        ev.key.remote_ip4 = abi.ip_be(f"198.18.0.{2 - i % 2}")
-        ev.key.local_port, ev.key.remote_port = 40000 + i, 9080
+        key = abi.SockKey.of(addrs.pack(f"198.18.0.{1 + i % 2}"), addrs.pack(f"198.18.0.{2 - i % 2}"),
+                             40000 + i, 9080)
+        ev = abi.DumpEvent(key=key, len=200 + 37 * i, active=i % 2)
         body = (b"GET /%d HTTP/1.1\r\nHost: svc\r\n\r\n" % i).ljust(ev.len, b".")
         ev.caplen = min(len(body), self.snaplen)
         return bytes(ev)[8:abi.DUMP_HEADER_SIZE] + body[:ev.caplen]  # less its stamp

@@ -1,7 +1,7 @@
 /* Maps and records shared by the mdatui BPF programs.
  *
- * mdatui/core/abi.py mirrors every struct and constant here with ctypes: change both together.
- * The programs are compiled by BCC as one unit (see mdatui/core/loader.py), so the maps below
+ * mdatui/core/kernel/abi.py mirrors every struct and constant here with ctypes: change both together.
+ * The programs are compiled by BCC as one unit (see mdatui/core/kernel/loader.py), so the maps below
  * are created once and shared by sock_ops.c, sk_msg.c and sock_owner.c.
  */
 #ifndef MDATUI_H
@@ -31,13 +31,15 @@
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
 
-/* One end of a TCP connection, as that end sees it. netns is the network namespace cookie, set
- * only when one of the addresses is loopback: 127.0.0.1 in two pods must not collide, while the
- * two ends of a pod-to-pod connection over a veth live in different namespaces and must still
- * find each other by address alone. */
+/* One end of a TCP connection, as that end sees it. Addresses are IPv6, network byte order; an
+ * IPv4 address is kept IPv4-mapped (::ffff:a.b.c.d), the form a dual-stack socket sees it in, so
+ * that an IPv4 client of a dual-stack server pairs with it. netns is the network namespace
+ * cookie, set only when one of the addresses is loopback: 127.0.0.1 in two pods must not collide,
+ * while the two ends of a pod-to-pod connection over a veth live in different namespaces and
+ * must still find each other by address alone. */
 struct mda_sock_key {
-	__u32 local_ip4;   /* network byte order */
-	__u32 remote_ip4;  /* network byte order */
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
 	__u32 local_port;  /* host byte order */
 	__u32 remote_port; /* host byte order */
 	__u64 netns;
@@ -109,10 +111,11 @@ enum mda_leave {
 #define MDA_RULE_GID    (1 << 3)
 #define MDA_RULE_RETURN (1 << 4)
 
+/* An IPv4 CIDR a.b.c.d/N is kept as the IPv4-mapped ::ffff:a.b.c.d/(96+N), like the keys. */
 struct mda_rule {
 	__u32 flags;
-	__u32 ip;   /* network byte order */
-	__u32 mask; /* network byte order */
+	__u32 ip[4];   /* network byte order */
+	__u32 mask[4]; /* network byte order */
 	__u16 port_lo;
 	__u16 port_hi;
 	__u32 uid;
@@ -130,8 +133,8 @@ struct mda_ruleset {
 
 struct mda_control {
 	__u32 dump_on;
-	__u32 dump_ip;    /* network byte order; with dump_mask 0 any address */
-	__u32 dump_mask;
+	__u32 dump_ip[4];   /* network byte order, as the keys; with dump_mask 0 any address */
+	__u32 dump_mask[4];
 	__u32 dump_port;  /* 0: any port */
 	__u32 snaplen;
 };
@@ -160,8 +163,6 @@ enum mda_stat {
 	MDA_STAT_BLOCKING,  /* connections kept off: blocking full-duplex readers (user space) */
 	MDA_STAT_CLOSED_PASSED, /* passed of the ends that left sock_proxy_map */
 	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
-	MDA_STAT_IPV6,          /* IPv6 ends established in the cgroup: keys hold IPv4 only, so
-	                         * these (v4-mapped ones too) stay on the normal path, counted */
 	MDA_STAT_MAX,
 };
 
@@ -233,9 +234,70 @@ static __always_inline __u32 mda_port_host(__u32 be_port)
 	return be_port > 0xffff ? bpf_ntohl(be_port) : bpf_ntohs((__u16)be_port);
 }
 
-static __always_inline int mda_is_loopback(__u32 be_ip)
+static __always_inline int mda_is_v4(const __u32 *ip)
 {
-	return (bpf_ntohl(be_ip) >> 24) == 127;
+	return ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0xffff);
+}
+
+/* 127.0.0.0/8 (IPv4-mapped) or ::1 */
+static __always_inline int mda_is_loopback(const __u32 *ip)
+{
+	if (mda_is_v4(ip))
+		return (bpf_ntohl(ip[3]) >> 24) == 127;
+	return ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == bpf_htonl(1);
+}
+
+static __always_inline int mda_ip_in(const __u32 *ip, const __u32 *mask, const __u32 *net)
+{
+	return (ip[0] & mask[0]) == net[0] && (ip[1] & mask[1]) == net[1] &&
+	       (ip[2] & mask[2]) == net[2] && (ip[3] & mask[3]) == net[3];
+}
+
+/* One record on mda_events, from either program. peer_owner 0: not known; counts 0: none.
+ * The record is built in a per-CPU slot, not on the 512-byte BPF stack (with IPv6 keys it does
+ * not fit beside a pairing's own variables); a program that interrupts another on the same CPU
+ * (softirq over process context) takes the next slot, as the kernel's own perf output does. */
+#define MDA_EVENT_NEST 4
+BPF_PERCPU_ARRAY(mda_event_slots, struct mda_event, MDA_EVENT_NEST);
+BPF_PERCPU_ARRAY(mda_event_depth, __u32, 1);
+
+static __always_inline void mda_emit(void *ctx, __u32 type, __u32 rule, struct mda_sock_key *self,
+				     struct mda_sock_key *peer, struct mda_owner *owner,
+				     struct mda_owner *peer_owner, struct mda_conn *counts)
+{
+	__u32 zero = 0;
+	__u32 *depth = mda_event_depth.lookup(&zero);
+	if (!depth)
+		return;
+	__u32 slot = *depth;
+	*depth = slot + 1;
+	struct mda_event *ev = mda_event_slots.lookup(&slot);
+	if (!ev) {
+		mda_count(MDA_STAT_EVENTS_LOST);
+		goto out;
+	}
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->type = type;
+	ev->rule = rule;
+	ev->key = *self;
+	ev->peer = *peer;
+	ev->owner = *owner;
+	if (peer_owner) {
+		ev->peer_owner = *peer_owner;
+	} else {
+		ev->peer_owner.pid = MDA_UNKNOWN_ID;
+		ev->peer_owner.uid = MDA_UNKNOWN_ID;
+		ev->peer_owner.gid = MDA_UNKNOWN_ID;
+		ev->peer_owner.pad = 0;
+	}
+	ev->msgs = counts ? counts->msgs : 0;
+	ev->bytes = counts ? counts->bytes : 0;
+	ev->passed = counts ? counts->passed : 0;
+	int err = mda_events.perf_submit(ctx, ev, sizeof(*ev));
+	if (err && err != -MDA_ENOENT)
+		mda_count(MDA_STAT_EVENTS_LOST);
+out:
+	*depth = slot;
 }
 
 /* This end stops redirecting; it leaves the sockhash once drained (see mda_conn). */
@@ -271,15 +333,34 @@ static __always_inline void mda_honour(struct mda_sock_key *key, struct mda_conn
 		mda_leave(key, c, d->reason);
 }
 
-/* Fills the key from a context that has the four fields of struct bpf_sock_ops / sk_msg_md.
- * The netns cookie costs a helper call, so it is fetched only where an address is loopback. */
+/* One context field, loaded where it is written: otherwise the compiler may merge the IPv4 and
+ * IPv6 loads below into one load through a computed pointer, which the verifier refuses for a
+ * context ("dereference of modified ctx ptr"). */
+#define MDA_CTX(ctx, field) ({ __u32 __v = (ctx)->field; asm volatile("" : "+r"(__v)); __v; })
+
+/* Fills the key from a context that has the address fields of struct bpf_sock_ops / sk_msg_md
+ * (each context field read directly, hence macros). The netns cookie costs a helper call, so it
+ * is fetched only where an address is loopback. */
 #define MDA_KEY_FROM_CTX(key, ctx) do {						\
-	(key)->local_ip4 = (ctx)->local_ip4;					\
-	(key)->remote_ip4 = (ctx)->remote_ip4;					\
-	(key)->local_port = (ctx)->local_port;					\
-	(key)->remote_port = mda_port_host((ctx)->remote_port);			\
+	if (MDA_CTX(ctx, family) == AF_INET6) {					\
+		(key)->local_ip[0] = MDA_CTX(ctx, local_ip6[0]);		\
+		(key)->local_ip[1] = MDA_CTX(ctx, local_ip6[1]);		\
+		(key)->local_ip[2] = MDA_CTX(ctx, local_ip6[2]);		\
+		(key)->local_ip[3] = MDA_CTX(ctx, local_ip6[3]);		\
+		(key)->remote_ip[0] = MDA_CTX(ctx, remote_ip6[0]);		\
+		(key)->remote_ip[1] = MDA_CTX(ctx, remote_ip6[1]);		\
+		(key)->remote_ip[2] = MDA_CTX(ctx, remote_ip6[2]);		\
+		(key)->remote_ip[3] = MDA_CTX(ctx, remote_ip6[3]);		\
+	} else {								\
+		(key)->local_ip[2] = bpf_htonl(0xffff);				\
+		(key)->local_ip[3] = MDA_CTX(ctx, local_ip4);			\
+		(key)->remote_ip[2] = bpf_htonl(0xffff);			\
+		(key)->remote_ip[3] = MDA_CTX(ctx, remote_ip4);			\
+	}									\
+	(key)->local_port = MDA_CTX(ctx, local_port);				\
+	(key)->remote_port = mda_port_host(MDA_CTX(ctx, remote_port));		\
 	(key)->netns = 0;							\
-	if (mda_is_loopback((key)->local_ip4) || mda_is_loopback((key)->remote_ip4))	\
+	if (mda_is_loopback((key)->local_ip) || mda_is_loopback((key)->remote_ip))	\
 		(key)->netns = bpf_get_netns_cookie(ctx);			\
 } while (0)
 

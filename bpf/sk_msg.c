@@ -7,8 +7,9 @@
 
 static __always_inline int mda_dump_wanted(struct mda_control *ctl, struct mda_sock_key *k)
 {
-	if (ctl->dump_mask && (k->local_ip4 & ctl->dump_mask) != ctl->dump_ip &&
-	    (k->remote_ip4 & ctl->dump_mask) != ctl->dump_ip)
+	if ((ctl->dump_mask[0] | ctl->dump_mask[1] | ctl->dump_mask[2] | ctl->dump_mask[3]) &&
+	    !mda_ip_in(k->local_ip, ctl->dump_mask, ctl->dump_ip) &&
+	    !mda_ip_in(k->remote_ip, ctl->dump_mask, ctl->dump_ip))
 		return 0;
 	if (ctl->dump_port && k->local_port != ctl->dump_port && k->remote_port != ctl->dump_port)
 		return 0;
@@ -51,23 +52,6 @@ static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_
 		mda_count(MDA_STAT_DUMP_LOST);
 }
 
-static __always_inline void mda_report(struct sk_msg_md *msg, __u32 type,
-					struct mda_sock_key *self, struct mda_conn *c)
-{
-	struct mda_event ev = {};
-	ev.ts_ns = bpf_ktime_get_ns();
-	ev.type = type;
-	ev.key = *self;
-	ev.peer = c->peer;
-	ev.owner = c->owner;
-	ev.msgs = c->msgs;
-	ev.bytes = c->bytes;
-	ev.passed = c->passed;
-	int err = mda_events.perf_submit(msg, &ev, sizeof(ev));
-	if (err && err != -MDA_ENOENT)
-		mda_count(MDA_STAT_EVENTS_LOST);
-}
-
 /* See MDA_STREAM_RUN: send a stream of small writes back to the stack. */
 static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
 					     struct mda_conn *c, struct mda_conn *peer, __u32 size)
@@ -92,7 +76,7 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 	 * order of the bytes holds; both ends leave the sockhash once their queues are empty. */
 	mda_leave(self, c, MDA_LEAVE_STREAM);
 	mda_count(MDA_STAT_DEMOTED);
-	mda_report(msg, MDA_EV_DEMOTED, self, c);
+	mda_emit(msg, MDA_EV_DEMOTED, 0, self, &c->peer, &c->owner, 0, c);
 }
 
 int mda_sk_msg(struct sk_msg_md *msg)
@@ -127,7 +111,7 @@ int mda_sk_msg(struct sk_msg_md *msg)
 		mda_leave(&self, c, MDA_LEAVE_PEER_GONE);
 		if (!peer_stopped) {
 			mda_count(MDA_STAT_REDIRECT_FAILED);
-			mda_report(msg, MDA_EV_REDIRECT_FAILED, &self, c);
+			mda_emit(msg, MDA_EV_REDIRECT_FAILED, 0, &self, &c->peer, &c->owner, 0, c);
 		}
 	} else if (!c->tainted) {
 		mda_stop(&self, c, MDA_LEAVE_SENT_EARLY);

@@ -1,4 +1,5 @@
-/* sock_ops on the cgroup: find the two ends of each local IPv4 TCP connection and pair them.
+/* sock_ops on the cgroup: find the two ends of each local TCP connection (IPv4 or IPv6) and pair
+ * them.
  *
  * The connecting end is established first (it sends the final ACK of the handshake), so it
  * enters the sockhash at once and leaves its key in sock_helper_map; the accepting end looks it
@@ -12,7 +13,7 @@
 #include "mdatui.h"
 
 struct mda_view {
-	__u32 ip[3];    /* connecting end's local, its original destination, accepting end's local */
+	const __u32 *ip[3]; /* connecting end's local, its original destination, accepting end's local */
 	__u32 port[3];
 	__u32 uid[2];   /* connecting end's owner, accepting end's owner */
 	__u32 gid[2];
@@ -31,11 +32,6 @@ static __always_inline void mda_owner_of(struct bpf_sock_ops *skops, struct mda_
 		*out = *o;
 }
 
-static __always_inline int mda_ip_in(struct mda_rule *r, __u32 ip)
-{
-	return (ip & r->mask) == r->ip;
-}
-
 static __always_inline int mda_port_in(struct mda_rule *r, __u32 port)
 {
 	return port >= r->port_lo && port <= r->port_hi;
@@ -45,7 +41,8 @@ static __always_inline int mda_port_in(struct mda_rule *r, __u32 port)
 static __always_inline int mda_rule_matches(struct mda_rule *r, struct mda_view *v)
 {
 	if ((r->flags & MDA_RULE_IP) &&
-	    !(mda_ip_in(r, v->ip[0]) || mda_ip_in(r, v->ip[1]) || mda_ip_in(r, v->ip[2])))
+	    !(mda_ip_in(v->ip[0], r->mask, r->ip) || mda_ip_in(v->ip[1], r->mask, r->ip) ||
+	      mda_ip_in(v->ip[2], r->mask, r->ip)))
 		return 0;
 	if ((r->flags & MDA_RULE_PORT) &&
 	    !(mda_port_in(r, v->port[0]) || mda_port_in(r, v->port[1]) || mda_port_in(r, v->port[2])))
@@ -90,33 +87,14 @@ static __always_inline int mda_judge(struct mda_view *v, __u32 *rule)
 	return 1;
 }
 
-static __always_inline void mda_emit(struct bpf_sock_ops *skops, __u32 type, __u32 rule,
-				     struct mda_sock_key *self, struct mda_sock_key *peer,
-				     struct mda_owner *owner, struct mda_owner *peer_owner,
-				     struct mda_conn *counts)
-{
-	struct mda_event ev = {};
-	ev.ts_ns = bpf_ktime_get_ns();
-	ev.type = type;
-	ev.rule = rule;
-	ev.key = *self;
-	ev.peer = *peer;
-	ev.owner = *owner;
-	ev.peer_owner = *peer_owner;
-	if (counts) {
-		ev.msgs = counts->msgs;
-		ev.bytes = counts->bytes;
-		ev.passed = counts->passed;
-	}
-	int err = mda_events.perf_submit(skops, &ev, sizeof(ev));
-	if (err && err != -MDA_ENOENT)
-		mda_count(MDA_STAT_EVENTS_LOST);
-}
-
 /* The connecting end sees its own source address; the accepting end sees it as remote. */
-static __always_inline void mda_helper_key(struct mda_sock_key *hk, __u32 ip, __u32 port, __u64 netns)
+static __always_inline void mda_helper_key(struct mda_sock_key *hk, const __u32 *ip, __u32 port,
+					   __u64 netns)
 {
-	hk->local_ip4 = ip;
+	hk->local_ip[0] = ip[0];
+	hk->local_ip[1] = ip[1];
+	hk->local_ip[2] = ip[2];
+	hk->local_ip[3] = ip[3];
 	hk->local_port = port;
 	hk->netns = mda_is_loopback(ip) ? netns : 0;
 }
@@ -148,7 +126,7 @@ static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 	struct mda_pending p = {};
 	p.key = self;
 	p.owner = c.owner;
-	mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
+	mda_helper_key(&hk, self.local_ip, self.local_port, self.netns);
 	if (sock_helper_map.update(&hk, &p)) {
 		sock_proxy_map.delete(&self);
 		sock_ops_map.delete(&self);
@@ -162,28 +140,31 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {}, hk = {};
 	MDA_KEY_FROM_CTX(&self, skops);
-	mda_helper_key(&hk, self.remote_ip4, self.remote_port, self.netns);
+	mda_helper_key(&hk, self.remote_ip, self.remote_port, self.netns);
 	struct mda_pending *found = sock_helper_map.lookup(&hk);
 	if (!found)
 		return; /* the other end is not ours: stay on the normal path, pay nothing */
-	struct mda_pending p = *found;
+	/* The connecting end's key goes straight into this end's record: the BPF stack is
+	 * small. */
+	struct mda_conn c = {};
+	c.peer = found->key;
+	struct mda_owner their = found->owner;
 	sock_helper_map.delete(&hk);
-	struct mda_conn *peer = sock_proxy_map.lookup(&p.key);
+	struct mda_conn *peer = sock_proxy_map.lookup(&c.peer);
 	if (!peer || peer->tainted)
 		return; /* gone, or it sent before it could be paired: it stays on the stack */
 
-	struct mda_conn c = {};
 	mda_owner_of(skops, &c.owner);
 	struct mda_view v = {
-		.ip = { p.key.local_ip4, p.key.remote_ip4, self.local_ip4 },
-		.port = { p.key.local_port, p.key.remote_port, self.local_port },
-		.uid = { p.owner.uid, c.owner.uid },
-		.gid = { p.owner.gid, c.owner.gid },
+		.ip = { c.peer.local_ip, c.peer.remote_ip, self.local_ip },
+		.port = { c.peer.local_port, c.peer.remote_port, self.local_port },
+		.uid = { their.uid, c.owner.uid },
+		.gid = { their.gid, c.owner.gid },
 	};
 	__u32 rule = 0;
 	if (!mda_judge(&v, &rule)) {
 		mda_count(MDA_STAT_REFUSED);
-		mda_emit(skops, MDA_EV_REFUSED, rule, &p.key, &self, &p.owner, &c.owner, 0);
+		mda_emit(skops, MDA_EV_REFUSED, rule, &c.peer, &self, &their, &c.owner, 0);
 		return;
 	}
 	int err = sock_ops_map.sock_hash_update(skops, &self, BPF_ANY);
@@ -191,7 +172,6 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 		mda_count(MDA_STAT_SOCKHASH_FULL);
 		return;
 	}
-	c.peer = p.key;
 	c.since_ns = bpf_ktime_get_ns();
 	c.paired = 1;
 	if (sock_proxy_map.update(&self, &c)) {
@@ -207,7 +187,7 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 	peer->paired = 1;
 	bpf_sock_ops_cb_flags_set(skops, MDA_WATCH_SEGMENTS);
 	mda_count(MDA_STAT_ACCELERATED);
-	mda_emit(skops, MDA_EV_ACCELERATED, 0, &p.key, &self, &p.owner, &c.owner, 0);
+	mda_emit(skops, MDA_EV_ACCELERATED, 0, &c.peer, &self, &their, &c.owner, 0);
 }
 
 /* Drop this end from every map; tell user space what it did if it had an entry. */
@@ -218,8 +198,7 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 	struct mda_conn *c = sock_proxy_map.lookup(&self);
 	if (c) {
 		if (report) {
-			struct mda_owner none = { MDA_UNKNOWN_ID, MDA_UNKNOWN_ID, MDA_UNKNOWN_ID, 0 };
-			mda_emit(skops, MDA_EV_CLOSED, 0, &self, &c->peer, &c->owner, &none, c);
+			mda_emit(skops, MDA_EV_CLOSED, 0, &self, &c->peer, &c->owner, 0, c);
 			__u32 k = MDA_STAT_CLOSED_MSGS;
 			__u64 *v = mda_stats.lookup(&k);
 			if (v)
@@ -235,7 +214,7 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 		if (passed)
 			*passed += c->passed;
 		if (c->active && !c->paired) {
-			mda_helper_key(&hk, self.local_ip4, self.local_port, self.netns);
+			mda_helper_key(&hk, self.local_ip, self.local_port, self.netns);
 			sock_helper_map.delete(&hk);
 		}
 		/* Nothing is redirected into the peer any more: it leaves once it has read what
@@ -270,13 +249,8 @@ static __always_inline void mda_segment(struct bpf_sock_ops *skops)
 
 int mda_sock_ops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET) {
-		if (skops->family == AF_INET6 &&
-		    (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB ||
-		     skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
-			mda_count(MDA_STAT_IPV6);
+	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 0;
-	}
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		mda_active_established(skops);

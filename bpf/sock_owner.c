@@ -1,4 +1,4 @@
-/* cgroup/sock_create: remember who made each IPv4 TCP socket.
+/* cgroup/sock_create: remember who made each TCP socket (IPv4 or IPv6).
  *
  * sock_ops callbacks run in softirq, where "current" is whoever the CPU happened to interrupt,
  * so the owner is taken here, in the creating process, and kept in socket-local storage.
@@ -9,7 +9,7 @@
 
 int mda_sock_create(struct bpf_sock *sk)
 {
-	if (sk->family != AF_INET || sk->type != 1 /* SOCK_STREAM */)
+	if ((sk->family != AF_INET && sk->family != AF_INET6) || sk->type != 1 /* SOCK_STREAM */)
 		return 1;
 	struct mda_owner *o = sock_owner_map.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (o) {

@@ -409,44 +409,73 @@ def wait_drained(inst, n: int, seconds: float = 10) -> None:
     assert inst.stats()["drained"] == n
 
 
-IPV6_PEERS = r"""
-import hashlib, json, os, socket, threading
-body = os.urandom(1 << 20)
 
-def echo(srv):
-    conn, _ = srv.accept()
-    with conn:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-
-out = {}
-for name, listen, to in (("v6", "::1", "::1"), ("v4_mapped", "::", "::ffff:127.0.0.1")):
-    srv = socket.socket(socket.AF_INET6)
-    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    srv.bind((listen, 0))
-    srv.listen()
-    threading.Thread(target=echo, args=(srv,), daemon=True).start()
-    with socket.create_connection((to, srv.getsockname()[1])) as c:
-        threading.Thread(target=c.sendall, args=(body,), daemon=True).start()
-        got = bytearray()
-        while len(got) < len(body) and (data := c.recv(65536)):
-            got += data
-    out[name] = hashlib.sha256(got).hexdigest() == hashlib.sha256(body).hexdigest()
-print(json.dumps(out), flush=True)
-"""
+def echo_through(lab, accel, ns: str, to: str, nbytes: int) -> tuple[Connection, Connection]:
+    """Both ends of one echoed transfer from ns to `to`, read while the client holds it open,
+    after its bytes came back intact."""
+    cli = peers.client(lab, ns, "send", "--to", to, "--bytes", str(nbytes), "--echo", hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli, timeout=120)
+    assert done["received"] == nbytes and done["sha256_received"] == done["sha256_sent"]
+    found = ends(accel)
+    mine = found[(local, to)]
+    theirs = found[(mine.peer.local, mine.peer.remote)]
+    peers.proceed(cli)
+    return mine, theirs
 
 
-def test_ipv6_connections_stay_on_the_stack_and_are_counted(lab, accel):
-    """Keys hold IPv4 addresses only: IPv6 ends (v4-mapped ones too) keep the normal path, with
-    their bytes intact, and are counted, so that query and the console can say so."""
+def test_ipv6_loopback_is_accelerated(lab, accel):
     ns = lab.add_netns("pod")
-    before = accel.stats()["ipv6"]
-    proc = lab.spawn([sys.executable, "-c", IPV6_PEERS], netns=ns)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert json.loads(out) == {"v6": True, "v4_mapped": True}
-    assert accel.stats()["ipv6"] - before == 4  # two connections, both ends in the cgroup
-    assert not len(reader.read(accel).table)  # none of them entered sock_proxy_map
-    shown = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "query", "--json",
-                            "--pin-dir", accel.pin_dir], capture_output=True, text=True, timeout=60)
-    assert json.loads(shown.stdout)["stats"]["ipv6"] == 4
+    peers.server(lab, "echo", 7000, ns, True, "--host", "::1")
+    before = lo_packets(ns)
+    mine, theirs = echo_through(lab, accel, ns, "[::1]:7000", 20_000_000)
+    assert mine.state == theirs.state == "accelerated"
+    assert mine.peer == theirs.end and theirs.peer == mine.end
+    assert mine.end.netns and mine.end.netns == theirs.end.netns  # loopback: keyed by netns
+    assert mine.bytes == theirs.bytes == 20_000_000
+    assert lo_packets(ns) - before < 200  # the handshake and FINs, not 20 MB of segments
+
+
+def test_an_ipv4_client_of_a_dual_stack_server_is_accelerated(lab, accel):
+    """The server's socket is IPv6 and sees the client as ::ffff:127.0.0.1; the client's is
+    IPv4. Both keys hold the IPv4-mapped form, so the ends pair."""
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7000, ns, True, "--host", "::")
+    mine, theirs = echo_through(lab, accel, ns, "127.0.0.1:7000", 5_000_000)
+    assert mine.state == theirs.state == "accelerated"
+    assert theirs.end.local == "127.0.0.1:7000" and mine.bytes == theirs.bytes == 5_000_000
+
+
+def test_ipv6_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
+    a, b = lab.add_netns("a"), lab.add_netns("b")
+    lab.link(a, "2001:2::1/64", b, "2001:2::2/64")
+    peers.server(lab, "echo", 7000, b, True, "--host", "::")
+    mine, theirs = echo_through(lab, accel, a, "[2001:2::2]:7000", 8_000_000)
+    assert mine.state == theirs.state == "accelerated"
+    assert mine.end.local.startswith("[2001:2::1]:") and not mine.end.netns
+    assert mine.bytes == theirs.bytes == 8_000_000
+
+
+def test_ipv6_sidecar_legs_behind_ip6tables_redirect_are_paired(lab, accel):
+    ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
+    lab.link(ns, "2001:2::1/64", elsewhere, "2001:2::2/64")
+    lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
+                 "-j", "REDIRECT", "--to-ports", "15001", v6=True)
+    peers.server(lab, "echo", 7000, ns, True, "--host", "::1")
+    peers.server(lab, "proxy", 15001, ns, True, "--host", "::", "--to", "[::1]:7000")
+    cli = peers.client(lab, ns, "send", "--to", "[2001:2::2]:80", "--bytes", "5000000",
+                       "--echo", hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    assert done["sha256_received"] == done["sha256_sent"]
+    found = ends(accel)
+    app = found[(local, "[2001:2::2]:80")]       # the app still sees its original destination
+    sidecar = found[("[::1]:15001", local)]     # the proxy sees the REDIRECTed address
+    assert app.state == sidecar.state == "accelerated"
+    assert app.peer == sidecar.end and sidecar.peer == app.end
+    upstream = [c for c in found.values() if c.end.remote == "[::1]:7000"]
+    assert len(upstream) == 1 and upstream[0].state == "accelerated"
+    assert upstream[0].bytes == 5_000_000
+    peers.proceed(cli)

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from mdatui.core import dump
+from mdatui.core import dump, reader
 from mdatui.core.kernel import abi
+from mdatui.core.snapshot import DumpState
 from mdatui.lab import traffic
 from tests import peers
 from tests.test_events import _line, held_client, wait_accelerated
@@ -78,20 +79,30 @@ def test_echoed_bytes_are_recorded_as_sent_to_the_client(lab, accel):
     finish(cli)
 
 
+# Pod to pod over the veth (IPv4 and IPv6), and loopback inside pod a (IPv4 and IPv6).
+SERVERS = ("198.18.0.2:7000", "[fd00:18::2]:7000", "127.0.0.1:7001", "[::1]:7001")
+
+
 @pytest.mark.kernel
-@pytest.mark.parametrize("kind", ["ip", "port"])
-def test_filters_select_only_matching_connections(lab, accel, kind):
+@pytest.mark.parametrize("filters, wanted", [
+    (dict(ip="198.18.0.2/32"), {"198.18.0.2:7000"}),
+    (dict(ip="fd00:18::/64"), {"[fd00:18::2]:7000"}),
+    (dict(ip="::1"), {"[::1]:7001"}),
+    (dict(ip="0.0.0.0/0"), {"198.18.0.2:7000", "127.0.0.1:7001"}),  # IPv4 connections only
+    (dict(ip="::/0", port=7001), {"127.0.0.1:7001", "[::1]:7001"}),  # every address
+    (dict(port=7001), {"127.0.0.1:7001", "[::1]:7001"}),
+], ids=["ip", "ip6", "ip6-loopback", "all-ip4", "all-ip-port", "port"])
+def test_filters_select_only_matching_connections(lab, accel, filters, wanted):
     a, b = lab.add_netns("a"), lab.add_netns("b")
     lab.link(a, "198.18.0.1/24", b, "198.18.0.2/24")
-    peers.server(lab, "sink", 7000, b)   # pod to pod over the veth
-    peers.server(lab, "sink", 7001, a)   # loopback inside pod a
-    wanted = {"ip": ("198.18.0.2:7000", dict(ip="198.18.0.2/32")),
-              "port": ("127.0.0.1:7001", dict(port=7001))}[kind]
-    with dump.DumpSession(accel, snaplen=16, **wanted[1]) as session:
-        clients = [send_held(lab, accel, a, to)[0] for to in ("198.18.0.2:7000", "127.0.0.1:7001")]
-        records = collect(session, len(SIZES))
-    assert len(records) == len(SIZES)
-    assert {r.dst for r in records} == {wanted[0]}
+    lab.link(a, "fd00:18::1/64", b, "fd00:18::2/64")
+    peers.server(lab, "sink", 7000, b, True, "--host", "::")  # dual-stack: IPv4 clients arrive mapped
+    peers.server(lab, "sink", 7001, a, True, "--host", "::")
+    with dump.DumpSession(accel, snaplen=16, **filters) as session:
+        clients = [send_held(lab, accel, a, to)[0] for to in SERVERS]
+        records = collect(session, len(SIZES) * len(wanted))
+    assert len(records) == len(SIZES) * len(wanted)
+    assert {r.dst for r in records} == wanted
     for cli in clients:
         finish(cli)
 
@@ -140,28 +151,56 @@ def test_dump_goes_off_when_the_caller_fails(accel):
         with dump.DumpSession(accel, ip="10.1.2.3/8", port=80):
             ctl = accel.control()
             assert (ctl.dump_on, ctl.dump_port) == (1, 80)
-            assert ipaddress.IPv4Address(ctl.dump_ip.to_bytes(4, "little")) == ipaddress.IPv4Address("10.0.0.0")
+            assert (bytes(ctl.dump_ip), bytes(ctl.dump_mask)) == (  # ::ffff:10.0.0.0/104, as keys hold it
+                bytes(10) + b"\xff\xff\x0a\0\0\0", b"\xff" * 13 + bytes(3))
+            assert reader.read(accel).dump == DumpState(True, "10.0.0.0/8", 80, dump.DEFAULT_SNAPLEN)
             raise RuntimeError("the consumer broke")
     ctl = accel.control()
-    assert (ctl.dump_on, ctl.dump_ip, ctl.dump_mask, ctl.dump_port) == (0, 0, 0, 0)
+    assert (ctl.dump_on, bytes(ctl.dump_ip), bytes(ctl.dump_mask), ctl.dump_port) == (0, bytes(16), bytes(16), 0)
+
+
+@pytest.mark.parametrize("ip, address, mask", [
+    (None, bytes(16), bytes(16)),                                     # any address
+    ("::/0", bytes(16), bytes(16)),                                   # any address too
+    ("0.0.0.0/0", bytes(10) + b"\xff\xff" + bytes(4), b"\xff" * 12 + bytes(4)),  # any IPv4 address
+    ("2001:db8::/32", b"\x20\x01\x0d\xb8" + bytes(12), b"\xff" * 4 + bytes(12)),
+    ("fd00::1", b"\xfd" + bytes(14) + b"\x01", b"\xff" * 16),
+])
+def test_the_filter_is_written_as_the_kernel_compares_it_and_read_back(ip, address, mask):
+    class Inst:
+        control = abi.Control
+
+        def set_control(self, ctl):
+            self.ctl = ctl
+    inst = Inst()
+    dump._set(inst, True, dump.parse_ip(ip) if ip else None, 80, 64)
+    assert (bytes(inst.ctl.dump_ip), bytes(inst.ctl.dump_mask)) == (address, mask)
+    shown = None if ip in (None, "::/0") else str(dump.parse_ip(ip))  # ::/0 is no filter
+    assert reader._dump_state(inst.ctl) == DumpState(True, shown, 80, 64)
 
 
 def test_arguments_are_checked_before_anything_is_touched():
-    with pytest.raises(ValueError, match="not an IPv4 address"):
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6 address"):
         dump.DumpSession(None, ip="10.0.0.300")
-    with pytest.raises(ValueError, match="IPv6"):
-        dump.DumpSession(None, ip="::1")
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6 address"):
+        dump.DumpSession(None, ip="fd00:::1")
+    with pytest.raises(ValueError, match="names a zone"):
+        dump.DumpSession(None, ip="fe80::1%eth0")
     with pytest.raises(ValueError, match="outside 1-65535"):
         dump.DumpSession(None, port=70000)
     with pytest.raises(ValueError, match="outside 1-4096"):
         dump.DumpSession(None, snaplen=4097)
     assert dump.parse_ip("10.1.2.3/8") == ipaddress.IPv4Network("10.0.0.0/8")
     assert dump.parse_ip("10.1.2.3") == ipaddress.IPv4Network("10.1.2.3/32")
+    assert dump.parse_ip("2001:db8::1/32") == ipaddress.IPv6Network("2001:db8::/32")
+    assert dump.parse_ip("::1") == ipaddress.IPv6Network("::1/128")
+    assert dump.parse_ip("::ffff:10.1.2.3/104") == ipaddress.IPv4Network("10.0.0.0/8")  # the same filter
 
 
 @pytest.mark.parametrize("args, named", [
     (["--snaplen", "0"], "--snaplen"), (["--snaplen", "5000"], "--snaplen"), (["--port", "http"], "--port"),
-    (["--ip", "300.1.1.1"], "--ip"), (["--count", "-1"], "--count"), (["--json", "--pcap", "f"], "--pcap"),
+    (["--ip", "300.1.1.1"], "--ip"), (["--ip", "fd00::/129"], "--ip"), (["--count", "-1"], "--count"),
+    (["--json", "--pcap", "f"], "--pcap"),
 ])
 def test_cli_rejects_bad_arguments_in_one_line(args, named):
     done = subprocess.run([sys.executable, "-m", "mdatui.cli.main", "dump", *args],

@@ -4,14 +4,13 @@ which threads block reading a blocking socket (core.sockets, core.guard). No BPF
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from mdatui.core import guard, sockets
+from mdatui.core import addrs, guard, sockets
 
 # A process with a reader thread blocked in recv() on a blocking socket and another on a
 # non-blocking one (in select, not recv), and a main thread that waits: what guard looks for.
@@ -57,7 +56,7 @@ def test_finder_names_the_end_a_process_holds_and_its_unread_bytes(holder):
     proc, (fd, _, local_port, port) = holder
     finder = sockets.SocketFinder(cgroup="/nonexistent")  # falls back to every process
     ident = finder.key_at(proc.pid, fd)
-    lo = int.from_bytes(socket.inet_aton("127.0.0.1"), "little")
+    lo = addrs.pack("127.0.0.1")
     assert ident is not None and ident[:4] == (lo, lo, local_port, port)
     assert ident[4] != 0  # loopback: keyed by the netns cookie as the programs do
     key = type("Key", (), {"ident": lambda self: ident})()

@@ -20,10 +20,10 @@ FIELDS = ["local", "remote", "netns", "peer", "state", "role", "msgs", "bytes", 
           "owner"]
 
 
-def with_draining(n: int, seed: int) -> Snapshot:
+def with_draining(n: int, seed: int, v6: bool = False) -> Snapshot:
     """mesh's connections, a few of them draining (stopped, still in the sockhash), with ages
     that are no whole seconds."""
-    conns = mesh(n, seed)
+    conns = mesh(n, seed, v6=v6)
     conns = [replace(c, age_s=c.age_s + i / 7,  # ages to the ms, as they are read
                      state="draining" if c.state == "accelerated" and c.in_sockhash and i % 9 == 0
                      else c.state)
@@ -43,6 +43,20 @@ def test_each_line_is_the_objects_json_text():
         assert lines == [json.dumps(o) for o in want]
     assert {o["state"] for o in objects(with_draining(2500, 3))} == {
         "accelerated", "pending", "normal", "draining"}
+
+
+def test_ipv6_ends_are_bracketed_as_the_objects_say_them(monkeypatch):
+    """Addresses of both families in a chunk (the names kept across chunks), IPv6 ones as
+    "[v6]:port" in the end and in its peer, IPv4 ones dotted."""
+    monkeypatch.setattr(jsonout, "CHUNK", 100)
+    snap = with_draining(600, 8, v6=True)
+    lines = list(jsonout.connection_lines(snap.table))
+    assert lines == [json.dumps(o) for o in objects(snap)]
+    rows = [json.loads(line) for line in lines]
+    v6 = [r for r in rows if r["local"].startswith("[2001:2:0:") and r["peer"]]
+    assert any(r["peer"]["remote"].startswith("[2001:2:0:") for r in v6)
+    assert any(r["local"].startswith("[::1]:") for r in rows)
+    assert any(r["local"].startswith("198.19.") for r in rows)
 
 
 def test_rows_past_a_chunk_come_in_order(monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mdatui.core import addrs
 from mdatui.core import rules as R
 from mdatui.core.kernel import abi
 from mdatui.core.rules import ConnView, NamedId, ParseError, Rule, RuleError, Target, Verdict
@@ -27,8 +28,8 @@ ROOT_USER = pwd.getpwuid(0).pw_name
 ROOT_GROUP = grp.getgrgid(0).gr_name
 
 
-def net(text: str) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(text)
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)
 
 
 def errors_of(text: str, path: str = "oncn-mda.conf") -> list[str]:
@@ -69,8 +70,25 @@ def test_option_aliases_order_case_and_whitespace(text):
     assert R.parse_rule(text) == FULL
 
 
-def test_bare_address_is_a_slash_32():
+def test_bare_address_is_a_slash_32_or_128():
     assert R.parse_rule("chain --ip 1.2.3.4 -j RETURN").net == net("1.2.3.4/32")
+    assert R.parse_rule("chain --ip fd00::1 -j RETURN").net == net("fd00::1/128")
+
+
+@pytest.mark.parametrize("text, cidr", [
+    ("2001:db8::/32", "2001:db8::/32"),
+    ("2001:DB8:0:0::/64", "2001:db8::/64"),
+    ("::/0", "::/0"),
+    ("::1", "::1/128"),
+    ("fe80::/10", "fe80::/10"),
+    ("::/80", "::/80"),                  # holds ::ffff:0:0/96, and so every IPv4 address
+    ("64:ff9b::/96", "64:ff9b::/96"),    # NAT64: IPv6 addresses, not IPv4-mapped ones
+    ("::102:304", "::102:304/128"),      # IPv4-compatible: an IPv6 address
+])
+def test_ipv6_cidrs(text, cidr):
+    rule = R.parse_rule(f"chain --ip {text} -j ACCEPT")
+    assert rule.net == net(cidr)
+    assert R.format_rule(rule) == f"chain --ip {cidr} -j ACCEPT"
 
 
 @pytest.mark.parametrize("text, rule", [
@@ -118,10 +136,25 @@ def test_canonical_form():
     ("chain --ip 300.1.1.1/24 -j ACCEPT", "1:12: '300.1.1.1/24' is not an IPv4 CIDR"),
     ("chain --ip 10.0.0 -j ACCEPT", "1:12: '10.0.0' is not an IPv4 CIDR"),
     ("chain --ip 10.0.0.0/ -j ACCEPT", "1:12: '10.0.0.0/' is not an IPv4 CIDR"),
-    ("chain --ip example.com -j ACCEPT", "1:12: 'example.com' is not an IPv4 CIDR"),
+    ("chain --ip example.com -j ACCEPT", "1:12: 'example.com' is not an IPv4 or IPv6 CIDR"),
     ("chain --ip 10.0.0.0/33 -j ACCEPT", "1:12: '10.0.0.0/33': prefix length must be 0-32"),
     ("chain --ip 192.168.1.5/24 -j ACCEPT",
      "1:12: '192.168.1.5/24' has host bits set; did you mean 192.168.1.0/24"),
+    ("chain --ip 2001:db8::1/32 -j ACCEPT",
+     "1:12: '2001:db8::1/32' has host bits set; did you mean 2001:db8::/32"),
+    ("chain --ip 2001:db8::/129 -j ACCEPT", "1:12: '2001:db8::/129': prefix length must be 0-128"),
+    ("chain --ip 2001:db8:::1 -j ACCEPT", "1:12: '2001:db8:::1' is not an IPv6 CIDR"),
+    ("chain --ip 1:2:3:4:5:6:7:8:9 -j ACCEPT", "1:12: '1:2:3:4:5:6:7:8:9' is not an IPv6 CIDR"),
+    ("chain --ip 2001:db8::/ -j ACCEPT", "1:12: '2001:db8::/' is not an IPv6 CIDR"),
+    ("chain --ip gggg::/16 -j ACCEPT", "1:12: 'gggg::/16' is not an IPv6 CIDR"),
+    ("chain --ip fe80::1%eth0 -j ACCEPT", "1:12: 'fe80::1%eth0' is not an IPv6 CIDR"),
+    ("chain --ip [fd00::1] -j ACCEPT", "1:12: '[fd00::1]' is not an IPv6 CIDR"),
+    ("chain --ip ::ffff:10.0.0.0/104 -j ACCEPT",
+     "1:12: '::ffff:10.0.0.0/104' is an IPv4-mapped network; write it as 10.0.0.0/8"),
+    ("chain --ip ::ffff:0:0/96 -j ACCEPT",
+     "1:12: '::ffff:0:0/96' is an IPv4-mapped network; write it as 0.0.0.0/0"),
+    ("chain --ip ::ffff:1.2.3.4 -j ACCEPT",
+     "1:12: '::ffff:1.2.3.4' is an IPv4-mapped network; write it as 1.2.3.4/32"),
     ("chain --port 0 -j ACCEPT", "1:14: port 0 is out of range 1-65535"),
     ("chain --port 65536 -j ACCEPT", "1:14: port 65536 is out of range 1-65535"),
     ("chain --port 80-99999999999999999999 -j ACCEPT",
@@ -263,6 +296,30 @@ def test_redirect_original_destination_matches_ip_though_accepting_end_does_not(
     assert R.judge([R.parse_rule("chain --port 80 -j RETURN")], redirected) == Verdict(False, 0)
 
 
+@pytest.mark.parametrize("cidr, ips, matches", [
+    # An IPv4 CIDR is ::ffff:a.b.c.d/(96+N) to the kernel: IPv4 addresses only.
+    ("10.0.0.0/8", ("10.1.2.3", "fd00::1", "fd00::1"), True),
+    ("10.0.0.0/8", ("::ffff:10.1.2.3", "fd00::1", "fd00::1"), True),   # the same address, mapped
+    ("0.0.0.0/0", ("fd00::1", "::1", "::"), False),
+    ("0.0.0.0/0", ("fd00::1", "127.0.0.1", "::"), True),
+    ("0.0.0.0/0", ("::a00:1", "::a00:1", "::a00:1"), False),           # IPv4-compatible is IPv6
+    # An IPv6 CIDR holds IPv6 addresses, and IPv4 ones only where it holds ::ffff:a.b.c.d.
+    ("2001:db8::/32", ("2001:db8:1::5", "10.0.0.1", "10.0.0.1"), True),
+    ("2001:db8::/32", ("2001:db9::5", "10.0.0.1", "::1"), False),
+    ("::/0", ("10.0.0.1", "10.0.0.2", "10.0.0.2"), True),
+    ("::/0", ("fd00::1", "fd00::2", "fd00::2"), True),
+    ("::/96", ("10.0.0.1", "0.0.0.0", "fd00::"), False),
+    ("::/96", ("10.0.0.1", "::ffff:0", "fd00::"), True),                # ::255.255.0.0
+    ("::/80", ("10.0.0.1", "fd00::1", "fd00::1"), True),                # holds ::ffff:0:0/96
+    ("::/81", ("10.0.0.1", "fd00::1", "fd00::1"), False),
+    ("fd00::1/128", ("fd00::1", "fd00::2", "fd00::2"), True),
+    ("fd00::1/128", ("fd00::2", "fd00::2", "fd00::2"), False),
+])
+def test_ip_matches_as_the_kernel_compares_16_bytes(cidr, ips, matches):
+    assert R.judge([R.parse_rule(f"chain --ip {cidr} -j ACCEPT")], view(ips=ips)) == \
+        Verdict(matches, 0 if matches else None)
+
+
 @pytest.mark.parametrize("owner", [0, 1])
 def test_owner_of_either_socket_matches(owner):
     uids, gids = [5, 5], [6, 6]
@@ -284,13 +341,23 @@ def test_to_ruleset_fields():
     assert (rs.count, rs.n_accept) == (3, 2)
     first, second, third = rs.rules[0], rs.rules[1], rs.rules[2]
     assert first.flags == abi.RULE_IP | abi.RULE_UID
-    assert (first.ip, first.mask, first.uid) == (abi.ip_be("192.168.1.0"), abi.ip_be("255.255.255.0"), 1337)
+    assert (bytes(first.ip), bytes(first.mask), first.uid) == (
+        addrs.pack("192.168.1.0"), b"\xff" * 15 + b"\0", 1337)  # ::ffff:192.168.1.0/120
     assert second.flags == abi.RULE_PORT | abi.RULE_RETURN
     assert (second.port_lo, second.port_hi) == (15006, 15006)
     assert third.flags == abi.RULE_IP | abi.RULE_PORT | abi.RULE_GID
-    assert (third.ip, third.mask) == (abi.ip_be("10.1.2.3"), 0xFFFFFFFF)
+    assert (bytes(third.ip), bytes(third.mask)) == (bytes(10) + b"\xff\xff\x0a\x01\x02\x03", b"\xff" * 16)
     assert (third.port_lo, third.port_hi, third.gid) == (80, 90, 7)
     assert rs.rules[3].flags == 0
+
+
+def test_to_ruleset_keeps_ipv6_cidrs_as_they_are():
+    rs = R.to_ruleset([R.parse_rule("chain --ip 2001:db8::/32 -j ACCEPT"), R.parse_rule("chain -i ::/0 -j RETURN")])
+    first, second = rs.rules[0], rs.rules[1]
+    assert first.flags == abi.RULE_IP and second.flags == abi.RULE_IP | abi.RULE_RETURN
+    assert (bytes(first.ip), bytes(first.mask)) == (b"\x20\x01\x0d\xb8" + bytes(12), b"\xff" * 4 + bytes(12))
+    assert list(first.ip) == addrs.words_of(addrs.pack("2001:db8::")).tolist()  # words as the keys hold them
+    assert (bytes(second.ip), bytes(second.mask)) == (bytes(16), bytes(16))
 
 
 def test_to_ruleset_empty_and_too_many():
@@ -311,6 +378,11 @@ def by_number(rule: Rule) -> Rule:
     "chain -j RETURN",
     "chain --ip 0.0.0.0/0 -j RETURN",
     "chain --ip 10.1.2.3 -j ACCEPT",
+    "chain --ip ::/0 -j RETURN",
+    "chain --ip ::/95 -j RETURN",
+    "chain --ip fd00::1 -j ACCEPT",
+    "chain --ip 2001:db8::/32 --port 443 -u 0 -j ACCEPT",
+    "chain --ip ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127 -j ACCEPT",
     "chain --ip 192.168.1.0/24 --uid-owner 1337 --j ACCEPT",
     "chain --port 15006 -j RETURN",
     "chain --port 80-90 -j ACCEPT",
@@ -555,9 +627,14 @@ GROUPS = st.one_of(st.none(), st.builds(NamedId, st.integers(0, R.MAX_ID)), st.j
 
 @st.composite
 def networks(draw):
-    prefix = draw(st.integers(0, 32))
-    address = draw(st.integers(0, 2**32 - 1)) >> (32 - prefix) << (32 - prefix) if prefix else 0
-    return ipaddress.IPv4Network((address, prefix))
+    """IPv4 and IPv6 CIDRs; none within ::ffff:0:0/96, which are written as IPv4 ones."""
+    bits = draw(st.sampled_from([32, 128]))
+    prefix = draw(st.integers(0, bits))
+    address = draw(st.integers(0, 2**bits - 1)) >> (bits - prefix) << (bits - prefix) if prefix else 0
+    net = ipaddress.ip_network((address, prefix)) if bits == 32 else ipaddress.IPv6Network((address, prefix))
+    if net.version == 6 and prefix >= 96 and net.network_address.ipv4_mapped is not None:
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, prefix - 96))
+    return net
 
 
 @st.composite
@@ -589,6 +666,7 @@ def test_to_ruleset_then_back_gives_the_rules_by_number(rules):
 TOKENS = st.sampled_from(["chain", "--ip", "-i", "--port", "-p", "--ports", "-u", "--uid-owner", "-g",
                           "--gid-owner", "-j", "--j", "--jump", "ACCEPT", "return", "DROP", "#", "1.2.3.4",
                           "10.0.0.0/8", "10.0.0.1/8", "1.2.3.4/99", "80", "0", "80-70", "65536", "root",
+                          "2001:db8::/32", "fd00::1/64", "::/0", "::ffff:1.2.3.4", "fe80::1%lo", ":", "::/999",
                           "\t", "\r", "1337", "4294967295", "\x00", "\udcff", "٣"])
 
 

@@ -3,9 +3,10 @@
 The kernel judges a connection when its accepting end is established and says so in an event
 (accelerated, or refused with the rule); an accelerated one also has both ends in
 sock_proxy_map. For a few rule sets and connections that differ in each thing a rule looks at
-(addresses, ports on either end and behind an iptables REDIRECT, owners, a pod's loopback), the
-column judge must give the kernel's verdict: on the pair read from the map where there is one,
-and on the two ends the event names.
+(addresses, IPv4 and IPv6, ports on either end and behind an iptables REDIRECT, owners, a pod's
+loopback), the column judge must give the kernel's verdict: on the pair read from the map where
+there is one, and on the two ends the event names. The servers listen dual-stack, so their IPv4
+clients arrive IPv4-mapped, as the kernel keeps every IPv4 address.
 """
 
 from __future__ import annotations
@@ -29,20 +30,28 @@ RULE_SETS = [
     # that one); 32768-60999: the connecting ends' ephemeral ports.
     "chain --port 15001 -j ACCEPT\nchain --port 32768-60999 --gid-owner 1234 -j RETURN\n"
     "chain --ip 198.18.1.2/32 --port 7000-7005 -j ACCEPT\n",
+    # An IPv4 CIDR never matches an IPv6 address, nor an IPv6 one (but ::/0) an IPv4 address.
+    "chain --ip 0.0.0.0/0 --port 7000 -j RETURN\nchain --ip fd00:18:1::/64 -j ACCEPT\n"
+    "chain --ip ::1 --uid-owner 1337 -j ACCEPT\nchain --ip 127.0.0.1 -j ACCEPT\n",
+    "chain --ip ::/0 --port 15006 -j RETURN\nchain --ip fd00:18:1::2/128 --port 7000 -j RETURN\n"
+    "chain --ip 198.18.1.0/24 -j ACCEPT\nchain --ip ::1/128 -j ACCEPT\n",
 ]
 
 
 @pytest.fixture
 def pods(lab, accel):
-    """Pod a (198.18.1.1) whose port-80 connections go to its sidecar on :15001 (nat OUTPUT
-    REDIRECT), and pod b (198.18.1.2, servers on 7000, 7005 and 15006)."""
+    """Pod a (198.18.1.1, fd00:18:1::1) whose port-80 connections go to its sidecar on :15001
+    (nat OUTPUT REDIRECT, IPv4 and IPv6), and pod b (198.18.1.2, fd00:18:1::2; servers on 7000,
+    7005 and 15006). Every server listens on :: for both."""
     a, b = lab.add_netns("a"), lab.add_netns("b")
     lab.link(a, "198.18.1.1/24", b, "198.18.1.2/24")
-    lab.iptables(a, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
-                 "-j", "REDIRECT", "--to-ports", "15001")
-    peers.server(lab, "echo", 15001, a)
+    lab.link(a, "fd00:18:1::1/64", b, "fd00:18:1::2/64")
+    for v6 in (False, True):
+        lab.iptables(a, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
+                     "-j", "REDIRECT", "--to-ports", "15001", v6=v6)
+    peers.server(lab, "echo", 15001, a, True, "--host", "::")
     for port in (7000, 7005, 15006):
-        peers.server(lab, "echo", port, b)
+        peers.server(lab, "echo", port, b, True, "--host", "::")
     return a, b
 
 
@@ -52,7 +61,11 @@ def clients(a: str, b: str) -> list[tuple[str, str, dict]]:
             (a, "198.18.1.2:15006", dict(uid=1000, gid=1234)),
             (a, "198.18.1.2:7005", dict(uid=1000, gid=1000)),
             (a, "198.18.1.2:80", dict(uid=1337, gid=1337)),   # REDIRECTed to a's sidecar
-            (b, "127.0.0.1:7000", {})]                         # root, on b's loopback
+            (b, "127.0.0.1:7000", {}),                         # root, on b's loopback
+            (a, "[fd00:18:1::2]:7000", dict(uid=1337, gid=1337)),
+            (a, "[fd00:18:1::2]:15006", dict(uid=1000, gid=1234)),
+            (a, "[fd00:18:1::2]:80", dict(uid=1337, gid=1337)),  # REDIRECTed to [::1]:15001
+            (b, "[::1]:7005", dict(uid=1337, gid=1000))]        # on b's IPv6 loopback
 
 
 def column_verdict(pairs: verdicts.ConnectionPairs, rule_set: list[rules.Rule]) -> dict:
@@ -70,7 +83,7 @@ def event_pair(ev: events.Accelerated | events.Refused) -> verdicts.ConnectionPa
     return verdicts.ConnectionPairs.of(table, ACCELERATED)
 
 
-@pytest.mark.parametrize("text", RULE_SETS, ids=["none", "seed", "return-80", "ports"])
+@pytest.mark.parametrize("text", RULE_SETS, ids=["none", "seed", "return-80", "ports", "v4-v6", "v6-v4"])
 def test_column_judge_gives_the_kernels_verdicts(lab, accel, pods, text):
     rule_set = rules.parse(text).rules
     accel.load_rules(rules.to_ruleset(rule_set))
@@ -117,7 +130,20 @@ def test_the_rule_sets_above_meet_every_kind_of_verdict():
              view("198.18.1.1", "198.18.1.2", "198.18.1.2", 40001, 15006, 15006, 1000, 1234),
              view("198.18.1.1", "198.18.1.2", "198.18.1.2", 40002, 7005, 7005, 1000, 1000),
              view("198.18.1.1", "198.18.1.2", "127.0.0.1", 40003, 80, 15001, 1337, 1337),
-             view("127.0.0.1", "127.0.0.1", "127.0.0.1", 40004, 7000, 7000, 0, 0)]
+             view("127.0.0.1", "127.0.0.1", "127.0.0.1", 40004, 7000, 7000, 0, 0),
+             view("fd00:18:1::1", "fd00:18:1::2", "fd00:18:1::2", 40005, 7000, 7000, 1337, 1337),
+             view("fd00:18:1::1", "fd00:18:1::2", "fd00:18:1::2", 40006, 15006, 15006, 1000, 1234),
+             view("fd00:18:1::1", "fd00:18:1::2", "::1", 40007, 80, 15001, 1337, 1337),
+             view("::1", "::1", "::1", 40008, 7005, 7005, 1337, 1000)]
     kinds = {(v.accelerate, v.rule_index is None)
              for text in RULE_SETS for v in (rules.judge(rules.parse(text).rules, w) for w in views)}
     assert kinds == {(True, True), (True, False), (False, True), (False, False)}
+    # The IPv6 rule sets tell the families apart: what each does to each connection.
+    verdicts_of = {text: [tuple(rules.judge(rules.parse(text).rules, w)) for w in views]
+                   for text in RULE_SETS[-2:]}
+    assert list(verdicts_of.values()) == [
+        [(False, 0), (False, None), (False, None), (True, 3), (False, 0),
+         (True, 1), (True, 1), (True, 1), (True, 2)],
+        [(True, 2), (False, 0), (True, 2), (True, 2), (False, None),
+         (False, 1), (False, 0), (True, 3), (True, 3)],   # ::1: the sidecar's end behind REDIRECT
+    ]

@@ -49,7 +49,7 @@ def _positive(n: int) -> int:
 def add_parser(sub, pin_arg) -> None:
     p = sub.add_parser("dump", help="print what accelerated connections send (tcpdump cannot see it)")
     p.add_argument("--ip", type=_checked(dump.parse_ip, str),
-                   help="only connections with an end in this address or CIDR")
+                   help="only connections with an end in this IPv4 or IPv6 address or CIDR")
     p.add_argument("--port", type=_checked(dump.check_port), help="only connections with an end on this port")
     p.add_argument("--snaplen", type=_checked(dump.check_snaplen), default=dump.DEFAULT_SNAPLEN,
                    help=f"bytes captured of each message (default {dump.DEFAULT_SNAPLEN}, "

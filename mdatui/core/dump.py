@@ -22,7 +22,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from . import guardian
+from . import addrs, guardian
 from .kernel import abi
 from .kernel.instance import Instance, NotEnabled
 from .kernel.perfbuf import PerfReader, ReaderBusy, lock_reader, unlock_reader, wall_offset_ns
@@ -31,17 +31,23 @@ DEFAULT_SNAPLEN = 128
 MAX_SNAPLEN = abi.MAX_SNAPLEN
 
 
-def parse_ip(value: str | ipaddress.IPv4Network) -> ipaddress.IPv4Network:
-    """An address or CIDR; host bits are dropped (10.1.2.3/8 is 10.0.0.0/8)."""
-    if isinstance(value, ipaddress.IPv4Network):
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_ip(value: str | Network) -> Network:
+    """An IPv4 or IPv6 address or CIDR; host bits are dropped (10.1.2.3/8 is 10.0.0.0/8). An
+    IPv4 one selects IPv4 connections only, an IPv6 one the addresses in it, an IPv4 address
+    counting as ::ffff:a.b.c.d (so ::/0 selects every connection), as with rules' --ip."""
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return value
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address or CIDR such as 10.0.0.0/8") from None
-    if net.version != 4:
-        raise ValueError(f"{value!r} is IPv6; only IPv4 connections are accelerated")
-    return net
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address or CIDR such as 10.0.0.0/8 "
+                         "or fd00::/8") from None
+    if getattr(net.network_address, "scope_id", None):
+        raise ValueError(f"{value!r} names a zone; the filter matches addresses only")
+    return addrs.from_network(*addrs.network(net))  # an IPv4-mapped CIDR in its IPv4 form
 
 
 def check_port(port: int) -> int:
@@ -65,7 +71,7 @@ class DumpRecord(NamedTuple):
     """One message as its sender sent it: src is the sending end, dst its peer's address."""
 
     ts_ns: int                # unix time of the send
-    src: str                  # ip:port
+    src: str                  # ip:port, [ipv6]:port
     dst: str
     netns: int                # namespace cookie when an address is loopback, else 0
     len: int                  # bytes of the whole message
@@ -115,7 +121,7 @@ def decode(raw: bytes, wall_offset: int | None = None) -> DumpRecord:
 class DumpSession:
     """Dump switched on with one filter, and the records it yields. One session at a time."""
 
-    def __init__(self, inst: Instance, ip: str | ipaddress.IPv4Network | None = None,
+    def __init__(self, inst: Instance, ip: str | Network | None = None,
                  port: int | None = None, snaplen: int = DEFAULT_SNAPLEN, page_cnt: int = 256):
         self.ip = parse_ip(ip) if ip is not None else None
         self.port = check_port(port) if port is not None else None
@@ -181,12 +187,14 @@ class DumpSession:
             guardian.release(self._guardian, 0)  # it finds dump off, or a new session's reader
 
 
-def _set(inst: Instance, on: bool, ip: ipaddress.IPv4Network | None = None,
+def _set(inst: Instance, on: bool, ip: Network | None = None,
          port: int | None = None, snaplen: int = 0) -> None:
     ctl = inst.control()
     ctl.dump_on = int(on)
-    ctl.dump_ip = abi.ip_be(ip.network_address) if ip else 0
-    ctl.dump_mask = abi.ip_be(ip.netmask) if ip else 0
+    # No filter: a mask of zeros. ::/0 is one too, and selects every address as it should.
+    address, mask = addrs.network(ip) if ip else (bytes(16), bytes(16))
+    ct.memmove(ctl.dump_ip, address, 16)
+    ct.memmove(ctl.dump_mask, mask, 16)
     ctl.dump_port = port or 0
     if on:
         ctl.snaplen = snaplen

@@ -103,7 +103,7 @@ class Guard:
                 continue
             if ident in self._asked:
                 continue
-            key = abi.SockKey(*ident)
+            key = abi.SockKey.of(*ident)
             conn = proxy.lookup(key)
             if conn is not None and conn.paired and not conn.tainted:
                 keys += [key, conn.peer]
@@ -122,4 +122,4 @@ class Guard:
         if now - self._pruned_at < 1.0:
             return
         self._pruned_at = now
-        self._asked = {i for i in self._asked if proxy.lookup(abi.SockKey(*i)) is not None}
+        self._asked = {i for i in self._asked if proxy.lookup(abi.SockKey.of(*i)) is not None}

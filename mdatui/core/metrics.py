@@ -52,7 +52,6 @@ STAT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
                   "Dump records (copies of redirected messages) the kernel could not hand to the reader"),
     "events_lost": ("mdatui_event_records_lost", {},
                     "Event records the kernel could not hand to a reader (its ring was full)"),
-    "ipv6": ("mdatui_ipv6_ends", {}, "IPv6 ends established in the cgroup, left on the normal path"),
 }
 TOTALS = ("closed_msgs", "closed_bytes", "closed_passed")
 

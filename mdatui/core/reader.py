@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from . import rules, service_status
+from . import addrs, rules, service_status
 from .kernel import abi, bpfsys
 from .kernel.instance import Instance
 from .snapshot import DumpState, Snapshot
@@ -21,10 +21,8 @@ def _ktime_now_ns() -> int:
 
 
 def _dump_state(ctl: abi.Control) -> DumpState:
-    ip = None
-    if ctl.dump_mask:
-        prefix = bin(abi.ip_be("255.255.255.255") & ctl.dump_mask).count("1")
-        ip = f"{abi.ip_str(ctl.dump_ip)}/{prefix}"
+    mask = bytes(ctl.dump_mask)
+    ip = str(addrs.from_network(bytes(ctl.dump_ip), mask)) if any(mask) else None  # zeros: any
     return DumpState(bool(ctl.dump_on), ip, ctl.dump_port or None, ctl.snaplen)
 
 

@@ -16,6 +16,7 @@ import termios
 import time
 from pathlib import Path
 
+from . import addrs
 from .kernel import abi
 from .kernel.system import libc, syscall_number
 
@@ -37,15 +38,15 @@ def _getfd(pid: int, fd: int) -> int | None:
 
 
 def key_of(fd: int) -> tuple | None:
-    """The sock_proxy_map key (as SockKey.ident()) of a connected IPv4 TCP socket, else None."""
+    """The sock_proxy_map key (as SockKey.ident()) of a connected TCP socket, else None."""
     s = socket.socket(fileno=os.dup(fd))
     try:
-        if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
+        if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
             return None
         local, remote = s.getsockname(), s.getpeername()
-        lip, rip = abi.ip_be(local[0]), abi.ip_be(remote[0])
+        lip, rip = addrs.pack(local[0].partition("%")[0]), addrs.pack(remote[0].partition("%")[0])
         netns = 0
-        if local[0].startswith("127.") or remote[0].startswith("127."):
+        if addrs.is_loopback(lip) or addrs.is_loopback(rip):
             netns = struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
         return (lip, rip, local[1], remote[1], netns)
     except OSError:
@@ -123,7 +124,7 @@ class SocketFinder:
                 self._where.setdefault(ident, (pid, int(name)))
 
     def key_at(self, pid: int, fd: int, seen_inodes: set[int] | None = None) -> tuple | None:
-        """The key (SockKey.ident()) of the IPv4 TCP socket that is fd in pid, else None.
+        """The key (SockKey.ident()) of the TCP socket that is fd in pid, else None.
         What a socket's inode maps to is kept: its addresses do not change."""
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")

@@ -7,16 +7,20 @@ rows as they are read, for whatever shows a handful of them.
 
 from __future__ import annotations
 
+import struct
 import weakref
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 
 import numpy as np
 
+from . import addrs
 from .ends import ACCELERATED, NORMAL, PENDING, STATES, Connection, Endpoint, Owner
 from .kernel import abi
 
 KEY = np.dtype(abi.SockKey)
+KEY_WORDS = KEY.itemsize // 8  # a key as 64-bit words: addresses, ports, netns
+_PORTS_WORD = KEY.fields["local_port"][1] // 8  # the word that tells keys apart soonest
 CONN = np.dtype(abi.Conn)
 PENDING_ENTRY = np.dtype(abi.Pending)
 
@@ -26,7 +30,7 @@ def _packed(fields: Sequence[str]) -> np.dtype:
 
 
 # A Table keeps what an end's CONN record says in two parts: what stays while the end lives
-# (STATIC; pad makes a record 64 bytes, whole words) and the counters its sends move.
+# (STATIC; pad makes a record whole words) and the counters its sends move.
 STATIC_FIELDS = ("peer", "since_ns", "owner", "paired", "tainted", "active")
 COUNTER_FIELDS = ("msgs", "bytes", "passed")
 STATIC = np.dtype(_packed(STATIC_FIELDS).descr + [("pad", "<u4")])
@@ -35,21 +39,25 @@ COUNTERS = _packed(COUNTER_FIELDS)
 
 def _words(records: np.ndarray, at: int = 0) -> np.ndarray:
     """The key at byte offset `at` of each record (KEY records, or STATIC ones for the peer) as
-    three 64-bit words, to compare and hash keys whole: a view, nothing is copied."""
+    KEY_WORDS 64-bit words, to compare and hash keys whole: a view, nothing is copied."""
     records = np.ascontiguousarray(records)
     words = records.view(np.uint64).reshape(len(records), records.dtype.itemsize // 8)
-    return words[:, at // 8:at // 8 + 3]
+    return words[:, at // 8:at // 8 + KEY_WORDS]
 
 
-_MIX = tuple(np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9))
+_MIX = tuple(np.uint64(k) for k in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                                     0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB))
 
 
 def _hash(words: np.ndarray) -> np.ndarray:
-    """64 bits of each key; equal hashes are checked word by word where it matters."""
-    h = words[:, 0] * _MIX[0]
-    h = (h ^ words[:, 1]) * _MIX[1]
-    h = (h ^ words[:, 2]) * _MIX[2]
-    return h ^ (h >> np.uint64(32))
+    """64 bits of each key; equal hashes are checked word by word where it matters. Each word is
+    multiplied in and the high bits folded down again: a product only carries upward, and an
+    IPv4 key's addresses sit in the high halves of their words (its first word is 0)."""
+    h = np.zeros(len(words), dtype=np.uint64)
+    for i in range(KEY_WORDS):
+        h = (h ^ words[:, i]) * _MIX[i]
+        h ^= h >> np.uint64(29)
+    return h
 
 
 class KeyIndex:
@@ -57,12 +65,12 @@ class KeyIndex:
     found in a few tens of milliseconds. Two different keys of one set with one hash (about 1
     in 10^9 for 200,000 keys) would make one of them unfindable: a rate counted from zero.
 
-    Keys are handled as three columns of words: numpy gathers single columns several times
+    Keys are handled as KEY_WORDS columns of words: numpy gathers single columns several times
     faster than rows of a two-dimensional array."""
 
     def __init__(self, words: np.ndarray):
         self.words = words
-        self._columns = tuple(words[:, i] for i in range(3))
+        self._columns = tuple(words[:, i] for i in range(KEY_WORDS))
         hashes = _hash(words)
         self._order = np.argsort(hashes).astype(np.int32)  # rows fit: a map holds < 2^31 keys
         self._sorted = hashes[self._order]
@@ -73,7 +81,7 @@ class KeyIndex:
     def find(self, words: np.ndarray) -> np.ndarray:
         """The position of each of `words` in this set, -1 where it is not in it."""
         hashes = _hash(words)
-        columns = [words[:, i] for i in range(3)]
+        columns = [words[:, i] for i in range(KEY_WORDS)]
         if len(words) < 1024:
             return self._found(hashes, columns, np.arange(len(words)))
         # Looked for in sorted order, many keys are found several times faster.
@@ -106,19 +114,17 @@ class KeyIndex:
         return out
 
 
-def _addr(ip_be: int, port: int) -> str:
-    return f"{abi.ip_str(ip_be)}:{port}"
-
-
 def _endpoint(key: tuple) -> Endpoint:
+    """A key record as tolist() gives it (each address a list of four words) to an Endpoint."""
     local_ip, remote_ip, local_port, remote_port, netns = key
-    return Endpoint(_addr(local_ip, local_port), _addr(remote_ip, remote_port), netns)
+    return Endpoint(addrs.endpoint(struct.pack("=4I", *local_ip), local_port),
+                    addrs.endpoint(struct.pack("=4I", *remote_ip), remote_port), netns)
 
 
 def key_record(end: Endpoint) -> tuple:
     """An Endpoint back to the fields of its key."""
-    (lip, _, lport), (rip, _, rport) = end.local.rpartition(":"), end.remote.rpartition(":")
-    return (abi.ip_be(lip), abi.ip_be(rip), int(lport), int(rport), end.netns)
+    (lip, lport), (rip, rport) = addrs.split_endpoint(end.local), addrs.split_endpoint(end.remote)
+    return (addrs.words_of(lip), addrs.words_of(rip), lport, rport, end.netns)
 
 
 class Table:
@@ -273,9 +279,9 @@ class Table:
             return self.index.find(words)
         out = np.full(len(words), -1, dtype=np.int32)
         mine = self.words
-        for i, (first, second, third) in enumerate(words.tolist()):
-            rows = np.flatnonzero(mine[:, 0] == first)  # one column first: far fewer to compare
-            rows = rows[(mine[rows, 1] == second) & (mine[rows, 2] == third)]
+        for i, key in enumerate(words):
+            rows = np.flatnonzero(mine[:, _PORTS_WORD] == key[_PORTS_WORD])  # far fewer to compare
+            rows = rows[(mine[rows] == key).all(axis=1)]
             if len(rows):
                 out[i] = rows[0]
         return out

@@ -9,15 +9,15 @@ as the oracle the tests hold this module against. Judging Pair objects one by on
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from . import rules
+from . import addrs, rules
 from .ends import ACCELERATED, NORMAL, Connection
-from .kernel import abi
 from .table import Table
 
 
@@ -32,9 +32,10 @@ class Pair:
         """What the rules see, as bpf/sock_ops.c builds it when the pair is made."""
         c, a = self.connecting, self.accepting
         addr = [c.end.local, c.end.remote, a.end.local]
+        ends = [addrs.split_endpoint(x) for x in addr]
         return rules.ConnView(
-            ips=tuple(x.rpartition(":")[0] for x in addr),
-            ports=tuple(int(x.rpartition(":")[2]) for x in addr),
+            ips=tuple(addrs.text(ip) for ip, _ in ends),
+            ports=tuple(port for _, port in ends),
             uids=(c.owner.uid, a.owner.uid),
             gids=(c.owner.gid, a.owner.gid),
         )
@@ -67,11 +68,19 @@ class ConnectionPairs:
         return self.table.keys[np.concatenate([self.connecting, self.accepting])]
 
     # What Pair.view holds, gathered once for all the rules a set has: the connecting end's
-    # local and original destination address, the accepting end's local one; both owners.
+    # local and original destination address, the accepting end's local one (rows of four u32
+    # words, as the keys hold them); both owners.
     @cached_property
     def _ips(self) -> tuple[np.ndarray, ...]:
         keys, c, a = self.table.keys, self.connecting, self.accepting
-        return keys["local_ip4"][c], keys["remote_ip4"][c], keys["local_ip4"][a]
+        return keys["local_ip"][c], keys["remote_ip"][c], keys["local_ip"][a]
+
+    @cached_property
+    def _ipv4(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Each of _ips as (IPv4-mapped or not, last word): what an IPv4 CIDR compares, the
+        first three words being the same for every IPv4 rule."""
+        return tuple((_within(ip, _V4_NET, _V4_MASK), np.ascontiguousarray(ip[:, 3]))
+                     for ip in self._ips)
 
     @cached_property
     def _ports(self) -> tuple[np.ndarray, ...]:
@@ -88,8 +97,12 @@ class ConnectionPairs:
         columns, which no rule can name (rules.MAX_ID), so it never matches: as None does."""
         hit = np.ones(len(self), dtype=bool)
         if rule.net is not None:
-            net, mask = abi.ip_be(rule.net.network_address), abi.ip_be(rule.net.netmask)
-            hit &= np.logical_or.reduce([(ip & mask) == net for ip in self._ips])
+            net, mask = map(addrs.words_of, addrs.network(rule.net))
+            if (mask[:3] == _V4_MASK[:3]).all() and (net[:3] == _V4_NET[:3]).all():  # IPv4
+                hit &= np.logical_or.reduce([v4 & ((last & mask[3]) == net[3])
+                                             for v4, last in self._ipv4])
+            else:
+                hit &= np.logical_or.reduce([_within(ip, net, mask) for ip in self._ips])
         if rule.ports is not None:
             lo, hi = rule.ports
             hit &= np.logical_or.reduce([(lo <= p) & (p <= hi) for p in self._ports])
@@ -112,6 +125,20 @@ class ConnectionPairs:
         accepts = any(r.target is rules.Target.ACCEPT for r in rule_set)
         accelerate = (returned < 0) & ((first >= 0) | (not accepts))
         return accelerate, np.where(returned >= 0, returned, first)
+
+
+# ::ffff:0:0/96, the IPv4-mapped addresses, as words
+_V4_NET, _V4_MASK = map(addrs.words_of, addrs.network(ipaddress.IPv4Network("0.0.0.0/0")))
+
+
+def _within(ips: np.ndarray, net: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """bpf/mdatui.h's mda_ip_in of each row: (ip & mask) == net in each of the four words. A
+    word the mask leaves out holds always (net is masked): 0.0.0.0/0 compares three words (the
+    IPv4-mapped prefix), ::/0 none."""
+    hit = np.ones(len(ips), dtype=bool)
+    for w in np.flatnonzero(mask):
+        hit &= (ips[:, w] & mask[w]) == net[w]
+    return hit
 
 
 @dataclass(frozen=True)

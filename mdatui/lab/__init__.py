@@ -72,16 +72,17 @@ class Lab:
         return name
 
     def link(self, ns_a: str, addr_a: str, ns_b: str, addr_b: str) -> None:
-        """A veth between two namespaces; addresses as CIDR, e.g. 198.18.0.1/24."""
+        """A veth between two namespaces; addresses as CIDR, e.g. 198.18.0.1/24 or 2001:2::1/64
+        (IPv6 ones usable at once: no duplicate address detection)."""
         n = len(self.netns) + next(_serial)
         a, b = f"mda{os.getpid() % 10000}a{n}", f"mda{os.getpid() % 10000}b{n}"
         run("ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
         for ns, dev, addr in ((ns_a, a, addr_a), (ns_b, b, addr_b)):
-            run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            run("ip", "-n", ns, "addr", "add", addr, "dev", dev, *(["nodad"] if ":" in addr else []))
             run("ip", "-n", ns, "link", "set", dev, "up")
 
-    def iptables(self, netns: str, *rule: str) -> None:
-        run("ip", "netns", "exec", netns, "iptables", "-w", *rule)
+    def iptables(self, netns: str, *rule: str, v6: bool = False) -> None:
+        run("ip", "netns", "exec", netns, "ip6tables" if v6 else "iptables", "-w", *rule)
 
     def spawn(self, argv: list[str], netns: str | None = None, inside: bool = True,
               uid: int | None = None, gid: int | None = None, **popen) -> subprocess.Popen:

@@ -30,8 +30,17 @@ BLOCK = random.Random(1).randbytes(1 << 20)  # the same bytes on every run, so h
 
 
 def _addr(text: str) -> tuple[str, int]:
+    """host:port, or [v6]:port"""
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def _end(name: tuple) -> str:
+    """A socket name as mdatui shows an end: an IPv4-mapped address dotted, IPv6 in brackets."""
+    host, port = name[0], name[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _recv(s: socket.socket, n: int) -> bytes:
@@ -49,7 +58,10 @@ def _say(**fields) -> None:
 
 
 def _listen(port: int, host: str = "0.0.0.0") -> socket.socket:
-    srv = socket.socket()
+    """An IPv6 host (:: for any) listens dual-stack: IPv4 clients arrive IPv4-mapped."""
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    if srv.family == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
     srv.listen(1024)
@@ -76,7 +88,7 @@ def _sink(conn: socket.socket, delay: float = 0.0) -> None:
         while data := _recv(conn, 1 << 16):
             h.update(data)
             n += len(data)
-        _say(bytes=n, sha256=h.hexdigest(), peer="%s:%d" % conn.getpeername())
+        _say(bytes=n, sha256=h.hexdigest(), peer=_end(conn.getpeername()))
 
 
 def _push(conn: socket.socket, total: int) -> None:
@@ -95,7 +107,7 @@ def recv(peer: tuple[str, int], total: int, hold: bool) -> None:
     while got < total and (data := _recv(s, 1 << 16)):
         h.update(data)
         got += len(data)
-    _say(local="%s:%d" % s.getsockname(), bytes=got, sha256=h.hexdigest())
+    _say(local=_end(s.getsockname()), bytes=got, sha256=h.hexdigest())
     if hold:
         sys.stdin.readline()
     s.close()
@@ -135,7 +147,7 @@ def _payload(total: int, chunk: int):
 def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pause: float,
          source_port: int = 0) -> None:
     s = socket.create_connection(to, source_address=("", source_port) if source_port else None)
-    local = "%s:%d" % s.getsockname()
+    local = _end(s.getsockname())
     if hold:  # let the caller look at the maps before any byte moves
         _say(local=local, state="connected")
         sys.stdin.readline()
@@ -183,7 +195,7 @@ def messages(sizes: list[int]) -> list[bytes]:
 def msgs(to: tuple[str, int], sizes: list[int], hold: bool) -> None:
     """One send() per size, each one message for sk_msg: counters and dumps can be checked."""
     s = socket.create_connection(to)
-    local = "%s:%d" % s.getsockname()
+    local = _end(s.getsockname())
     if hold:
         _say(local=local, state="connected")
         sys.stdin.readline()

@@ -11,7 +11,7 @@ import time
 from rich.console import Console
 from rich.text import Text
 
-from mdatui.core import apply, dump, events, rules
+from mdatui.core import addrs, apply, dump, events, rules
 from mdatui.core.backend import RulesDoc, Unavailable
 from mdatui.core.ends import Connection, Endpoint, Owner
 from mdatui.core.kernel import abi
@@ -24,10 +24,11 @@ ENABLED_AT = 1_700_000_000     # so uptime reads 1m40s
 LO_NS = 4026531993             # netns cookie of the pod whose loopback the ends use
 RULES_PATH = "/etc/oncn-mda/oncn-mda.conf"
 RULES_TEXT = """\
-# accelerate the mesh and the pods' loopback; never the legacy service on 9090
+# accelerate the mesh and the pods' loopback; never the legacy service on 9090; the mesh's IPv6
 chain --ip 198.18.0.0/15 -j ACCEPT
 chain --ip 127.0.0.0/8 -j ACCEPT
 chain --port 9090 -j RETURN
+chain --ip 2001:2::/48 -j ACCEPT
 """
 
 
@@ -63,6 +64,11 @@ def connections(step: int) -> list[Connection]:
              in_sockhash=False),
         conn("198.18.0.2:9090", "198.18.0.1:45000", peer=end("198.18.0.1:45000", "198.18.0.2:9090"),
              state="normal", msgs=10, bytes=4096, passed=5 + s, age=400, pid=2004, in_sockhash=False),
+        # sidecar -> sidecar over IPv6 (the pods are dual-stack)
+        conn("[2001:2::1]:42000", "[2001:2::2]:15006", peer=end("[2001:2::2]:15006", "[2001:2::1]:42000"),
+             msgs=800 + 40 * s, bytes=1_200_000 + 60_000 * s, age=1800, pid=2002, uid=1337, active=True),
+        conn("[2001:2::2]:15006", "[2001:2::1]:42000", peer=end("[2001:2::1]:42000", "[2001:2::2]:15006"),
+             msgs=800 + 40 * s, bytes=700_000 + 30_000 * s, age=1800, pid=2003, uid=1337),
         # waiting for its peer
         conn("127.0.0.1:43000", "127.0.0.1:7000", netns=LO_NS, state="pending", age=0.2, pid=2005,
              active=True),
@@ -134,13 +140,10 @@ def dump_batch(snaplen: int) -> list[dump.DumpRecord]:
 def perf_record(rec: dump.DumpRecord) -> bytes:
     """A record as sk_msg writes it to the perf ring (dump.decode's input), stamped with its
     unix time: decoded with a wall offset of 0 it is rec again."""
+    (local, local_port), (remote, remote_port) = map(addrs.split_endpoint, (rec.src, rec.dst))
     ev = abi.DumpEvent(ts_ns=rec.ts_ns, len=rec.len, caplen=len(rec.data),
-                       active=rec.direction == dump.Direction.TO_SERVER)
-    for side, addr in (("local", rec.src), ("remote", rec.dst)):
-        ip, _, port = addr.rpartition(":")
-        setattr(ev.key, f"{side}_ip4", abi.ip_be(ip))
-        setattr(ev.key, f"{side}_port", int(port))
-    ev.key.netns = rec.netns
+                       active=rec.direction == dump.Direction.TO_SERVER,
+                       key=abi.SockKey.of(local, remote, local_port, remote_port, rec.netns))
     return bytes(ev)[:abi.DUMP_HEADER_SIZE] + rec.data
 
 

@@ -42,7 +42,7 @@ async def test_status_line_shows_state_and_rates():
         await two_frames(pilot)
         line = text(pilot.app.screen.query_one("StatusBar"))
         assert "/sys/fs/cgroup/mesh" in line and "up 1m40s" in line
-        assert "2 pairs" in line and "500 msg/s" in line and "1.5Mi/s" in line
+        assert "3 pairs" in line and "580 msg/s" in line and "1.5Mi/s" in line
 
 
 def test_status_line_says_when_the_ends_are_read_less_often_than_every_refresh():
@@ -151,18 +151,33 @@ async def test_connections_filter_as_you_type():
         await pilot.pause(0.1)
         assert "_ips" in table.source.local.__dict__
         await pilot.press(*"envoy")
-        assert table.row_count == 3
-        assert "3 of 8 ends" in text(pilot.app.screen.query_one("#conn-summary"))
+        assert table.row_count == 5
+        assert "5 of 10 ends" in text(pilot.app.screen.query_one("#conn-summary"))
         await pilot.press("backspace", "backspace", "backspace", "backspace", "backspace", *"pending")
         assert table.row_keys == ["127.0.0.1:43000>127.0.0.1:7000@4026531993"]
         await pilot.press("escape")
-        assert table.row_count == 8 and table.has_focus
+        assert table.row_count == 10 and table.has_focus
         # Survives a refresh: the filter and the cursor stay put.
         await pilot.press("down", "down")
         before = table.selected.key
         pilot.app.action_refresh_now()
         await wait_frames(pilot, 3)
         assert table.selected.key == before
+
+
+async def test_connections_filter_finds_ipv6_ends_by_address_and_port():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("2", "slash", *"::2]:15006")  # spans the colon before the port
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        assert sorted(table.row_keys) == ["[2001:2::1]:42000>[2001:2::2]:15006@0",
+                                          "[2001:2::2]:15006>[2001:2::1]:42000@0"]
+        await pilot.press("escape")
+        table.move_cursor(row=table.row_keys.index("[2001:2::1]:42000>[2001:2::2]:15006@0"))
+        await pilot.pause()
+        pane = text(pilot.app.screen.query_one("#conn-detail"))
+        assert "This end [2001:2::1]:42000 → [2001:2::2]:15006" in pane
+        assert "Peer     [2001:2::2]:15006 → [2001:2::1]:42000" in pane and "Pair     ok" in pane
 
 
 async def test_connection_detail_shows_the_peer_with_live_counters():
@@ -188,7 +203,7 @@ async def test_pairs_put_broken_pairs_first():
         await pilot.press("3")
         table = pilot.app.screen.query_one("#pairs-table", SortableTable)
         healths = [table.cells(i)[2].plain for i in range(table.row_count)]
-        assert healths == ["one-sided", "pending", "normal", "ok", "ok"]
+        assert healths == ["one-sided", "pending", "normal", "ok", "ok", "ok"]
         assert text(pilot.app.screen.query_one("#pairs-summary")).endswith("1 broken")
         row = table.cells(3)
         assert "→" in row[1]  # a complete pair shows its peer, both directions counted
@@ -202,10 +217,10 @@ async def test_a_pair_on_the_normal_path_is_not_an_accelerated_one_anywhere():
         taken_off = table.cells(table.row_keys.index("198.18.0.1:45000>198.18.0.2:9090@0"))
         assert (taken_off[2].plain, taken_off[3].plain) == ("normal", "normal")  # health, state
         summary = text(pilot.app.screen.query_one("#pairs-summary"))
-        assert summary.startswith("5 pairs: 2 ok (accelerated), 1 on the normal path, 1 pending")
-        assert "│ 2 pairs │" in text(pilot.app.screen.query_one("StatusBar"))
+        assert summary.startswith("6 pairs: 3 ok (accelerated), 1 on the normal path, 1 pending")
+        assert "│ 3 pairs │" in text(pilot.app.screen.query_one("StatusBar"))
         await pilot.press("1")
-        assert "2 accelerated of 5" in text(pilot.app.screen.query_one("#ov-rates"))
+        assert "3 accelerated of 6" in text(pilot.app.screen.query_one("#ov-rates"))
 
 
 async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
@@ -327,7 +342,7 @@ async def test_dump_refuses_a_bad_filter_and_starts_nothing():
         view = pilot.app.screen.query_one("#dump-view")
         assert not view.capturing and not backend.dump_open
         status = text(view.query_one("#dump-status"))
-        assert "stopped" in status and "'10.0.0.300' is not an IPv4 address or CIDR" in status
+        assert "stopped" in status and "'10.0.0.300' is not an IPv4 or IPv6 address" in status
 
 
 async def test_rule_editor_bad_cidr_shows_the_parser_error_and_applies_nothing():
@@ -346,7 +361,7 @@ async def test_rule_editor_bad_cidr_shows_the_parser_error_and_applies_nothing()
         await pilot.press("escape")
         await pilot.press("A")                    # applying now applies the unchanged table
         view = pilot.app.screen.query_one("#rules-view")
-        assert len(view.edited.rules) == 3
+        assert len(view.edited.rules) == 4
         assert all(rules == view.edited.rules for rules in backend.applied)
         assert backend.saved == []
 
@@ -370,8 +385,9 @@ async def test_rule_add_preview_apply_save_revert():
         view = pilot.app.screen.query_one("#rules-view")
         assert str(view.edited.rules[-1]) == "chain --port 15006 -j RETURN"
         preview = text(view.query_one("#rules-preview"))
-        assert "1 open connections leave the fast path" in preview
-        assert "198.18.0.1:41000 → 198.18.0.2:15006  (rule 3)" in preview
+        assert "2 open connections leave the fast path" in preview
+        assert "198.18.0.1:41000 → 198.18.0.2:15006  (rule 4)" in preview
+        assert "[2001:2::1]:42000 → [2001:2::2]:15006  (rule 4)" in preview
         assert "not applied and not saved" in text(view.query_one("#rules-status"))
         await pilot.press("A")
         for _ in range(100):
@@ -384,16 +400,16 @@ async def test_rule_add_preview_apply_save_revert():
             if "edited, not saved" in text(status):
                 break
             await pilot.pause(0.02)
-        assert ("in kernel: differs: it runs 1 rule the file has not, from rule 3: chain --port "
+        assert ("in kernel: differs: it runs 1 rule the file has not, from rule 4: chain --port "
                 "15006 -j RETURN  ·  edited, not saved") in text(status)
         assert "nothing to apply" in text(view.query_one("#rules-preview"))
         await pilot.press("S")
         assert backend.saved[-1][1].endswith("chain --port 15006 -j RETURN\n")
         assert backend.saved[-1][1].startswith("# accelerate the mesh")  # comments kept
         await pilot.press("x")                                             # delete it again
-        assert len(view.edited.rules) == 3
-        await pilot.press("R")                                             # back to the file
         assert len(view.edited.rules) == 4
+        await pilot.press("R")                                             # back to the file
+        assert len(view.edited.rules) == 5
 
 
 @pytest.mark.parametrize("file, kernel, says", [
@@ -405,7 +421,7 @@ async def test_rule_add_preview_apply_save_revert():
      "in kernel: differs: rule 2 is chain --port 9091 -j RETURN there, chain --port 9090 -j RETURN "
      "in the file"),
     (RULES_TEXT, "chain --ip 198.18.0.0/15 -j ACCEPT\n",
-     "in kernel: differs: it lacks the file's 2 rules from rule 1: chain --ip 127.0.0.0/8 -j ACCEPT"),
+     "in kernel: differs: it lacks the file's 3 rules from rule 1: chain --ip 127.0.0.0/8 -j ACCEPT"),
 ])
 async def test_rules_status_says_whether_the_kernel_runs_the_file(file, kernel, says):
     backend = FakeBackend(kernel_rules=kernel)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mdatui.core import reader
+from mdatui.core import addrs, reader
 from mdatui.core.backend import Frame
 from mdatui.core.ends import Endpoint
 from mdatui.core.procs import ProcessInfo
@@ -20,7 +20,7 @@ from mdatui.core.snapshot import Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
 from mdatui.ui.widgets import sortable_table
-from mdatui.ui.widgets.columns import positions
+from mdatui.ui.widgets.columns import Addresses, positions
 from mdatui.ui.widgets.sortable_table import SortableTable
 
 from ..test_columns import BatchedMap, as_read, mesh, moved
@@ -30,7 +30,7 @@ PAGE = 40  # smaller than the rows, so that choosing a page's contenders is exer
 
 
 def frames(n: int) -> Frame:
-    conns = mesh(n, 11)
+    conns = mesh(n, 11, v6=True)
     rng = random.Random(12)
     later = [type(c)(c.end, c.peer, c.state, c.msgs + rng.randrange(3), c.bytes + rng.randrange(3) * 500,
                      c.passed, c.age_s + 1, c.owner, c.in_sockhash, c.active) for c in conns]
@@ -42,8 +42,10 @@ def frames(n: int) -> Frame:
 
 
 def address(text: str) -> tuple[int, int]:
-    ip, _, port = text.rpartition(":")
-    return int(ipaddress.IPv4Address(ip)), int(port)
+    """An endpoint's address in the keys' form (IPv4-mapped: after ::1, before 2001:2::) as a
+    number, and its port."""
+    ip, port = addrs.split_endpoint(text)
+    return int.from_bytes(ip, "big"), port
 
 
 def key_order(end) -> tuple:
@@ -105,7 +107,8 @@ def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, nam
     monkeypatch.setattr(connections, "RANKED_PAST", ranked_past)  # how tied rows are ordered
     rows = make_rows(frames(1500))
     table = SortableTable(columns, key)
-    for needle, column, reverse in itertools.product(("", "198.19.1", ":8", "ok", "envoy"),
+    for needle, column, reverse in itertools.product(("", "198.19.1", ":8", "ok", "envoy",
+                                                      "2001:2:0:1", "::a]:8"),
                                                      [c.key for c in columns], (False, True)):
         table.filter_text, table.sort_column, table.sort_reverse = needle, column, reverse
         page = [key(rows.item(i)) for i in table._page(rows).tolist()]
@@ -139,6 +142,30 @@ def test_rows_of_a_read_of_the_same_ends_take_over_their_columns_and_filter_what
     assert same.local is first.local and other.local is not same.local
     assert pair_rows[1].a_local is pair_rows[0].a_local
     assert pair_rows[2].a_local is not pair_rows[1].a_local
+
+
+ADDRESSES = ["198.19.0.5", "10.0.0.10", "10.0.0.9", "127.0.0.1", "::1", "2001:2::5", "2001:2::1:5",
+             "2001:2:0:1::80", "fd00::1", "::ffff:198.19.0.6", "ff02::1:ff00:5", "::"]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "both"])
+def test_addresses_sort_as_numbers_and_find_what_their_text_holds(family):
+    rng = random.Random(3)
+    pool = [a for a in ADDRESSES if family == "both" or ":" not in a or a.startswith("::ffff:")]
+    rows = [(rng.choice(pool), rng.choice([80, 8, 15006, 5, 443, 0])) for _ in range(500)]
+    ips = np.array([addrs.words_of(addrs.pack(ip)) for ip, _ in rows], dtype=np.uint32)
+    ports = np.array([port for _, port in rows], dtype=np.uint32)
+    column = Addresses(ips, ports)
+    texts = [addrs.endpoint(addrs.pack(ip), port) for ip, port in rows]
+    by_number = sorted(range(len(rows)), key=lambda i: address(texts[i]))
+    order = column.order
+    assert [address(texts[i]) for i in np.argsort(order, kind="stable")] == [
+        address(texts[i]) for i in by_number]
+    assert len(set(order.tolist())) == len(set(texts))  # equal only where the text is
+    for needle in ("198.19", "10.0.0.1", "0.9:", ".5:80", ":80", ":8", "80", "5", "::1", "[::1]:",
+                   "2001:2", "2001:2::5]", "::5]:80", "]:15", "[fd00::1]:443", "::ffff", ":", "",
+                   "1:5]:8", "0.0.0.10:0", "1:2:3", "[2001:2::1:5]:15006", "0:1::80]:8"):
+        assert column.search(needle).tolist() == [needle in t for t in texts], needle
 
 
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])

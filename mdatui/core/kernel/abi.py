@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ctypes as ct
 import enum
-import ipaddress
-import socket
-import struct
+
+from .. import addrs
 
 MAX_SOCKS = 262144
 MAX_RULES = 128
@@ -22,24 +21,36 @@ RULE_RETURN = 1 << 4
 
 
 class SockKey(ct.Structure):
+    """Addresses in network byte order, IPv4 ones IPv4-mapped (core.addrs)."""
+
     _fields_ = [
-        ("local_ip4", ct.c_uint32),
-        ("remote_ip4", ct.c_uint32),
+        ("local_ip", ct.c_uint32 * 4),
+        ("remote_ip", ct.c_uint32 * 4),
         ("local_port", ct.c_uint32),
         ("remote_port", ct.c_uint32),
         ("netns", ct.c_uint64),
     ]
 
+    @classmethod
+    def of(cls, local_ip: bytes, remote_ip: bytes, local_port: int, remote_port: int,
+           netns: int = 0) -> "SockKey":
+        """From addresses in the keys' form (addrs.pack)."""
+        key = cls(local_port=local_port, remote_port=remote_port, netns=netns)
+        ct.memmove(key.local_ip, local_ip, 16)
+        ct.memmove(key.remote_ip, remote_ip, 16)
+        return key
+
     @property
     def local(self) -> str:
-        return f"{ip_str(self.local_ip4)}:{self.local_port}"
+        return addrs.endpoint(bytes(self.local_ip), self.local_port)
 
     @property
     def remote(self) -> str:
-        return f"{ip_str(self.remote_ip4)}:{self.remote_port}"
+        return addrs.endpoint(bytes(self.remote_ip), self.remote_port)
 
-    def ident(self) -> tuple[int, int, int, int, int]:
-        return (self.local_ip4, self.remote_ip4, self.local_port, self.remote_port, self.netns)
+    def ident(self) -> tuple[bytes, bytes, int, int, int]:
+        return (bytes(self.local_ip), bytes(self.remote_ip), self.local_port, self.remote_port,
+                self.netns)
 
 
 class Owner(ct.Structure):
@@ -87,8 +98,8 @@ class Pending(ct.Structure):
 class Rule(ct.Structure):
     _fields_ = [
         ("flags", ct.c_uint32),
-        ("ip", ct.c_uint32),
-        ("mask", ct.c_uint32),
+        ("ip", ct.c_uint32 * 4),
+        ("mask", ct.c_uint32 * 4),
         ("port_lo", ct.c_uint16),
         ("port_hi", ct.c_uint16),
         ("uid", ct.c_uint32),
@@ -103,8 +114,8 @@ class RuleSet(ct.Structure):
 class Control(ct.Structure):
     _fields_ = [
         ("dump_on", ct.c_uint32),
-        ("dump_ip", ct.c_uint32),
-        ("dump_mask", ct.c_uint32),
+        ("dump_ip", ct.c_uint32 * 4),
+        ("dump_mask", ct.c_uint32 * 4),
         ("dump_port", ct.c_uint32),
         ("snaplen", ct.c_uint32),
     ]
@@ -131,7 +142,6 @@ class Stat(enum.IntEnum):
     BLOCKING = 13
     CLOSED_PASSED = 14
     EVENTS_LOST = 15
-    IPV6 = 16
 
 
 STAT_MAX = len(Stat)
@@ -173,13 +183,3 @@ class DumpEvent(ct.Structure):
 
 
 DUMP_HEADER_SIZE = DumpEvent.data.offset
-
-
-def ip_str(be_ip: int) -> str:
-    """An address as the kernel stores it (network byte order in a host integer) to dotted form."""
-    return socket.inet_ntoa(struct.pack("=I", be_ip))
-
-
-def ip_be(text: str | ipaddress.IPv4Address) -> int:
-    """Dotted form to the kernel's network-byte-order integer."""
-    return struct.unpack("=I", ipaddress.IPv4Address(text).packed)[0]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes as ct
 import enum
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .. import addrs
 from ..kernel import abi
 
 MAX_ID = abi.UNKNOWN_ID - 1  # the kernel marks an unknown owner with UNKNOWN_ID
@@ -31,7 +33,9 @@ class NamedId:
 
 @dataclass(frozen=True)
 class ConnView:
-    """What a rule sees of a connection: the three addresses and ports, the two owners."""
+    """What a rule sees of a connection: the three addresses and ports, the two owners.
+    Addresses as text, IPv4 or IPv6 ("10.0.0.1", "fd00::1"); an IPv4-mapped IPv6 one
+    ("::ffff:10.0.0.1") is the IPv4 address, as the kernel's keys hold it."""
 
     ips: tuple[str, ...]
     ports: tuple[int, ...]
@@ -42,13 +46,13 @@ class ConnView:
 @dataclass(frozen=True)
 class Rule:
     target: Target
-    net: ipaddress.IPv4Network | None = None
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ports: tuple[int, int] | None = None  # inclusive range
     uid: NamedId | None = None
     gid: NamedId | None = None
 
     def matches(self, view: ConnView) -> bool:
-        if self.net is not None and not any(ipaddress.IPv4Address(ip) in self.net for ip in view.ips):
+        if self.net is not None and not any(_in(ip, self.net) for ip in view.ips):
             return False
         if self.ports is not None and not any(self.ports[0] <= p <= self.ports[1] for p in view.ports):
             return False
@@ -86,6 +90,15 @@ class ParseError(ValueError):
 
 # ---------------------------------------------------------------- matching and the kernel form
 
+def _in(ip: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """As bpf/mdatui.h's mda_ip_in: (ip & mask) == net over the 16 bytes of the kernel's form,
+    where an IPv4 network is ::ffff:a.b.c.d/(96+N). So an IPv4 network holds IPv4 (and
+    IPv4-mapped) addresses only, an IPv6 one IPv6 addresses (and, as ::/0 or a network around
+    ::ffff:0:0/96, mapped ones too)."""
+    address, mask = (int.from_bytes(raw, "big") for raw in addrs.network(net))
+    return int.from_bytes(addrs.pack(ip), "big") & mask == address
+
+
 def judge(rules: Sequence[Rule], view: ConnView) -> Verdict:
     """Whether the kernel would accelerate this connection, and by (or against) which rule.
     The tests' oracle; what mdatui judges goes through verdicts.ConnectionPairs.judge."""
@@ -108,8 +121,9 @@ def to_ruleset(rules: Sequence[Rule]) -> abi.RuleSet:
         slot.flags = abi.RULE_RETURN if rule.target is Target.RETURN else 0
         if rule.net is not None:
             slot.flags |= abi.RULE_IP
-            slot.ip = abi.ip_be(rule.net.network_address)
-            slot.mask = abi.ip_be(rule.net.netmask)
+            ip, mask = addrs.network(rule.net)
+            ct.memmove(slot.ip, ip, len(ip))
+            ct.memmove(slot.mask, mask, len(mask))
         if rule.ports is not None:
             slot.flags |= abi.RULE_PORT
             slot.port_lo, slot.port_hi = rule.ports
@@ -124,14 +138,14 @@ def to_ruleset(rules: Sequence[Rule]) -> abi.RuleSet:
 
 def from_ruleset(rs: abi.RuleSet) -> list[Rule]:
     """The rules of a kernel rule set: to_ruleset's inverse, but that users and groups come back
-    as numbers (the kernel keeps no names)."""
+    as numbers (the kernel keeps no names), and an IPv6 network within ::ffff:0:0/96 (which the
+    parser refuses) as the IPv4 network the kernel cannot tell it from."""
     out = []
     for slot in rs.rules[:rs.count]:
         flags = slot.flags
         out.append(Rule(
             Target.RETURN if flags & abi.RULE_RETURN else Target.ACCEPT,
-            net=ipaddress.IPv4Network((abi.ip_str(slot.ip), abi.ip_str(slot.mask)))
-            if flags & abi.RULE_IP else None,
+            net=addrs.from_network(bytes(slot.ip), bytes(slot.mask)) if flags & abi.RULE_IP else None,
             ports=(slot.port_lo, slot.port_hi) if flags & abi.RULE_PORT else None,
             uid=NamedId(slot.uid) if flags & abi.RULE_UID else None,
             gid=NamedId(slot.gid) if flags & abi.RULE_GID else None))

@@ -27,7 +27,8 @@ _OPTIONS = {
     "--gid-owner": "gid", "-g": "gid",
     "-j": "target", "--j": "target", "--jump": "target",
 }
-_CIDR = re.compile(r"([0-9.]+)(?:/([0-9]+))?", re.ASCII)
+_CIDR = re.compile(r"([0-9A-Fa-f:.]+)(?:/([0-9]+))?", re.ASCII)
+_IPV4ISH = re.compile(r"[0-9./]+", re.ASCII)  # what an IPv4 CIDR is written with
 _PORTS = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
 _NUMBER = re.compile(r"[0-9]+", re.ASCII)
 _TOKEN = re.compile(r"\S+")
@@ -41,20 +42,28 @@ def _bounded(digits: str, hi: int) -> int | None:
     return int(digits)
 
 
-def _parse_ip(text: str) -> ipaddress.IPv4Network:
+def _parse_ip(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4 or IPv6 CIDR, or an address (a /32 or /128)."""
     m = _CIDR.fullmatch(text)
+    version = 6 if ":" in text else 4 if _IPV4ISH.fullmatch(text) else None
+    kind = {4: "an IPv4 CIDR", 6: "an IPv6 CIDR", None: "an IPv4 or IPv6 CIDR"}[version]
     try:
-        address = ipaddress.IPv4Address(m[1]) if m else None
+        address = ipaddress.ip_address(m[1]) if m and version else None
     except ValueError:
         address = None
-    if address is None:
-        raise _Bad(f"'{text}' is not an IPv4 CIDR")
-    prefix = 32 if m[2] is None else _bounded(m[2], 32)
+    if address is None or address.version != version:
+        raise _Bad(f"'{text}' is not {kind}")
+    bits = address.max_prefixlen
+    prefix = bits if m[2] is None else _bounded(m[2], bits)
     if prefix is None:
-        raise _Bad(f"'{text}': prefix length must be 0-32")
-    net = ipaddress.IPv4Network((address, prefix), strict=False)
+        raise _Bad(f"'{text}': prefix length must be 0-{bits}")
+    net = ipaddress.ip_network((address, prefix), strict=False)
     if net.network_address != address:
         raise _Bad(f"'{text}' has host bits set; did you mean {net}")
+    if net.version == 6 and prefix >= 96 and net.network_address.ipv4_mapped is not None:
+        # The kernel keeps IPv4 rules in this form (core.addrs): one way to write each rule.
+        mapped = ipaddress.IPv4Network((net.network_address.ipv4_mapped, prefix - 96))
+        raise _Bad(f"'{text}' is an IPv4-mapped network; write it as {mapped}")
     return net
 
 

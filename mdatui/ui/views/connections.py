@@ -18,7 +18,7 @@ from ...core.pairing import pair_rows_of
 from ...core.procs import ProcessInfo
 from ...core.snapshot import Rates
 from .. import format as fmt
-from ..widgets.columns import Addresses, Distinct, Leftover, host_order, indexed_order, indexed_search, styled
+from ..widgets.columns import Addresses, Distinct, Leftover, indexed_order, indexed_search, numbers32, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
 from .base import EndsView
@@ -39,9 +39,10 @@ class ConnRow:
 
 def key_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ends in the order of their addresses (local ip, port, remote ip, port, netns) as two
-    numbers each, least significant first; what rows that tie on a column are ordered by."""
-    remote = host_order(keys["remote_ip4"])
-    high = ((host_order(keys["local_ip4"]) << np.uint64(32))
+    numbers each, least significant first; what rows that tie on a column are ordered by.
+    All-IPv4 addresses take no sort (addrs.numbers)."""
+    remote = numbers32(keys["remote_ip"])
+    high = ((numbers32(keys["local_ip"]) << np.uint64(32))
             | (keys["local_port"].astype(np.uint64) << np.uint64(16)) | (remote >> np.uint64(16)))
     low = (((remote & np.uint64(0xFFFF)) << np.uint64(48))
            | (keys["remote_port"].astype(np.uint64) << np.uint64(32))
@@ -102,11 +103,11 @@ class ConnRows:
 
     @cached_property
     def local(self) -> Addresses:
-        return Addresses(self.table.keys["local_ip4"], self.table.keys["local_port"])
+        return Addresses(self.table.keys["local_ip"], self.table.keys["local_port"])
 
     @cached_property
     def remote(self) -> Addresses:
-        return Addresses(self.table.keys["remote_ip4"], self.table.keys["remote_port"])
+        return Addresses(self.table.keys["remote_ip"], self.table.keys["remote_port"])
 
     @cached_property
     def netns(self) -> Distinct:

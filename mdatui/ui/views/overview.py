@@ -96,7 +96,6 @@ class OverviewView(View):
             ("left", f"{snap.stats.get('demoted', 0)} streams handed back, "
                      f"{snap.stats.get('blocking', 0)} blocking readers; "
                      f"{snap.stats.get('drained', 0)} ends drained"),
-            ("not accelerated", f"{snap.stats.get('ipv6', 0)} IPv6 ends"),
         ])
         self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)
         self.query_one("#ov-bytes-spark", Sparkline).data = list(self._bytes)

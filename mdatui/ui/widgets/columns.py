@@ -10,7 +10,7 @@ from functools import cached_property
 import numpy as np
 from rich.text import Text
 
-from ...core.kernel.abi import ip_str
+from ...core import addrs
 
 STATE_STYLES = {
     "accelerated": "green",
@@ -25,12 +25,6 @@ STATE_STYLES = {
 
 def styled(word: str) -> Text:
     return Text(word, style=STATE_STYLES.get(word, ""))
-
-
-def host_order(ip_be: np.ndarray) -> np.ndarray:
-    """Addresses as the kernel keeps them (network byte order in a native integer) as numbers
-    that sort as the addresses do."""
-    return np.ascontiguousarray(ip_be, dtype=np.uint32).view(">u4").astype(np.uint64)
 
 
 # Odd 64-bit multipliers for hashing values into 16 bits (Knuth's multiplicative hashing).
@@ -53,47 +47,100 @@ def positions(distinct: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.searchsorted(distinct, values)
 
 
-class Addresses:
-    """The ip:port of many rows."""
+_MAPPED = np.frombuffer(addrs.V4_PREFIX[8:], dtype=np.uint32)[0]  # an IPv4-mapped address's third word
+_V4_NUMBER = np.uint64(0xFFFF << 32)                              # and its place in addrs.numbers
 
-    def __init__(self, ip_be: np.ndarray, port: np.ndarray):
-        self.ip = ip_be
+
+def ipv4_words(words: np.ndarray) -> np.ndarray | None:
+    """The last word of each row of a key column (an IPv4 address in network byte order) when
+    every row's address is IPv4-mapped, else None: the usual case, worked on without copying
+    the four words."""
+    if len(words) and ((words[:, 0] | words[:, 1]).any() or (words[:, 2] != _MAPPED).any()):
+        return None
+    return np.ascontiguousarray(words[:, 3])
+
+
+def host_order(ip_be: np.ndarray) -> np.ndarray:
+    """IPv4 addresses in network byte order as numbers that sort as the addresses do."""
+    return np.ascontiguousarray(ip_be, dtype=np.uint32).view(">u4").astype(np.uint64)
+
+
+def numbers32(words: np.ndarray) -> np.ndarray:
+    """A key column's addresses as numbers under 2^32 that sort as they do: all IPv4, the
+    addresses themselves; else addrs.numbers less their least (ranks, fewer than the rows; a
+    column whose numbers span more, which addrs.numbers does not give today, is ranked)."""
+    v4 = ipv4_words(words)
+    if v4 is not None:
+        return host_order(v4)
+    numbers = addrs.numbers(words)
+    if not len(numbers):
+        return numbers
+    least = numbers.min()
+    if numbers.max() - least < np.uint64(1 << 32):
+        return numbers - least
+    return np.unique(numbers, return_inverse=True)[1].reshape(len(numbers)).astype(np.uint64)
+
+
+class Addresses:
+    """The ip:port of many rows: "a.b.c.d:port", or "[v6]:port" for an IPv6 address."""
+
+    def __init__(self, ip: np.ndarray | None, port: np.ndarray, v4: np.ndarray | None = None):
+        """ip: (N, 4) u32, a key column (core.addrs); or, all of them IPv4, None and v4 their
+        last words (ipv4_words), which are all it takes."""
+        self.ip = ip
         self.port = port
+        if v4 is not None:
+            self._v4 = v4
+
+    @cached_property
+    def _v4(self) -> np.ndarray | None:
+        return ipv4_words(self.ip)
 
     @cached_property
     def order(self) -> np.ndarray:
-        """ip:port as one number per row, sorted as numbers: 10.0.0.9 before 10.0.0.10."""
-        return (host_order(self.ip) << np.uint64(16)) | self.port.astype(np.uint64)
+        """ip:port as one number per row, sorted as numbers: 10.0.0.9 before 10.0.0.10, IPv4
+        (::ffff:a.b.c.d) after the IPv6 addresses below ::ffff:0:0, before those above. The
+        address's part is addrs.numbers's, taken from the last words alone when all are IPv4
+        (0.3 ms rather than 1.7 at 200,000 rows: no copy of the four words)."""
+        numbers = addrs.numbers(self.ip) if self._v4 is None else host_order(self._v4) | _V4_NUMBER
+        return (numbers << np.uint64(16)) | self.port.astype(np.uint64)
 
     @cached_property
     def _ips(self) -> tuple[list[str], np.ndarray]:
-        distinct = np.unique(self.ip)
-        return [ip_str(v) for v in distinct.tolist()], positions(distinct, self.ip)
+        """The distinct addresses' texts as shown ("[v6]" bracketed), and each row's among them."""
+        if self._v4 is not None:
+            distinct = np.unique(self._v4)  # and positions: far faster than return_inverse
+            raw = distinct.tobytes()
+            names = [addrs.text(addrs.V4_PREFIX + raw[i:i + 4]) for i in range(0, len(raw), 4)]
+            return names, positions(distinct, self._v4)
+        numbers = addrs.numbers(self.ip)
+        distinct = np.unique(numbers)
+        which = positions(distinct, numbers)
+        one = np.empty(len(distinct), dtype=np.intp)
+        one[which] = np.arange(len(numbers))  # a row of each: equal numbers, equal addresses
+        return [f"[{t}]" if ":" in t else t for t in addrs.texts(self.ip[one])], which
 
     @cached_property
     def _ports(self) -> np.ndarray:
         return np.flatnonzero(np.bincount(self.port, minlength=1 << 16))
 
     def search(self, needle: str) -> np.ndarray:
-        """Rows whose "ip:port" contains the needle: it is in the ip, in the port, or it spans
-        the colon. Worked out on the distinct ips and ports, which are few."""
-        head, colon, tail = needle.partition(":")
-        if ":" in tail:
-            return np.zeros(len(self.ip), dtype=bool)
+        """Rows whose "ip:port" contains the needle: it is in the ip (as shown, "[v6]" with its
+        brackets), in the port, or it spans the colon before the port: what precedes its last
+        colon ends the ip and what follows starts the port. Worked out on the distinct ips and
+        ports, which are few."""
         ip_texts, which = self._ips
         ports = self._ports
-        if colon:
-            ip_hit = [t.endswith(head) for t in ip_texts]
-            port_hit = [str(p).startswith(tail) for p in ports.tolist()]
-        else:
-            ip_hit = [needle in t for t in ip_texts]
-            port_hit = [needle in str(p) for p in ports.tolist()]
+        in_ip = np.array([needle in t for t in ip_texts], dtype=bool)
         by_port = np.zeros(1 << 16, dtype=bool)
-        by_port[ports] = port_hit
-        ip_hit = np.array(ip_hit, dtype=bool)
-        if colon:
-            return ip_hit[which] & by_port[self.port]
-        return ip_hit[which] | by_port[self.port]
+        head, colon, tail = needle.rpartition(":")
+        if not colon:
+            by_port[ports] = [needle in str(p) for p in ports.tolist()]
+            return in_ip[which] | by_port[self.port]
+        by_port[ports] = [str(p).startswith(tail) for p in ports.tolist()]
+        ends_ip = np.array([t.endswith(head) for t in ip_texts], dtype=bool)
+        spans = ends_ip[which] & by_port[self.port]
+        return spans | in_ip[which] if in_ip.any() else spans
 
 
 class Distinct:

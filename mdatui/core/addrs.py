@@ -1,0 +1,106 @@
+"""Addresses as the kernel's keys hold them: 16 bytes in network byte order, an IPv4 address
+IPv4-mapped (::ffff:a.b.c.d). Shown as dotted quads when IPv4, as compressed IPv6 otherwise; an
+endpoint is "a.b.c.d:port" or "[v6]:port".
+
+As numpy columns an address is four u32 words (the key records' `local_ip`, `remote_ip`);
+`column` views them as one 16-byte value per row, `numbers` as integers that sort as the
+addresses do.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import numpy as np
+
+V4_PREFIX = bytes(10) + b"\xff\xff"
+_V4_HEAD = int.from_bytes(V4_PREFIX, "big")  # the first 12 bytes of a mapped address
+
+
+def pack(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """An address (text or ipaddress object) in the keys' form."""
+    ip = ipaddress.ip_address(address)
+    return V4_PREFIX + ip.packed if ip.version == 4 else ip.packed
+
+
+def text(raw: bytes) -> str:
+    """The keys' form back to text: IPv4 (mapped ones too) dotted, IPv6 compressed."""
+    raw = bytes(raw)
+    if raw[:12] == V4_PREFIX:
+        return socket.inet_ntoa(raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def is_loopback(raw: bytes) -> bool:
+    """127.0.0.0/8 or ::1, as bpf/mdatui.h's mda_is_loopback (the keys' netns rule)."""
+    return raw[12] == 127 if raw[:12] == V4_PREFIX else raw == bytes(15) + b"\x01"
+
+
+def endpoint(raw: bytes, port: int) -> str:
+    name = text(raw)
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+def split_endpoint(end: str) -> tuple[bytes, int]:
+    """"a.b.c.d:port" or "[v6]:port" to the keys' form and the port."""
+    host, _, port = end.rpartition(":")
+    return pack(host.strip("[]")), int(port)
+
+
+def network(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, bytes]:
+    """A CIDR as (address, mask) in the keys' form: a.b.c.d/N is ::ffff:a.b.c.d/(96+N)."""
+    if net.version == 4:
+        return V4_PREFIX + net.network_address.packed, b"\xff" * 12 + net.netmask.packed
+    return net.network_address.packed, net.netmask.packed
+
+
+def from_network(address: bytes, mask: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """network() back: a mapped address under a mask that covers the prefix is an IPv4 CIDR."""
+    address, mask = bytes(address), bytes(mask)
+    if address[:12] == V4_PREFIX and mask[:12] == b"\xff" * 12:
+        return ipaddress.IPv4Network((address[12:], bin(int.from_bytes(mask[12:], "big")).count("1")))
+    return ipaddress.IPv6Network((address, bin(int.from_bytes(mask, "big")).count("1")))
+
+
+def column(words: np.ndarray) -> np.ndarray:
+    """Rows of four u32 words (a key column) as one 16-byte value each; equal addresses are equal
+    values, and sorting them sorts the addresses (network byte order compares as numbers)."""
+    return np.ascontiguousarray(words, dtype=np.uint32).view("V16").reshape(len(words))
+
+
+def halves(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each address as two u64 numbers (high, low) in host order."""
+    big = np.ascontiguousarray(words, dtype=np.uint32).view(">u8").reshape(len(words), 2)
+    return big[:, 0].astype(np.uint64), big[:, 1].astype(np.uint64)
+
+
+def numbers(words: np.ndarray) -> np.ndarray:
+    """One u64 per row that sorts as the addresses do, under 2^48: the IPv4-mapped form's low
+    48 bits when every address is IPv4 (the usual case, with no sort), else the rank of the
+    address among the column's distinct ones."""
+    high, low = halves(words)
+    if not len(high) or ((high == 0) & ((low >> np.uint64(32)) == np.uint64(0xFFFF))).all():
+        return low & np.uint64((1 << 48) - 1)
+    order = np.lexsort((low, high))  # by high, then low: far faster than np.unique of pairs
+    high, low = high[order], low[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (high[1:] != high[:-1]) | (low[1:] != low[:-1])
+    rank = np.empty(len(order), dtype=np.uint64)
+    rank[order] = np.cumsum(new, dtype=np.uint64) - np.uint64(1)
+    return rank
+
+
+def texts(words: np.ndarray, known: dict[bytes, str] | None = None) -> list[str]:
+    """Text of each row's address. A mesh has few distinct ones: each is formatted once, and
+    the rows take theirs by numpy indexing rather than a Python call each."""
+    known = {} if known is None else known
+    distinct, at = np.unique(column(words), return_inverse=True)
+    names = np.array([known.get(raw) or known.setdefault(raw, text(raw))
+                      for raw in (bytes(v) for v in distinct)], dtype=object)
+    return names[at.reshape(len(words))].tolist()
+
+
+def words_of(raw: bytes) -> np.ndarray:
+    """An address in the keys' form as the four u32 words a key column holds."""
+    return np.frombuffer(raw, dtype=np.uint32)

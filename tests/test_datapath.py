@@ -103,22 +103,36 @@ def test_client_whose_server_is_outside_leaves_the_sockhash(lab, accel):
     assert peers.report(sink)["sha256"] == done["sha256_sent"]
 
 
-def pod_with_sidecar_redirect(lab) -> str:
-    """A pod at 198.18.0.1 whose outbound port-80 connections go to its sidecar on :15001,
-    as Istio sets it up (nat OUTPUT REDIRECT)."""
+# The two families of a pod with a sidecar: its address and a service's, where a port-80
+# connection goes, the loopback address the sidecar and the app listen on.
+SIDECAR = {
+    "ipv4": dict(pod="198.18.0.1/24", svc="198.18.0.2/24", service="198.18.0.2:80", lo="127.0.0.1",
+                 listen="0.0.0.0", v6=False),
+    "ipv6": dict(pod="2001:2::1/64", svc="2001:2::2/64", service="[2001:2::2]:80", lo="[::1]",
+                 listen="::", v6=True),
+}
+
+
+def pod_with_sidecar_redirect(lab, family: str = "ipv4") -> str:
+    """A pod at 198.18.0.1 (or 2001:2::1) whose outbound port-80 connections go to its sidecar
+    on :15001, as Istio sets it up (nat OUTPUT REDIRECT)."""
+    f = SIDECAR[family]
     ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
-    lab.link(ns, "198.18.0.1/24", elsewhere, "198.18.0.2/24")
+    lab.link(ns, f["pod"], elsewhere, f["svc"])
     lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
-                 "-j", "REDIRECT", "--to-ports", "15001")
+                 "-j", "REDIRECT", "--to-ports", "15001", v6=f["v6"])
     return ns
 
 
-def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel):
-    ns = pod_with_sidecar_redirect(lab)
-    peers.server(lab, "echo", 7000, ns)
-    peers.server(lab, "proxy", 15001, ns, True, "--to", "127.0.0.1:7000")
+@pytest.mark.parametrize("family", SIDECAR)
+def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel, family):
+    f = SIDECAR[family]
+    ns = pod_with_sidecar_redirect(lab, family)
+    peers.server(lab, "echo", 7000, ns, True, "--host", f["lo"].strip("[]"))
+    upstream_at = f"{f['lo']}:7000"
+    peers.server(lab, "proxy", 15001, ns, True, "--host", f["listen"], "--to", upstream_at)
 
-    cli = peers.client(lab, ns, "send", "--to", "198.18.0.2:80", "--bytes", "5000000",
+    cli = peers.client(lab, ns, "send", "--to", f["service"], "--bytes", "5000000",
                        "--echo", hold=True)
     local = peers.report(cli)["local"]
     peers.proceed(cli)
@@ -126,12 +140,12 @@ def test_sidecar_legs_behind_iptables_redirect_are_paired(lab, accel):
     assert done["sha256_received"] == done["sha256_sent"]
 
     found = ends(accel)
-    app = found[(local, "198.18.0.2:80")]       # the app still sees its original destination
-    sidecar = found[("127.0.0.1:15001", local)]  # the proxy sees the REDIRECTed address
+    app = found[(local, f["service"])]            # the app still sees its original destination
+    sidecar = found[(f"{f['lo']}:15001", local)]  # the proxy sees the REDIRECTed address
     assert app.state == sidecar.state == "accelerated"
     assert app.peer == sidecar.end and sidecar.peer == app.end
     assert app.bytes == 5_000_000 and sidecar.bytes == 5_000_000
-    upstream = [c for c in found.values() if c.end.remote == "127.0.0.1:7000"]
+    upstream = [c for c in found.values() if c.end.remote == upstream_at]
     assert len(upstream) == 1 and upstream[0].state == "accelerated"
     assert upstream[0].bytes == 5_000_000
     peers.proceed(cli)
@@ -456,26 +470,3 @@ def test_ipv6_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
     assert mine.end.local.startswith("[2001:2::1]:") and not mine.end.netns
     assert mine.bytes == theirs.bytes == 8_000_000
 
-
-def test_ipv6_sidecar_legs_behind_ip6tables_redirect_are_paired(lab, accel):
-    ns, elsewhere = lab.add_netns("pod"), lab.add_netns("svc")
-    lab.link(ns, "2001:2::1/64", elsewhere, "2001:2::2/64")
-    lab.iptables(ns, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "80",
-                 "-j", "REDIRECT", "--to-ports", "15001", v6=True)
-    peers.server(lab, "echo", 7000, ns, True, "--host", "::1")
-    peers.server(lab, "proxy", 15001, ns, True, "--host", "::", "--to", "[::1]:7000")
-    cli = peers.client(lab, ns, "send", "--to", "[2001:2::2]:80", "--bytes", "5000000",
-                       "--echo", hold=True)
-    local = peers.report(cli)["local"]
-    peers.proceed(cli)
-    done = peers.report(cli)
-    assert done["sha256_received"] == done["sha256_sent"]
-    found = ends(accel)
-    app = found[(local, "[2001:2::2]:80")]       # the app still sees its original destination
-    sidecar = found[("[::1]:15001", local)]     # the proxy sees the REDIRECTed address
-    assert app.state == sidecar.state == "accelerated"
-    assert app.peer == sidecar.end and sidecar.peer == app.end
-    upstream = [c for c in found.values() if c.end.remote == "[::1]:7000"]
-    assert len(upstream) == 1 and upstream[0].state == "accelerated"
-    assert upstream[0].bytes == 5_000_000
-    peers.proceed(cli)

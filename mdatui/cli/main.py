@@ -9,6 +9,7 @@ from ..core import doctor, jsonout, lifecycle, reader, snapshot, units
 from ..core.backend import DUMP_KEEP
 from ..core.kernel import abi, system
 from ..core.kernel.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
+from .args import seconds_within
 from .errors import CliError
 
 
@@ -135,16 +136,6 @@ def cmd_demo(a) -> int:
         return run_console(d.pin_dir, interval=a.refresh, dump_keep=a.dump_keep)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0.1 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"{text} is out of range 0.1-60 seconds")
-    return value
-
-
 def _messages(text: str) -> int:
     try:
         value = int(text)
@@ -158,7 +149,7 @@ def _messages(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
     _pin_arg(ap)
-    ap.add_argument("--refresh", type=_seconds, default=1.0, metavar="SECONDS",
+    ap.add_argument("--refresh", type=seconds_within(0.1, 60), default=1.0, metavar="SECONDS",
                     help="how often the console reads the maps (default 1)")
     ap.add_argument("--dump-keep", type=_messages, default=DUMP_KEEP, metavar="N",
                     help=f"messages the Dump tab keeps, the newest (default {DUMP_KEEP})")
@@ -202,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("demo", help="build a small mesh in private namespaces and watch it")
-    p.add_argument("--refresh", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+    p.add_argument("--refresh", type=seconds_within(0.1, 60), default=argparse.SUPPRESS, metavar="SECONDS",
                    help="how often the console reads the maps (default 1)")
     p.add_argument("--dump-keep", type=_messages, default=argparse.SUPPRESS, metavar="N",
                    help=f"messages the Dump tab keeps, the newest (default {DUMP_KEEP})")

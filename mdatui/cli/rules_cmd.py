@@ -13,6 +13,7 @@ import threading
 from ..core import apply as live
 from ..core import presets, rules
 from ..core.kernel.instance import Instance, NotEnabled
+from .args import seconds_within
 from .errors import CliError as RulesError
 
 
@@ -38,6 +39,14 @@ def _running(pin_dir: str) -> Instance | None:
         return Instance(pin_dir)
     except NotEnabled:
         return None
+
+
+def _enabled(pin_dir: str) -> Instance:
+    """The running accelerator, for commands that need one."""
+    inst = _running(pin_dir)
+    if inst is None:
+        raise RulesError(f"mdatui is not enabled at {pin_dir}: run `mdatui enable --config FILE` first")
+    return inst
 
 
 def _commit(inst: Instance | None, config: rules.Config, path: str) -> str:
@@ -139,10 +148,7 @@ def cmd_delete(a) -> int:
 
 
 def cmd_apply(a) -> int:
-    inst = _running(a.pin_dir)
-    if inst is None:
-        raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config FILE`")
-    with inst:
+    with _enabled(a.pin_dir) as inst:
         path = a.file or live.default_config(inst)
         said = _applied(inst, _load(path), path)
     print(said)
@@ -232,10 +238,7 @@ class _Watcher:
 
 
 def cmd_watch(a) -> int:
-    inst = _running(a.pin_dir)
-    if inst is None:
-        raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config FILE` first")
-    with inst:
+    with _enabled(a.pin_dir) as inst:
         path = a.file or live.default_config(inst)
     stop = threading.Event()
     before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -251,16 +254,6 @@ def cmd_watch(a) -> int:
             signal.signal(sig, handler)
     _say(f"stopped watching {path}")
     return 0
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range 0.05-3600 seconds")
-    return value
 
 
 def _current_text(path: str) -> str:
@@ -330,7 +323,7 @@ def add_parser(sub, pin_arg) -> None:
     p = cmd("watch", cmd_watch, "load a rules file into the running kernel each time it changes "
             "(a mounted ConfigMap too); a bad version is reported and the rules running stay")
     p.add_argument("file", nargs="?")
-    p.add_argument("--interval", type=_interval, default=2.0, metavar="SECONDS",
+    p.add_argument("--interval", type=seconds_within(0.05, 3600), default=2.0, metavar="SECONDS",
                    help="how often the file is looked at (default 2)")
     p = cmd("preset", cmd_preset, "replace the rules file with a preset, shown as a diff first")
     p.add_argument("name", choices=presets.NAMES)

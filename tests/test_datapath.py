@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mdatui.core import lifecycle, reader
+from mdatui.core import lifecycle, reader, service
 from mdatui.core.ends import Connection
 
 from . import peers
@@ -265,6 +265,29 @@ def test_disable_drains_an_idle_connection_which_goes_on_over_the_stack(lab, pin
     done = peers.report(cli)
     assert done["received"] == 3_000_000 and done["sha256_received"] == done["sha256_sent"]
     peers.proceed(cli)
+
+
+def test_an_end_disable_hands_over_leaves_once_read_though_disable_took_its_peer_out(lab, pin_dir):
+    """disable takes the idle client end out at once but must leave the sink's end, whose
+    reader is behind, to the service: which takes it out once read, although its peer, gone
+    from the sockhash and never told to stop, left no entry to say so."""
+    ns = lab.add_netns("pod")
+    lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance.close()
+    sink = peers.server(lab, "sink", 7000, ns, True, "--delay", "5")
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "200000", hold=True)
+    peers.report(cli)
+    peers.proceed(cli)
+    sent = peers.report(cli)  # in the sink's queue, unread; the client idles, its socket open
+    result = lifecycle.disable(pin_dir)
+    assert (result.left, result.handed) == (1, 1)
+    assert service.running(pin_dir) is not None
+    deadline = time.monotonic() + 15
+    while service.running(pin_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.running(pin_dir) is None, "the service still waits for the sink's end"
+    peers.proceed(cli)
+    got = peers.report(sink)
+    assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
 
 
 def test_enable_and_disable_twice_say_what_they_did(lab, pin_dir):

@@ -37,8 +37,11 @@ class Sweep:
 
 
 class Reaper:
-    def __init__(self, inst: Instance):
+    def __init__(self, inst: Instance, all_asked: bool = False):
+        """all_asked: every end was asked to stop (disable), so a peer with no entry in
+        sock_drain_map has left the sockhash, also when another process took it out."""
         self.inst = inst
+        self.all_asked = all_asked
         self.finder = SocketFinder(inst.cgroup)
         self._unheld: dict[tuple, int] = {}  # ends no process held, since when
         self._retry: dict[tuple, tuple[int, int]] = {}  # when to ask FIONREAD again, backoff
@@ -90,7 +93,8 @@ class Reaper:
         peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
         if peer is not None:
             since = stopped_at.get(conn.peer.ident())
-            if since is None and not peer.tainted and conn.peer.ident() not in self._seen:
+            if (since is None and not peer.tainted and not self.all_asked
+                    and conn.peer.ident() not in self._seen):
                 return WAIT  # the peer still redirects into it, never asked to stop
             if since is not None and now - since < GRACE_NS:
                 return WAIT

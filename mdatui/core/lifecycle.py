@@ -56,7 +56,7 @@ def disable(pin_dir: str = DEFAULT_PIN_DIR) -> DisableResult:
         # for what is still draining at the deadline.
         service.stop(pin_dir)
         inst.request_stop(list(inst.maps["sock_proxy_map"].keys()), abi.Leave.DISABLE)
-        reaper = drain.Reaper(inst)
+        reaper = drain.Reaper(inst, all_asked=True)
         last = reaper.run(until_empty=True, deadline=time.monotonic() + DRAIN_SECONDS)
         if last.waiting:
             service.start(pin_dir)  # it opens the maps before they are unpinned below

@@ -85,7 +85,9 @@ def serve(pin_dir: str) -> int:
             if not pins.exists():
                 # Disabled: this process holds the last references to the maps, and letting go
                 # would free unread redirected bytes, so it stays, signals or not, until every
-                # draining end has left or closed.
+                # draining end has left or closed. disable asked every end to stop, and took
+                # some out itself: a peer it took out has no entry left to say so.
+                reaper.all_asked = True
                 reaper.run(until_empty=True)
     except NotEnabled:
         print(f"mdatui serve: nothing is enabled at {pin_dir}", file=sys.stderr)

@@ -8,7 +8,8 @@ prints LISTENING, accepts --count connections and prints READY <n>; a client bin
 address (IP_BIND_ADDRESS_NO_PORT: the port is picked per 4-tuple on connect, so one process pair
 never runs out of ephemeral ports), connects --count times and prints READY <n>. Both then hold
 their sockets, non-blocking, single-threaded in epoll: the first --chat client sockets send a
-small message every second and the server echoes it, the others stay idle. Each process raises
+small message every second and the server echoes it (it reads every socket), the others stay
+idle. Each process raises
 its soft RLIMIT_NOFILE to the hard limit; a batch is kept under 9,000 sockets by the caller.
 Everything is bounded: --seconds to get ready, then --hold seconds or until stdin closes (the
 bench kills them by pid anyway).
@@ -73,7 +74,7 @@ def _hold(ep: select.epoll, chat: dict[int, socket.socket], client: bool, hold: 
                     pass
 
 
-def serve(addr: str, ports: list[int], count: int, chat: int, seconds: float, hold: float) -> int:
+def serve(addr: str, ports: list[int], count: int, seconds: float, hold: float) -> int:
     _raise_nofile(count + len(ports) + 32)
     ep = select.epoll()
     listeners = {}
@@ -101,7 +102,9 @@ def serve(addr: str, ports: list[int], count: int, chat: int, seconds: float, ho
     print(f"READY {len(held)}", flush=True)
     for fd in listeners:
         ep.unregister(fd)
-    _hold(ep, {s.fileno(): s for s in held[:chat]}, False, hold)
+    # Every accepted socket is watched: which of them the client's --chat ones reach is the
+    # order of accepts, and a socket nobody reads would keep its bytes (and disable's drain) forever.
+    _hold(ep, {s.fileno(): s for s in held}, False, hold)
     return 0
 
 
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--count 1..9000 (sockets per process)")
     ports = [int(p) for p in a.ports.split(",")]
     if a.role == "serve":
-        return serve(a.addr, ports, a.count, a.chat, a.seconds, a.hold)
+        return serve(a.addr, ports, a.count, a.seconds, a.hold)
     return connect(a.addr, ports, a.src, a.count, a.chat, a.seconds, a.hold)
 
 

@@ -15,9 +15,13 @@ import ctypes as ct
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from .kernel import abi
 from .kernel.instance import Instance
+from .reader import read_entries
 from .sockets import SocketFinder
+from .table import KEY
 
 GRACE_NS = 20_000_000
 UNHELD_NS = 1_000_000_000
@@ -26,6 +30,7 @@ BACKOFF_MIN_NS, BACKOFF_MAX_NS = 5_000_000, 200_000_000
 # drain (disable at scale) a sweep stays near a tenth of a second and the rest wait their turn.
 ASKS_PER_SWEEP = 2000
 LEAVE, WAIT, GONE = object(), object(), object()
+DRAIN = np.dtype(abi.Drain)
 PERIOD_BUSY = 0.005  # between sweeps while ends wait to leave
 PERIOD_IDLE = 0.05
 
@@ -43,65 +48,77 @@ class Reaper:
         self.inst = inst
         self.all_asked = all_asked
         self.finder = SocketFinder(inst.cgroup)
-        self._unheld: dict[tuple, int] = {}  # ends no process held, since when
-        self._retry: dict[tuple, tuple[int, int]] = {}  # when to ask FIONREAD again, backoff
+        # Ends are known by their keys' bytes here.
+        self._unheld: dict[bytes, int] = {}  # ends no process held, since when
+        self._retry: dict[bytes, tuple[int, int]] = {}  # when to ask FIONREAD again, backoff
         self.left = 0  # ends this reaper took out of the sockhash
         # Ends listed to stop in some sweep. A peer gone from the list has left the sockhash
         # or closed, so it cannot redirect any more, even if it never said it stopped. Kept
         # only while an end that waits has it as its peer.
-        self._seen: set[tuple] = set()
+        self._seen: set[bytes] = set()
         self._asks = 0  # FIONREAD questions asked in the current sweep
 
     def sweep(self) -> Sweep:
+        """One pass over sock_drain_map, read in batches: each end that may leave and whose
+        reader has taken everything leaves. A pass asks FIONREAD at most ASKS_PER_SWEEP times
+        and then stops (the rest wait for the next pass): with 200,000 ends to drain a pass
+        that went on would cost a second of bpf() calls for a hundredth of them."""
         drain = self.inst.maps["sock_drain_map"]
         proxy = self.inst.maps["sock_proxy_map"]
         sockhash = self.inst.maps["sock_ops_map"]
-        entries = list(drain.items())
-        out = Sweep()
-        stopped_at = {key.ident(): d.since_ns for key, d in entries}
-        self._seen.update(stopped_at)
-        peers: set[tuple] = set()
+        keys, values = read_entries(drain, KEY, DRAIN, self.inst.map_capacity("sock_drain_map"))
+        listed = keys.view(f"V{KEY.itemsize}").tolist()  # each key's bytes
+        self._seen.update(listed)
+        out = Sweep(waiting=len(keys))
         now = time.monotonic_ns()
         self._asks = 0
-        for key, d in entries:
+        whole = True
+        peers: set[bytes] = set()
+        for raw_key, d in zip(listed, values.view(f"V{DRAIN.itemsize}").tolist()):
+            if self._asks >= ASKS_PER_SWEEP:
+                whole = False
+                break
+            key, d = abi.SockKey.from_buffer_copy(raw_key), abi.Drain.from_buffer_copy(d)
             conn = proxy.lookup(key)
-            verdict = self._verdict(key, conn, d, stopped_at, now)
+            verdict = self._verdict(key, conn, d, now)
             if conn is not None:
-                peers.add(conn.peer.ident())
+                peers.add(bytes(conn.peer))
             if verdict is WAIT:
-                out.waiting += 1
                 continue
             took_out = sockhash.delete(key)
             drain.delete(key)
+            out.waiting -= 1
             out.left += verdict is LEAVE and took_out
-        self._seen = (self._seen & peers) | set(stopped_at)
-        self._unheld = {k: t for k, t in self._unheld.items() if k in stopped_at}
-        self._retry = {k: r for k, r in self._retry.items() if k in stopped_at}
+        if whole:  # forget what no end listed now needs any more
+            now_listed = set(listed)
+            self._seen = (self._seen & peers) | now_listed
+            self._unheld = {k: t for k, t in self._unheld.items() if k in now_listed}
+            self._retry = {k: r for k, r in self._retry.items() if k in now_listed}
         if out.left:
             self.left += out.left
             self.inst.add_stat(abi.Stat.DRAINED, out.left)
-        self._settle_requests(drain, any(d.requested for _, d in entries))
+        self._settle_requests(drain, bool(values["requested"].any()))
         return out
 
-    def _verdict(self, key, conn, d, stopped_at: dict, now: int) -> object:
+    def _verdict(self, key, conn, d, now: int) -> object:
         if conn is None:
             return GONE  # closed: sock_ops dropped its entry, and the kernel its sockhash slot
         if now - d.since_ns < GRACE_NS:
             return WAIT
         if not conn.paired:
             return LEAVE  # nothing was ever redirected into it
+        ident = bytes(key)
+        retry_at, backoff = self._retry.get(ident, (0, 0))
+        if now < retry_at:
+            return WAIT
         peer = self.inst.maps["sock_proxy_map"].lookup(conn.peer)
         if peer is not None:
-            since = stopped_at.get(conn.peer.ident())
-            if (since is None and not peer.tainted and not self.all_asked
-                    and conn.peer.ident() not in self._seen):
+            stopped = self.inst.maps["sock_drain_map"].lookup(conn.peer)
+            if (stopped is None and not peer.tainted and not self.all_asked
+                    and bytes(conn.peer) not in self._seen):
                 return WAIT  # the peer still redirects into it, never asked to stop
-            if since is not None and now - since < GRACE_NS:
+            if stopped is not None and now - stopped.since_ns < GRACE_NS:
                 return WAIT
-        ident = key.ident()
-        retry_at, backoff = self._retry.get(ident, (0, 0))
-        if now < retry_at or self._asks >= ASKS_PER_SWEEP:
-            return WAIT
         self._asks += 1
         unread = self.finder.unread(key)
         if unread is None:

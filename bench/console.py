@@ -471,16 +471,23 @@ def _query_entries(pin_dir: str) -> dict:
     return json.loads(done.stdout)
 
 
+def enabled_pod(stack: ExitStack, name: str, connections: int):
+    """A lab with one pod, the accelerator enabled on it with room for the connections' ends:
+    (lab, netns, pin dir, instance). The lab goes with the stack; disable is the caller's."""
+    lab = stack.enter_context(labm.Lab(name))
+    ns = lab.add_netns("pod")
+    pin_dir = f"/sys/fs/bpf/{lab.name}"
+    max_socks = max(abi.MAX_SOCKS, 1 << (2 * connections + 1024).bit_length())
+    progress(f"enabling on {lab.cgroup} (max_sockets {max_socks})")
+    inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
+    return lab, ns, pin_dir, inst
+
+
 def run(connections: int, seconds: float, real: bool = False) -> dict:
     results: dict = {"connections": connections, "kind": "real" if real else "synthetic"}
     stack = ExitStack()
     try:
-        lab = stack.enter_context(labm.Lab("cbench"))
-        ns = lab.add_netns("pod")
-        pin_dir = f"/sys/fs/bpf/{lab.name}"
-        max_socks = max(abi.MAX_SOCKS, 1 << (2 * connections + 1024).bit_length())
-        progress(f"enabling on {lab.cgroup} (max_sockets {max_socks})")
-        inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
+        lab, ns, pin_dir, inst = enabled_pod(stack, "cbench", connections)
         stack.callback(lifecycle.disable, pin_dir)
         stack.callback(inst.close)
         server = lab.python(["mdatui.lab.traffic", "echo", "--port", str(ECHO_PORT)], netns=ns)

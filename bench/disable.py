@@ -20,12 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.console import _kill, open_real, progress  # noqa: E402
+from bench.console import _kill, enabled_pod, open_real, progress  # noqa: E402
 from bench.datapath import _uninterrupted  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
-from mdatui import lab as labm  # noqa: E402
 from mdatui.core import lifecycle, service  # noqa: E402
-from mdatui.core.kernel import abi  # noqa: E402
 from mdatui.core.kernel.instance import Instance  # noqa: E402
 
 SERVICE_WAIT_S = 300  # the longest the service is given to finish draining
@@ -35,11 +33,8 @@ def run(connections: int) -> dict:
     out: dict = {"connections": connections}
     stack = ExitStack()
     try:
-        lab = stack.enter_context(labm.Lab("dbench"))
-        ns = lab.add_netns("pod")
-        pin_dir = f"/sys/fs/bpf/{lab.name}"
-        max_socks = max(abi.MAX_SOCKS, 1 << (2 * connections + 1024).bit_length())
-        lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance.close()
+        lab, ns, pin_dir, inst = enabled_pod(stack, "dbench", connections)
+        inst.close()
         disabled = False
 
         def disable_if_left() -> None:

@@ -37,9 +37,14 @@ def is_loopback(raw: bytes) -> bool:
     return raw[12] == 127 if raw[:12] == V4_PREFIX else raw == bytes(15) + b"\x01"
 
 
-def endpoint(raw: bytes, port: int) -> str:
+def host(raw: bytes) -> str:
+    """An address as an endpoint shows it: text(), bracketed when IPv6."""
     name = text(raw)
-    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+    return f"[{name}]" if ":" in name else name
+
+
+def endpoint(raw: bytes, port: int) -> str:
+    return f"{host(raw)}:{port}"
 
 
 def split_endpoint(end: str) -> tuple[bytes, int]:
@@ -75,13 +80,32 @@ def halves(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return big[:, 0].astype(np.uint64), big[:, 1].astype(np.uint64)
 
 
+_MAPPED = np.frombuffer(V4_PREFIX[8:], dtype=np.uint32)[0]  # a mapped address's third word
+V4_NUMBER = np.uint64(0xFFFF << 32)  # what numbers() adds to an IPv4 address
+
+
+def ipv4_words(words: np.ndarray) -> np.ndarray | None:
+    """The last word of each row of a key column (an IPv4 address in network byte order) when
+    every row's address is IPv4-mapped, else None: the usual case, worked on without copying
+    the four words."""
+    if len(words) and ((words[:, 0] | words[:, 1]).any() or (words[:, 2] != _MAPPED).any()):
+        return None
+    return np.ascontiguousarray(words[:, 3])
+
+
+def host_order(ip_be: np.ndarray) -> np.ndarray:
+    """IPv4 addresses in network byte order as numbers that sort as the addresses do."""
+    return np.ascontiguousarray(ip_be, dtype=np.uint32).view(">u4").astype(np.uint64)
+
+
 def numbers(words: np.ndarray) -> np.ndarray:
     """One u64 per row that sorts as the addresses do, under 2^48: the IPv4-mapped form's low
     48 bits when every address is IPv4 (the usual case, with no sort), else the rank of the
     address among the column's distinct ones."""
+    v4 = ipv4_words(words)
+    if v4 is not None:
+        return host_order(v4) | V4_NUMBER
     high, low = halves(words)
-    if not len(high) or ((high == 0) & ((low >> np.uint64(32)) == np.uint64(0xFFFF))).all():
-        return low & np.uint64((1 << 48) - 1)
     order = np.lexsort((low, high))  # by high, then low: far faster than np.unique of pairs
     high, low = high[order], low[order]
     new = np.ones(len(order), dtype=bool)
@@ -92,12 +116,20 @@ def numbers(words: np.ndarray) -> np.ndarray:
 
 
 def texts(words: np.ndarray, known: dict[bytes, str] | None = None) -> list[str]:
-    """Text of each row's address. A mesh has few distinct ones: each is formatted once, and
-    the rows take theirs by numpy indexing rather than a Python call each."""
+    """Each row's address as an endpoint shows it (host()). A mesh has few distinct ones: each
+    is formatted once, and the rows take theirs by numpy indexing rather than a Python call
+    each. All IPv4 (the usual case), the distinct ones are found among the last words: a sort
+    of u32 rather than of 16-byte values (at 200,000 rows, 0.4 s rather than 0.6)."""
     known = {} if known is None else known
-    distinct, at = np.unique(column(words), return_inverse=True)
-    names = np.array([known.get(raw) or known.setdefault(raw, text(raw))
-                      for raw in (bytes(v) for v in distinct)], dtype=object)
+    v4 = ipv4_words(words)
+    if v4 is not None:
+        distinct, at = np.unique(v4, return_inverse=True)
+        raw = distinct.tobytes()
+        raws = [V4_PREFIX + raw[i:i + 4] for i in range(0, len(raw), 4)]
+    else:
+        distinct, at = np.unique(column(words), return_inverse=True)
+        raws = [bytes(v) for v in distinct]
+    names = np.array([known.get(r) or known.setdefault(r, host(r)) for r in raws], dtype=object)
     return names[at.reshape(len(words))].tolist()
 
 

@@ -269,18 +269,28 @@ async def test_dump_start_pause_stop_and_save_pcap(tmp_path):
         assert data[:4] == (0xA1B23C4D).to_bytes(4, "little") and len(data) > 6 * 40
 
 
+async def started_dump(pilot):
+    """The Dump tab with a capture started: its view and table."""
+    await pilot.press("4", "s")
+    view = pilot.app.screen.query_one("#dump-view")
+    return view, view.query_one("#dump-table", RingTable)
+
+
+async def until_end(pilot, table: RingTable, end: int) -> None:
+    """Until the table holds messages up to `end`, for 2 s at most."""
+    for _ in range(100):
+        if table.end == end:
+            break
+        await pilot.pause(0.02)
+
+
 async def test_dump_keeps_the_newest_in_its_ring_and_counts_what_it_dropped():
     app = MdaConsole(FakeBackend(), interval=3600, dump_keep=8)
     async with app.run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
-        await pilot.press("4", "s")
-        view = pilot.app.screen.query_one("#dump-view")
-        table = view.query_one("#dump-table", RingTable)
+        view, table = await started_dump(pilot)
         for end in (6, 12, 18, 24, 30):  # 6 messages a batch
-            for _ in range(100):
-                if table.end == end:
-                    break
-                await pilot.pause(0.02)
+            await until_end(pilot, table, end)
             app.backend.dump.more(1)
         assert (table.first, table.end, table.cursor) == (22, 30, 29)
         assert "8 kept of 8  22 dropped" in text(view.query_one("#dump-status"))
@@ -295,13 +305,8 @@ async def test_dump_paused_keeps_what_it_shows_and_drops_arrivals_that_find_no_r
     app = MdaConsole(backend, interval=3600, dump_keep=10)
     async with app.run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
-        await pilot.press("4", "s")
-        view = pilot.app.screen.query_one("#dump-view")
-        table = view.query_one("#dump-table", RingTable)
-        for _ in range(100):
-            if table.end == 6:
-                break
-            await pilot.pause(0.02)
+        view, table = await started_dump(pilot)
+        await until_end(pilot, table, 6)
         await pilot.press("space", "home")
         assert view.paused and table.cursor == 0
         backend.dump.more(2)   # 12 arrive; 4 fit
@@ -319,13 +324,8 @@ async def test_dump_paused_keeps_what_it_shows_and_drops_arrivals_that_find_no_r
 async def test_dump_a_click_on_a_message_shows_it_and_pauses():
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)
-        await pilot.press("4", "s")
-        view = pilot.app.screen.query_one("#dump-view")
-        table = view.query_one("#dump-table", RingTable)
-        for _ in range(100):
-            if table.end == 6:
-                break
-            await pilot.pause(0.02)
+        view, table = await started_dump(pilot)
+        await until_end(pilot, table, 6)
         await pilot.click("#dump-table", offset=(3, 2))  # line 0 is the header: message #2
         assert view.paused and table.cursor == 1
         hex_pane = text(view.query_one("#dump-hex"))

@@ -4,12 +4,12 @@ A thread blocked in recv() on a socket in the sockhash returns EAGAIN when it is
 redirected data, and its own socket wakes it so: when the FIN another thread sent is
 acknowledged, when that thread's TCP sends free buffer space, at a reset. Plain TCP goes back to
 sleep. No BPF program can see a receive or correct its result, but /proc can see a thread
-blocked in a read of a blocking socket (no O_NONBLOCK) in a process with more threads: such a
-connection is asked to stop redirecting (abi.Leave.BLOCKING); once drained it is plain TCP, and
+blocked in a read of a blocking socket (no O_NONBLOCK) with nothing unread, in a process with
+more threads: such a connection is asked to stop redirecting (abi.Leave.BLOCKING); once drained it is plain TCP, and
 the blocked read returns with the first bytes that come over TCP, not with EAGAIN. A read
 already blocked when the connection is found stays exposed until those bytes come. Event-driven
-programs (non-blocking sockets, poll/epoll, as Envoy) and single-threaded blocking ones keep
-the fast path.
+programs (non-blocking sockets, poll/epoll, as Envoy), blocking ones that wait in poll/select
+before they read, and single-threaded blocking ones keep the fast path.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from .kernel import abi
 from .kernel.instance import Instance
 from .kernel.system import syscall_number
-from .sockets import SocketFinder, cgroup_pids
+from .sockets import SocketFinder, cgroup_pids, unread_at
 
 READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
 PERIOD = 0.1  # seconds between two looks: some 2 % of a CPU for `mdatui serve` when idle
@@ -99,9 +99,11 @@ class Guard:
         keys = []
         for pid, fd in blocked_reads(cgroup_pids(self.inst.cgroup)):
             ident = self.finder.key_at(pid, fd)
-            if ident is None:
+            if ident is None or ident in self._asked:
                 continue
-            if ident in self._asked:
+            if unread_at(pid, fd) != 0:
+                # Bytes wait: the read sleeps on the socket's lock while a sender holds it
+                # (select-then-recv programs get there), not for data.
                 continue
             key = abi.SockKey.of(*ident)
             conn = proxy.lookup(key)

@@ -59,6 +59,19 @@ def unread_bytes(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
+def unread_at(pid: int, fd: int) -> int | None:
+    """Unread bytes of the socket that is fd in pid, or None when it is gone."""
+    copy = _getfd(pid, fd)
+    if copy is None:
+        return None
+    try:
+        return unread_bytes(copy)
+    except OSError:
+        return None
+    finally:
+        os.close(copy)
+
+
 class SocketFinder:
     """Where each end lives as (pid, fd), found by walking /proc: first the processes of the
     accelerated cgroup, then every process (a socket may have been passed to another one)."""

@@ -69,6 +69,30 @@ async def test_number_keys_switch_tabs_and_question_mark_opens_help():
         assert not isinstance(pilot.app.screen, HelpScreen)
 
 
+async def test_a_tab_number_typed_into_a_field_is_the_fields():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("2", "slash", *"198.1")  # the tabs' keys act before the focused widget
+        tabs = pilot.app.screen.query_one(TabbedContent)
+        assert tabs.active == "connections"
+        assert pilot.app.screen.query_one("#conn-filter", Input).value == "198.1"
+        await pilot.press("escape", "3")
+        assert tabs.active == "pairs"
+
+
+async def test_a_table_opened_again_before_other_ends_came_is_not_made_again():
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press("2")
+        table = pilot.app.screen.query_one("#conn-table", SortableTable)
+        rows = table.source
+        await pilot.press("1", "2")
+        assert table.source is rows
+        pilot.app.action_refresh_now()  # other counters: the tab shows them at once
+        await wait_frames(pilot, 2)
+        assert table.source is not rows and table.source.frame is pilot.app.frame
+
+
 async def test_tabs_respond_to_the_mouse():
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)

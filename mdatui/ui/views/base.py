@@ -87,7 +87,7 @@ class EndsView(View):
 
     BINDINGS = [Binding("slash", "focus_filter", "Filter", key_display="/")]
     ENDS_ONLY = True
-    ROWS: type  # made of a frame and a Leftover, with made_of(frame) and leftover()
+    ROWS: type  # made of a frame and a Leftover, with .frame, made_of(frame) and leftover()
     TABLE_ID: str
 
     _leftover: Leftover | None = None  # of the rows let go of while hidden
@@ -95,6 +95,12 @@ class EndsView(View):
     @property
     def table(self) -> SortableTable:
         return self.query_one(f"#{self.TABLE_ID}", SortableTable)
+
+    def catch_up(self) -> None:
+        # Opened again before a frame with other ends came: the table shows the newest already.
+        rows = self.table.source
+        if rows is None or rows.frame is not self._latest:
+            super().catch_up()
 
     def show_rows(self, frame: Frame) -> None:
         self.table.show(self.ROWS(frame, self._leftover_now()))

@@ -11,7 +11,10 @@ from .sortable_table import SortableTable
 class FilterInput(Input):
     """Enter goes back to the table with the filter kept; escape clears it."""
 
-    BINDINGS = [Binding("escape", "clear", "Clear filter")]
+    # Priority, as the tables' keys (sortable_table.CURSOR_BINDINGS): a field takes no escape
+    # of its own, so acting on it as the app takes the key is the same, without the trip up
+    # through the containers first.
+    BINDINGS = [Binding("escape", "clear", "Clear filter", priority=True)]
 
     def __init__(self, table_id: str, **kw) -> None:
         super().__init__(placeholder="/ filter: type to narrow by any column", compact=True, **kw)

@@ -101,13 +101,17 @@ def draw_cell(cell: Text, width: int, base: Style, console: Console) -> list[Seg
 
 
 # The cursor's keys, for tables with actions cursor(step), page(pages) and cursor_to(row).
+# Priority: Textual looks up a widget's bindings only once the key has gone from it up through
+# each of its containers' queues to the app (five hops here, several ms a key). The tables
+# contain nothing and take no keys but these, so acting on them as the app takes the key is
+# the same as acting on them there.
 CURSOR_BINDINGS = [
-    Binding("up", "cursor(-1)", "Up", show=False),
-    Binding("down", "cursor(1)", "Down", show=False),
-    Binding("pageup", "page(-1)", "Page up", show=False),
-    Binding("pagedown", "page(1)", "Page down", show=False),
-    Binding("home", "cursor_to(0)", "First", show=False),
-    Binding("end", "cursor_to(-1)", "Last", show=False),
+    Binding("up", "cursor(-1)", "Up", show=False, priority=True),
+    Binding("down", "cursor(1)", "Down", show=False, priority=True),
+    Binding("pageup", "page(-1)", "Page up", show=False, priority=True),
+    Binding("pagedown", "page(1)", "Page down", show=False, priority=True),
+    Binding("home", "cursor_to(0)", "First", show=False, priority=True),
+    Binding("end", "cursor_to(-1)", "Last", show=False, priority=True),
 ]
 
 
@@ -116,8 +120,8 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
 
     BINDINGS = [
         *CURSOR_BINDINGS,
-        Binding("s", "sort_next", "Sort"),
-        Binding("S", "sort_reverse", "Reverse", show=False),
+        Binding("s", "sort_next", "Sort", priority=True),  # as the cursor's keys
+        Binding("S", "sort_reverse", "Reverse", show=False, priority=True),
     ]
     COMPONENT_CLASSES = {"sortable-table--header", "sortable-table--cursor",
                          "sortable-table--hover", "sortable-table--even-row",

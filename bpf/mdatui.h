@@ -20,16 +20,21 @@
 #define MDA_MAX_SNAPLEN 4096
 #define MDA_UNKNOWN_ID 0xffffffff
 
-/* The stack coalesces a stream of small writes into large segments (Nagle, autocork), and that
- * beats handing the peer each write on its own: MDA_STREAM_RUN sends in a row with no reply in
- * between, averaging under the topology's size, make such a stream, and its connection goes back
- * to the stack, losslessly, as plain TCP. Request/response keeps the fast path: every reply ends
- * the run. bench/datapath.py, 64 B streams: loopback 0.62-0.76x the plain rate on the fast path,
- * 0.93-1.16x handed back; 1 KiB 0.77x, 16 KiB 1.0-1.3x. Over a veth a segment costs more, so
- * the fast path wins sooner: 64 B 0.74x with Nagle (1.87x with TCP_NODELAY), 1 KiB 1.8x. */
+/* With Nagle the stack coalesces a stream of small writes into large segments, and that beats
+ * handing the peer each write on its own: MDA_STREAM_RUN sends in a row with no reply in between,
+ * averaging under the topology's size, make such a stream, and its connection goes back to the
+ * stack, losslessly, as plain TCP. Request/response keeps the fast path: every reply ends the
+ * run. With TCP_NODELAY (Envoy's setting) the stack sends each write as it comes and the fast
+ * path wins at every size, so such an end is never handed back. bench/datapath.py, sockperf
+ * throughput on the fast path against plain TCP, loopback: Nagle 64 B 0.24x, 1 KiB 0.28x,
+ * 16 KiB 0.86-0.98x; TCP_NODELAY 1.24x, 1.20x, 1.19x (handed back: 0.86-1.03x). Over a veth a
+ * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. */
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
+/* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
+#define MDA_SOL_TCP 6
+#define MDA_TCP_NODELAY 1
 
 /* One end of a TCP connection, as that end sees it. Addresses are IPv6, network byte order; an
  * IPv4 address is kept IPv4-mapped (::ffff:a.b.c.d), the form a dual-stack socket sees it in, so
@@ -68,10 +73,10 @@ struct mda_conn {
 	__u32 paired;
 	__u32 tainted;
 	__u32 active;  /* 1: this end called connect() */
-	__u32 run;     /* sends since the peer last sent (loopback only) */
+	__u32 run;     /* sends since the peer last sent (Nagle ends only) */
 	__u64 run_bytes;
 	__u32 reason;  /* enum mda_leave: why it stopped redirecting (with tainted) */
-	__u32 pad;
+	__u32 nodelay; /* TCP_NODELAY was set when it was established: never a stream to hand back */
 };
 
 /* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write

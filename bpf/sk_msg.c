@@ -63,6 +63,8 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 		peer->run = 0;
 		peer->run_bytes = 0;
 	}
+	if (c->nodelay)
+		return;
 	c->run++;
 	c->run_bytes += size;
 	if (c->run < MDA_STREAM_RUN)

@@ -104,6 +104,17 @@ static __always_inline void mda_helper_key(struct mda_sock_key *hk, const __u32 
  * no message that could). Ends on the fast path receive no segments: this costs them nothing. */
 #define MDA_WATCH_SEGMENTS (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG)
 
+/* Read once, when the end is established: an application that sets TCP_NODELAY later (after
+ * accept() rather than on the listener) is taken for a Nagle one, and at worst handed back to
+ * the stack it asked for. */
+static __always_inline __u32 mda_nodelay(struct bpf_sock_ops *skops)
+{
+	int on = 0;
+	if (bpf_getsockopt(skops, MDA_SOL_TCP, MDA_TCP_NODELAY, &on, sizeof(on)))
+		return 0;
+	return on != 0;
+}
+
 static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {}, hk = {};
@@ -117,6 +128,7 @@ static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 	struct mda_conn c = {};
 	c.since_ns = bpf_ktime_get_ns();
 	c.active = 1;
+	c.nodelay = mda_nodelay(skops);
 	mda_owner_of(skops, &c.owner);
 	if (sock_proxy_map.update(&self, &c)) {
 		sock_ops_map.delete(&self);
@@ -174,6 +186,7 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 	}
 	c.since_ns = bpf_ktime_get_ns();
 	c.paired = 1;
+	c.nodelay = mda_nodelay(skops);
 	if (sock_proxy_map.update(&self, &c)) {
 		sock_ops_map.delete(&self);
 		mda_count(MDA_STAT_PROXY_FULL);

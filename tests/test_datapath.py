@@ -199,6 +199,25 @@ def test_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
     peers.proceed(cli)
 
 
+@pytest.mark.parametrize("nodelay", [False, True])
+def test_a_stream_of_small_writes_is_handed_back_only_with_nagle(lab, accel, nodelay):
+    """With Nagle the stack coalesces small writes and beats the fast path; with TCP_NODELAY it
+    cannot, and the connection stays accelerated (MDA_STREAM_RUN in bpf/mdatui.h)."""
+    ns = lab.add_netns("pod")
+    peers.server(lab, "sink", 7000, ns)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "20000",
+                       "--chunk", "100", *(["--nodelay"] if nodelay else []), hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    assert peers.report(cli)["state"] == "done"
+    if not nodelay:
+        wait_drained(accel, 2)
+    mine = ends(accel)[(local, "127.0.0.1:7000")]
+    assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
+        ("accelerated", 200, 0) if nodelay else ("normal", 64, 1))
+    peers.proceed(cli)
+
+
 @pytest.mark.parametrize("chunk, handed_back", [(100, True), (1000, False)])
 def test_pod_to_pod_streams_of_small_writes_go_back_to_the_stack(lab, accel, chunk, handed_back):
     """Over a veth the fast path wins from a few hundred bytes a write (MDA_STREAM_SMALL_VETH)."""

@@ -5,7 +5,7 @@
     python -m mdatui.lab.traffic proxy --port 15001 --to 127.0.0.1:7000
     python -m mdatui.lab.traffic push  --port 7000 --bytes 3000000
     python -m mdatui.lab.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
-    python -m mdatui.lab.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold]
+    python -m mdatui.lab.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold] [--nodelay]
     python -m mdatui.lab.traffic churn --to 127.0.0.1:7000 --count 10000
     python -m mdatui.lab.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
     python -m mdatui.lab.traffic msgs  --to 127.0.0.1:7000 --sizes 10,3000,1 [--hold]
@@ -144,9 +144,24 @@ def _payload(total: int, chunk: int):
         sent += n
 
 
+def _connect(to: tuple[str, int], source_port: int, nodelay: bool) -> socket.socket:
+    """TCP_NODELAY is set before connect(), where the accelerator reads it."""
+    s = socket.socket(socket.AF_INET6 if ":" in to[0] else socket.AF_INET)
+    try:
+        if nodelay:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source_port:
+            s.bind(("", source_port))
+        s.connect(to)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def send(to: tuple[str, int], total: int, chunk: int, echo: bool, hold: bool, pause: float,
-         source_port: int = 0) -> None:
-    s = socket.create_connection(to, source_address=("", source_port) if source_port else None)
+         source_port: int = 0, nodelay: bool = False) -> None:
+    s = _connect(to, source_port, nodelay)
     local = _end(s.getsockname())
     if hold:  # let the caller look at the maps before any byte moves
         _say(local=local, state="connected")
@@ -260,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hold", action="store_true")
     p.add_argument("--pause", type=float, default=0.0, help="seconds between chunks")
     p.add_argument("--source-port", type=int, default=0)
+    p.add_argument("--nodelay", action="store_true", help="TCP_NODELAY, set before connect()")
     p = sub.add_parser("msgs")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--sizes", type=lambda t: [int(n) for n in t.split(",")], required=True,
@@ -284,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                   "push": lambda c: _push(c, a.bytes)}.get(a.cmd) or _proxy(a.to)
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":
-        send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause, a.source_port)
+        send(a.to, a.bytes, a.chunk, a.echo, a.hold, a.pause, a.source_port, a.nodelay)
     elif a.cmd == "msgs":
         msgs(a.to, a.sizes, a.hold)
     elif a.cmd == "recv":

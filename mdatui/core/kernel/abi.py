@@ -71,7 +71,7 @@ class Conn(ct.Structure):
         ("run", ct.c_uint32),
         ("run_bytes", ct.c_uint64),
         ("reason", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("nodelay", ct.c_uint32),
     ]
 
 

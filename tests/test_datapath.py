@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from mdatui.core import lifecycle, reader, service
+from mdatui.core import lifecycle, reader, service, service_status
 from mdatui.core.ends import Connection
 
 from . import peers
@@ -312,6 +313,25 @@ def test_an_end_disable_hands_over_leaves_once_read_though_disable_took_its_peer
     peers.proceed(cli)
     got = peers.report(sink)
     assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
+
+
+def test_the_service_starts_while_someone_asks_whether_it_runs(lab, pin_dir):
+    """running() holds a shared lock on the pid file for an instant; a service starting then
+    waits it out instead of exiting as 'already running' (which failed CI once)."""
+    lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, serve=False).instance.close()
+    path = service_status.pidfile(pin_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        child = subprocess.Popen([sys.executable, "-m", "mdatui.cli.main", "serve",
+                                  "--pin-dir", pin_dir], stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while service.running(pin_dir) != child.pid and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None and service.running(pin_dir) == child.pid, child.stderr
+    service.stop(pin_dir)
+    child.wait(10)
 
 
 def test_enable_and_disable_twice_say_what_they_did(lab, pin_dir):

@@ -56,15 +56,27 @@ def stop(pin_dir: str, seconds: float = START_SECONDS) -> None:
         time.sleep(0.02)
 
 
+def _lock(fd: int, pin_dir: str) -> bool:
+    """Lock our pid file, unless another service holds it. running() holds a shared lock on it
+    for an instant (start() asks it every 20 ms while we start): that is waited out."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if running(pin_dir) is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
 def serve(pin_dir: str) -> int:
     """Run until SIGTERM/SIGINT/SIGHUP while the accelerator is enabled (what drains then stays
     in the pinned maps for the next run), or until it was disabled and nothing drains."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     path = pidfile(pin_dir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _lock(fd, pin_dir):
         os.close(fd)
         print(f"mdatui serve: already running for {pin_dir}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
 """The column judge (verdicts.py, what Preview, Apply and `rules apply` use) against the object
-judge (rules.judge on Pair.view, the oracle): random rule sets on random connections."""
+judge (rules.judge on BothEnds.view, the oracle): random rule sets on random connections."""
 
 from __future__ import annotations
 
@@ -80,11 +80,11 @@ def ends_of(specs: list[tuple]) -> list[Connection]:
     return out
 
 
-def object_pairs(conns: list[Connection], states: tuple[str, ...]) -> list[verdicts.Pair]:
+def object_pairs(conns: list[Connection], states: tuple[str, ...]) -> list[verdicts.BothEnds]:
     """Pairs as the object path found them: a connecting end in one of `states` whose peer has
     an entry."""
     by_end = {c.end: c for c in conns}
-    return [verdicts.Pair(c, by_end[c.peer]) for c in conns
+    return [verdicts.BothEnds(c, by_end[c.peer]) for c in conns
             if c.state in states and c.active and c.peer in by_end]
 
 

@@ -3,7 +3,7 @@ and `mdatui rules apply` use.
 
 bpf/sock_ops.c judges a connection once, when its accepting end is established, from what it
 sees then (rules.py describes the semantics); rules.judge mirrors it on one ConnView and is kept
-as the oracle the tests hold this module against. Judging Pair objects one by one took 2.8 s at
+as the oracle the tests hold this module against. Judging BothEnds objects one by one took 2.8 s at
 100,000 connections; over the columns it takes milliseconds.
 """
 
@@ -22,7 +22,7 @@ from .table import Table
 
 
 @dataclass(frozen=True)
-class Pair:
+class BothEnds:
     """Both ends of a connection: the one that connected and the one that accepted."""
 
     connecting: Connection
@@ -59,15 +59,15 @@ class ConnectionPairs:
     def __len__(self) -> int:
         return len(self.connecting)
 
-    def pair(self, k: int) -> Pair:
-        return Pair(self.table.connection(int(self.connecting[k])),
+    def pair(self, k: int) -> BothEnds:
+        return BothEnds(self.table.connection(int(self.connecting[k])),
                     self.table.connection(int(self.accepting[k])))
 
     def keys(self) -> np.ndarray:
         """The kernel keys (snapshot.KEY records) of both ends of every pair."""
         return self.table.keys[np.concatenate([self.connecting, self.accepting])]
 
-    # What Pair.view holds, gathered once for all the rules a set has: the connecting end's
+    # What BothEnds.view holds, gathered once for all the rules a set has: the connecting end's
     # local and original destination address, the accepting end's local one (rows of four u32
     # words, as the keys hold them); both owners.
     @cached_property
@@ -148,8 +148,8 @@ class RulePreview:
 
     taken_off: int                                 # accelerated, then refused
     put_on: int      # on the normal path, accepted: accelerated from their next connection
-    first_taken_off: list[tuple[Pair, int | None]]  # with the refusing rule's index
-    first_put_on: list[Pair]
+    first_taken_off: list[tuple[BothEnds, int | None]]  # with the refusing rule's index
+    first_put_on: list[BothEnds]
     off: ConnectionPairs                           # all the pairs taken off
 
 

@@ -19,7 +19,7 @@ from textual.worker import Worker, WorkerState
 from ...core import apply, rules
 from ...core.backend import Frame, RulesDoc, Unavailable
 from ...core.ends import ACCELERATED
-from ...core.verdicts import ConnectionPairs, Pair, preview
+from ...core.verdicts import BothEnds, ConnectionPairs, preview
 from ..screens.rule_form import RuleFormScreen
 from .base import View
 
@@ -42,7 +42,7 @@ def _ports(ports: tuple[int, int] | None) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
-def _pair_text(pair: Pair) -> str:
+def _pair_text(pair: BothEnds) -> str:
     c = pair.connecting
     return f"{c.end.local} → {c.end.remote}"
 

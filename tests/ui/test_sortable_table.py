@@ -11,7 +11,9 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.geometry import Region
 
-from mdatui.ui.widgets.sortable_table import Column, SortableTable, draw_cell
+from mdatui.ui.widgets.cell_segments import draw_cell
+from mdatui.ui.widgets.sortable_table import SortableTable
+from mdatui.ui.widgets.table_rows import Column
 
 NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
          "juliett", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo"]

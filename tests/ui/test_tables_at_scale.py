@@ -19,7 +19,7 @@ from mdatui.core.procs import ProcessInfo
 from mdatui.core.snapshot import Snapshot
 from mdatui.ui.app import MdaConsole
 from mdatui.ui.views import connections, pairs
-from mdatui.ui.widgets import sortable_table
+from mdatui.ui.widgets import table_rows
 from mdatui.ui.widgets.columns import Addresses, positions
 from mdatui.ui.widgets.sortable_table import SortableTable
 
@@ -103,7 +103,7 @@ CASES = [("connections", connections.COLUMNS, connections.ConnRows, CONN_VALUES,
 def test_the_page_is_what_sorting_and_filtering_every_row_gives(monkeypatch, name, columns,
                                                                 make_rows, values, tiebreak, key,
                                                                 ranked_past):
-    monkeypatch.setattr(sortable_table, "MAX_ROWS", PAGE)
+    monkeypatch.setattr(table_rows, "MAX_ROWS", PAGE)
     monkeypatch.setattr(connections, "RANKED_PAST", ranked_past)  # how tied rows are ordered
     rows = make_rows(frames(1500))
     table = SortableTable(columns, key)

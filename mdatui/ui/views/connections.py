@@ -20,7 +20,8 @@ from ...core.snapshot import Rates
 from .. import format as fmt
 from ..widgets.columns import Addresses, Distinct, Leftover, indexed_order, indexed_search, numbers32, styled
 from ..widgets.filter_input import FilterInput
-from ..widgets.sortable_table import Column, SortableTable
+from ..widgets.sortable_table import SortableTable
+from ..widgets.table_rows import Column
 from .base import EndsView
 
 

@@ -18,7 +18,8 @@ from ...core.snapshot import Rates
 from .. import format as fmt
 from ..widgets.columns import Addresses, Leftover, indexed_search, styled
 from ..widgets.filter_input import FilterInput
-from ..widgets.sortable_table import Column, SortableTable
+from ..widgets.sortable_table import SortableTable
+from ..widgets.table_rows import Column
 from .base import EndsView
 from .connections import EndOrder
 

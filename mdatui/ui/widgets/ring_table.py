@@ -25,7 +25,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ...core.backend import Ring
-from .sortable_table import CURSOR_BINDINGS, PAD, SortableTable, draw_cell
+from .cell_segments import PAD, draw_cell
+from .sortable_table import CURSOR_BINDINGS, SortableTable
 
 
 @dataclass(frozen=True)

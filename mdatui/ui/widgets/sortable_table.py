@@ -1,9 +1,8 @@
 """A table over many rows: sortable by any column, filtered as you type, refreshed in place.
 
-Views hand the table all their rows on every refresh as a `Rows`: columns of numbers, one value
-per row (numpy arrays), that sort and filter a few hundred thousand rows in milliseconds. Only
-the first MAX_ROWS rows of the result become objects and cells, so a refresh costs about the same
-for 100 rows as for 200,000. The table keeps the cursor on the same row and the scroll where it was.
+Views hand the table all their rows on every refresh as a `Rows`, of which it shows the first
+MAX_ROWS as sorted and filtered (table_rows picks them). It keeps the cursor on the same row and
+the scroll where it was.
 
 It draws its lines itself (Textual's line API) rather than through a DataTable, which measured
 every cell it was given through Rich (15 ms for a page) and drew each line through Rich's layout
@@ -13,13 +12,9 @@ again whenever any cell had changed: a key press that brought a new order spent 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
-from rich.cells import set_cell_size
-from rich.console import Console
-from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual import events
@@ -29,76 +24,10 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from .cell_segments import PAD, draw_cell
+from .table_rows import Column, Rows, first_rows, matching
+
 T = TypeVar("T")
-
-# Rows the table shows: two screens' worth. Each is an object and a dozen cells made in Python
-# (some 50 µs a row). Past this many rows, filter (the summary lines say how many more match).
-MAX_ROWS = 100
-
-
-def _nth_smallest(values: np.ndarray, at: int):
-    """values[at] of values sorted. numpy's partition takes 10-20 times longer when many values
-    are equal (25 ms at 200,000 rates of 0, a sort 1-2 ms); with few equal it is the faster."""
-    sample = values[::max(1, len(values) // 1024)]
-    if 8 * np.unique(sample, return_counts=True)[1].max(initial=0) > len(sample):
-        return np.sort(values)[at]
-    return np.partition(values, at)[at]
-
-
-class Rows(Protocol[T]):
-    """All rows of a table as its columns see them."""
-
-    def __len__(self) -> int: ...
-
-    def tiebreak(self, rows: np.ndarray) -> Sequence[np.ndarray]:
-        """Sort keys of these rows for where a column holds equal values, least significant
-        first (as numpy.lexsort takes them): rows must not hop about from one refresh to the
-        next."""
-
-    def item(self, row: int) -> T:
-        """The object a shown row is made from."""
-
-
-@dataclass(frozen=True)
-class Column(Generic[T]):
-    key: str
-    label: str
-    text: Callable[[T], str | Text]              # the cell of a shown row
-    order: Callable[[Any], np.ndarray]            # a sort value per row of the Rows; none: largest
-    search: Callable[[Any, str], np.ndarray] | None = None  # rows whose cell holds a casefolded
-    numeric: bool = False                                    # needle; None: the filter skips it
-    width: int | None = None
-
-    def render(self, item: T) -> Text:
-        shown = self.text(item)
-        if isinstance(shown, Text):
-            return shown
-        # Text rather than str: the table parses no markup (a command may hold brackets).
-        return Text(shown, justify="right" if self.numeric else None)
-
-
-PAD = 1  # blank cells each side of a column's content
-
-
-def draw_cell(cell: Text, width: int, base: Style, console: Console) -> list[Segment]:
-    """A cell (one line of text) padded or cut to width, right justified if it says so; the
-    row's style lies under the cell's own."""
-    edge = Segment(" " * PAD, base)
-    length = cell.cell_len
-    if cell.spans:
-        line = Segment.adjust_line_length(list(cell.render(console)), width)
-        if cell.justify == "right" and length < width:
-            line = [Segment(" " * (width - length)), *line[:-1]]
-        return [edge, *Segment.apply_style(line, base), edge]
-    style = base + console.get_style(cell.style) if cell.style else base
-    plain = cell.plain
-    if length > width:
-        return [edge, Segment(set_cell_size(plain, width), style), edge]
-    gap = " " * (width - length)
-    if cell.justify == "right":
-        return [Segment(" " * PAD + gap, base), Segment(plain, style), edge]
-    return [edge, Segment(plain, style), Segment(gap + " " * PAD, base)]
-
 
 # The cursor's keys, for tables with actions cursor(step), page(pages) and cursor_to(row).
 # Priority: Textual looks up a widget's bindings only once the key has gone from it up through
@@ -377,52 +306,14 @@ class SortableTable(ScrollView, Generic[T], can_focus=True):
         needle = self.filter_text.casefold()
         if self._found is not None and self._found[0] is rows and self._found[1] == needle:
             return self._found[2]
-        if needle:
-            mask = np.zeros(len(rows), dtype=bool)
-            for c in self._columns:
-                if c.search is not None:
-                    mask |= c.search(rows, needle)
-            found = np.flatnonzero(mask)
-        else:
-            found = np.arange(len(rows))
+        found = matching(rows, self._columns, needle)
         self._found = (rows, needle, found)
         return found
 
     def _page(self, rows: Rows[T]) -> np.ndarray:
-        """The first MAX_ROWS rows in the order asked for. Rows that cannot be among them are
-        left out before the sort: a partition finds the boundary value in linear time."""
         found = self._filtered(rows)
         self.matched = len(found)
-        value = self._column(self.sort_column).order(rows)
-        if len(found) < len(rows):
-            value = value[found]
-        reverse = self.sort_reverse
-        if len(found) > MAX_ROWS:
-            found, value = self._contenders(rows, found, value, reverse)
-        order = np.lexsort([*rows.tiebreak(found), value])
-        if reverse:
-            order = order[::-1]
-        return found[order[:MAX_ROWS]]
-
-    @staticmethod
-    def _contenders(rows: Rows[T], found: np.ndarray, value: np.ndarray,
-                    reverse: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The found rows that can be among the first MAX_ROWS, and their values: those before
-        the value at that place, and of the rows that hold it, those that can come first by the
-        tiebreak's most significant key (a column of a few states ties on all rows)."""
-        def first(values: np.ndarray, n: int) -> np.ndarray:
-            at = len(values) - n if reverse else n - 1
-            bound = _nth_smallest(values, at)
-            return (values >= bound if reverse else values <= bound), bound
-        near, bound = first(value, MAX_ROWS)
-        tied = np.flatnonzero(value == bound)
-        ahead = np.flatnonzero(near & (value != bound))
-        need = MAX_ROWS - len(ahead)
-        if len(tied) > need:
-            major = rows.tiebreak(found[tied])[-1]
-            tied = tied[first(major, need)[0]]
-        keep = np.concatenate([ahead, tied])
-        return found[keep], value[keep]
+        return first_rows(rows, found, self._column(self.sort_column).order(rows), self.sort_reverse)
 
     def _render_rows(self, fit: bool = False, lost: str = "stay") -> None:
         """Show the page of the rows as sorted and filtered now. The cursor stays on its row;

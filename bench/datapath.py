@@ -236,7 +236,7 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
     if missing:
         raise system.SetupError(f"not installed: {' '.join(missing)} (scripts/setup installs them)")
     started = time.monotonic()
-    env = {"cpus": os.cpu_count(), "load_start": _load(), "kernel": os.uname().release,
+    env = {"cpus": len(os.sched_getaffinity(0)), "load_start": _load(), "kernel": os.uname().release,
            "sockperf": dp_tools.sockperf_version(),
            "iperf3": dp_tools.iperf3_version() if shutil.which("iperf3") else "-",
            "wrk": dp_tools.wrk_version() if shutil.which("wrk") else "-"}
@@ -277,6 +277,17 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
             "cases": [c.name for c in cases], "rows": dp_cases.rows(cells)}
 
 
+def _cpu_list(text: str) -> set[int]:
+    try:
+        cpus = {int(x) for x in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers") from None
+    if not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(
+            f"this process may run on CPUs {sorted(os.sched_getaffinity(0))}, not {sorted(cpus)}")
+    return cpus
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, help="alternating plain/accelerated pairs per case (default 3)")
@@ -289,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                          "subset (64 B streams, iperf3 128 B, ping-pong 64 B, the mesh)")
     ap.add_argument("--list", action="store_true", help="print the case names and exit")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ap.add_argument("--cpus", type=_cpu_list, metavar="LIST",
+                    help="run every process of both labs on these CPUs only, e.g. '0' or '0,1': "
+                         "on one CPU a round trip pays no wake-up of an idle vCPU, so what is "
+                         "left is the data path's own cost")
     args = ap.parse_args(argv)
     pairs = args.pairs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 2)
@@ -298,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not cases or pairs < 1 or seconds < 1:
         ap.error("no case matches --only" if not cases else "pairs >= 1, seconds >= 1")
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus)  # the labs' processes inherit it
     runs = len(cases) * pairs * 2
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     progress(f"{len(cases)} cases, {runs} runs, about {runs * (seconds + 0.6) + 20:.0f} s")

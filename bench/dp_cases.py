@@ -229,7 +229,8 @@ def table(result: dict) -> str:
     judged = [r for r in result["rows"] if r["verdict"]]
     text = [
         f"mdatui data path: medians of {result['pairs']} alternating plain/accelerated pairs, "
-        f"{result['seconds']} s per run; {env['cpus']} CPUs, took {result['elapsed_s']:.0f} s",
+        f"{result['seconds']} s per run; {env['cpus']} CPU{'s' if env['cpus'] > 1 else ''}, "
+        f"took {result['elapsed_s']:.0f} s",
         f"sockperf {env['sockperf']}, iperf3 {env['iperf3']}, wrk {env['wrk']}; load average "
         f"at start {env['load_start']}, at end {env['load_end']}",
         "accel/plain: throughput and req/s above 1 = accelerator faster; latency below 1 = "

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import dp_cases, dp_tools
+from bench import datapath, dp_cases, dp_tools
 
 WRK = """Running 2s test @ http://127.0.0.1:9080/
   2 threads and 50 connections
@@ -96,3 +96,15 @@ def test_rows_judge_ratios_against_targets():
     pp = rows[("same-pod/sockperf-pp/64B", "rtt p50")]
     assert pp["ratio"] is None and pp["verdict"] == "FAIL" and pp["notes"] == ["1 run(s) failed"]
     json.dumps(list(rows.values()))  # --json prints them as they are
+
+
+@pytest.mark.parametrize("text, error", [
+    ("x", "argument --cpus: 'x' is not a comma-separated list of CPU numbers"),
+    ("0,4096", "argument --cpus: this process may run on CPUs"),
+])
+def test_cpus_that_cannot_be_used_are_refused_by_name(text, error, capsys):
+    with pytest.raises(SystemExit) as e:
+        datapath.main(["--cpus", text, "--list"])
+    assert e.value.code == 2
+    assert error in capsys.readouterr().err
+

@@ -19,7 +19,7 @@ import numpy as np
 
 from .kernel import abi
 from .kernel.instance import Instance
-from .reader import read_entries
+from .reader import BATCH, read_entries
 from .sockets import SocketFinder
 from .table import KEY
 
@@ -66,7 +66,8 @@ class Reaper:
         drain = self.inst.maps["sock_drain_map"]
         proxy = self.inst.maps["sock_proxy_map"]
         sockhash = self.inst.maps["sock_ops_map"]
-        keys, values = read_entries(drain, KEY, DRAIN, self.inst.map_capacity("sock_drain_map"))
+        # Mostly a few ends wait, or none: room for a batch, grown when more do.
+        keys, values = read_entries(drain, KEY, DRAIN, BATCH)
         listed = keys.view(f"V{KEY.itemsize}").tolist()  # each key's bytes
         self._seen.update(listed)
         out = Sweep(waiting=len(keys))

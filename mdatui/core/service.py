@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from . import drain, guard
 from .kernel.instance import Instance, NotEnabled
@@ -87,14 +86,19 @@ def serve(pin_dir: str) -> int:
         signal.signal(sig, lambda *_: stopping.append(1))
     try:
         with Instance(pin_dir) as inst:
-            pins = Path(pin_dir, "sock_ops_map")
+            pins = os.path.join(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
             watch = guard.Guard(inst, reaper.finder)
-            while not stopping and pins.exists():
-                waiting = reaper.sweep().waiting
+            waiting, next_sweep = 0, 0.0
+            while not stopping and os.path.exists(pins):
+                # The guard looks often just after connections were accelerated (their readers
+                # block at once); that alone is no reason to sweep the drain list as often.
+                if waiting or time.monotonic() >= next_sweep:
+                    waiting = reaper.sweep().waiting
+                    next_sweep = time.monotonic() + drain.PERIOD_IDLE
                 watch.tick()
                 time.sleep(drain.PERIOD_BUSY if waiting or watch.eager() else drain.PERIOD_IDLE)
-            if not pins.exists():
+            if not os.path.exists(pins):
                 # Disabled: this process holds the last references to the maps, and letting go
                 # would free unread redirected bytes, so it stays, signals or not, until every
                 # draining end has left or closed. disable asked every end to stop, and took

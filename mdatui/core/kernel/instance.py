@@ -57,6 +57,7 @@ class Instance:
         if not Path(pin_dir, "sock_ops_map").exists():
             raise NotEnabled(f"mdatui is not enabled at {pin_dir}")
         self.maps: dict[str, bpfsys.Map] = {}
+        self._capacity: dict[str, int] = {}
         try:
             for name, (key_type, value_type) in MAPS.items():
                 path = os.path.join(pin_dir, name)
@@ -124,7 +125,11 @@ class Instance:
         return ids
 
     def map_capacity(self, name: str) -> int:
-        return bpfsys.map_info(self.maps[name].fd).max_entries
+        """max_entries, fixed when the map was made: asked of the kernel once (mdatui serve
+        needs it at every sweep)."""
+        if name not in self._capacity:
+            self._capacity[name] = bpfsys.map_info(self.maps[name].fd).max_entries
+        return self._capacity[name]
 
     @property
     def active_set(self) -> int:

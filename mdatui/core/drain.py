@@ -66,8 +66,12 @@ class Reaper:
         drain = self.inst.maps["sock_drain_map"]
         proxy = self.inst.maps["sock_proxy_map"]
         sockhash = self.inst.maps["sock_ops_map"]
-        # Mostly a few ends wait, or none: room for a batch, grown when more do.
-        keys, values = read_entries(drain, KEY, DRAIN, BATCH)
+        # Most sweeps find nobody listed (one bpf() call then) or a few ends: room for a batch,
+        # grown when more wait.
+        if drain.is_empty():
+            keys, values = np.empty(0, KEY), np.empty(0, DRAIN)
+        else:
+            keys, values = read_entries(drain, KEY, DRAIN, BATCH)
         listed = keys.view(f"V{KEY.itemsize}").tolist()  # each key's bytes
         self._seen.update(listed)
         out = Sweep(waiting=len(keys))

@@ -237,6 +237,11 @@ class Map:
             ct.memmove(ct.addressof(last), ct.addressof(chunk[n - 1]), ct.sizeof(last))
             after = ct.addressof(last)
 
+    def is_empty(self) -> bool:
+        """Whether the map holds no key, in one syscall."""
+        first = self.key_type()
+        return self.next_keys_into(ct.addressof(first), 0, 1)[0] == 0
+
     def items(self) -> Iterator[tuple]:
         for key in self.keys():
             value = self.lookup(key)

@@ -93,6 +93,19 @@ async def test_a_table_opened_again_before_other_ends_came_is_not_made_again():
         assert table.source is not rows and table.source.frame is pilot.app.frame
 
 
+async def test_the_rules_tab_opened_again_before_other_ends_came_is_not_drawn_again():
+    async with console().run_test(size=SIZE) as pilot:
+        await two_frames(pilot)
+        await pilot.press("5")
+        table = pilot.app.screen.query_one("#rules-table", DataTable)
+        rows = list(table.rows)
+        await pilot.press("1", "5")
+        assert all(now is then for now, then in zip(table.rows, rows, strict=True))
+        await pilot.press("a", "tab", *"15006", "enter")  # an edit counts against that frame
+        view = pilot.app.screen.query_one("#rules-view")
+        assert "2 open connections leave the fast path" in text(view.query_one("#rules-preview"))
+
+
 async def test_tabs_respond_to_the_mouse():
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)

@@ -69,8 +69,13 @@ class View(Vertical):
         end, and the newest one is kept for catch_up anyway."""
 
     def focus_main(self) -> None:
-        """Focus what the keys of this view act on (its table, usually)."""
-        self.query_one(self.MAIN).focus()
+        """Focus what the keys of this view act on (its table, usually). Not again when it has
+        the focus: Textual's focus() repaints the widget, and a tab switch asks twice (the key's
+        action, then the tab's activation, which a click brings alone), a second paint of the
+        table after the screen's (some 3 ms at 200x50)."""
+        main = self.query_one(self.MAIN)
+        if main is not self.screen.focused:
+            main.focus()
 
     def action_focus_filter(self) -> None:
         self.query_one(FilterInput).focus()

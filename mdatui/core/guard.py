@@ -81,16 +81,18 @@ class Guard:
     def eager(self) -> bool:
         return time.monotonic() < self._eager_until
 
-    def tick(self) -> None:
-        """Look now if new connections were accelerated lately, else every PERIOD."""
+    def tick(self) -> int:
+        """Look now if new connections were accelerated lately, else every PERIOD; how many
+        ends were asked to stop."""
         now = time.monotonic()
         accelerated = self.inst.stat(abi.Stat.ACCELERATED)
         if accelerated != self._accelerated:
             self._accelerated = accelerated
             self._eager_until = now + EAGER
-        if now >= self._next or now < self._eager_until:
-            self.check()
-            self._next = now + PERIOD
+        if now < self._next and now >= self._eager_until:
+            return 0
+        self._next = now + PERIOD
+        return self.check()
 
     def check(self) -> int:
         """Ask the connections of blocked readers found now to stop; how many ends were asked

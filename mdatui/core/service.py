@@ -92,11 +92,14 @@ def serve(pin_dir: str) -> int:
             waiting, next_sweep = 0, 0.0
             while not stopping and os.path.exists(pins):
                 # The guard looks often just after connections were accelerated (their readers
-                # block at once); that alone is no reason to sweep the drain list as often.
+                # block at once); that alone is no reason to sweep the drain list as often. What
+                # it asked to stop is swept at the next tick: a blocked reader is exposed to
+                # EAGAIN until its end has left the sockhash.
                 if waiting or time.monotonic() >= next_sweep:
                     waiting = reaper.sweep().waiting
                     next_sweep = time.monotonic() + drain.PERIOD_IDLE
-                watch.tick()
+                if watch.tick():
+                    next_sweep = 0.0
                 time.sleep(drain.PERIOD_BUSY if waiting or watch.eager() else drain.PERIOD_IDLE)
             if not os.path.exists(pins):
                 # Disabled: this process holds the last references to the maps, and letting go

@@ -24,11 +24,13 @@
  * handing the peer each write on its own: MDA_STREAM_RUN sends in a row with no reply in between,
  * averaging under the topology's size, make such a stream, and its connection goes back to the
  * stack, losslessly, as plain TCP. Request/response keeps the fast path: every reply ends the
- * run. With TCP_NODELAY (Envoy's setting) the stack sends each write as it comes and the fast
- * path wins at every size, so such an end is never handed back. bench/datapath.py, sockperf
- * throughput on the fast path against plain TCP, loopback: Nagle 64 B 0.24x, 1 KiB 0.28x,
- * 16 KiB 0.86-0.98x; TCP_NODELAY 1.24x, 1.20x, 1.19x (handed back: 0.86-1.03x). Over a veth a
- * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. */
+ * run. With TCP_NODELAY (Envoy's setting) the stack sends each write as it comes and, with the
+ * two ends on different CPUs, the fast path wins at every size, so such an end is never handed
+ * back. bench/datapath.py, sockperf throughput on the fast path against plain TCP, loopback:
+ * Nagle 64 B 0.24x, 1 KiB 0.28x, 16 KiB 0.86-0.98x; TCP_NODELAY 1.19-1.47x, 1.16-1.41x, 1.19-1.49x
+ * (handed back: 0.86-1.03x). With both ends on one CPU (--cpus 0) the stack batches a time
+ * slice of writes and TCP_NODELAY 64 B, 1 KiB lose, 0.58x, 0.52x: not told apart yet. Over a
+ * veth a segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. */
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */

@@ -66,9 +66,11 @@ class Reaper:
         drain = self.inst.maps["sock_drain_map"]
         proxy = self.inst.maps["sock_proxy_map"]
         sockhash = self.inst.maps["sock_ops_map"]
-        # Most sweeps find nobody listed (one bpf() call then) or a few ends: room for a batch,
-        # grown when more wait.
-        if drain.is_empty():
+        # Most sweeps find nobody listed: one bpf() call tells, where a batch read into arrays
+        # costs more. Not while ends wait (the last pass saw some): the probe walks the map's
+        # buckets to its first key, and the read would walk them again. Room for a batch, grown
+        # when more wait.
+        if not self._seen and drain.is_empty():
             keys, values = np.empty(0, KEY), np.empty(0, DRAIN)
         else:
             keys, values = read_entries(drain, KEY, DRAIN, BATCH)

@@ -61,7 +61,7 @@ class ConnectionPairs:
 
     def pair(self, k: int) -> BothEnds:
         return BothEnds(self.table.connection(int(self.connecting[k])),
-                    self.table.connection(int(self.accepting[k])))
+                        self.table.connection(int(self.accepting[k])))
 
     def keys(self) -> np.ndarray:
         """The kernel keys (snapshot.KEY records) of both ends of every pair."""

@@ -378,9 +378,11 @@ def test_a_full_map_falls_back_to_the_stack_and_is_counted(lab, pin_dir):
     inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=6).instance
     try:
         peers.server(lab, "echo", 7000, ns)
-        clients = [peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "2000000",
-                                "--echo", hold=True) for _ in range(5)]
-        locals_ = [peers.report(c)["local"] for c in clients]
+        clients, locals_ = [], []
+        for _ in range(5):  # one at a time: started together, their ends could interleave
+            clients.append(peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes",
+                                        "2000000", "--echo", hold=True))
+            locals_.append(peers.report(clients[-1])["local"])
         for c in clients:
             peers.proceed(c)
         for c in clients:

@@ -28,9 +28,11 @@
  * two ends on different CPUs, the fast path wins at every size, so such an end is never handed
  * back. bench/datapath.py, sockperf throughput on the fast path against plain TCP, loopback:
  * Nagle 64 B 0.24x, 1 KiB 0.28x, 16 KiB 0.86-0.98x; TCP_NODELAY 1.19-1.47x, 1.16-1.41x, 1.19-1.49x
- * (handed back: 0.86-1.03x). With both ends on one CPU (--cpus 0) the stack batches a time
- * slice of writes and TCP_NODELAY 64 B, 1 KiB lose, 0.58x, 0.52x: not told apart yet. Over a
- * veth a segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. */
+ * (handed back: 0.86-1.03x). With both ends' processes held to one CPU (taskset, a one-CPU
+ * cpuset: mda_owner.cpu) the stack batches a time slice of writes and loopback TCP_NODELAY
+ * 64 B, 1 KiB lose, 0.58x, 0.52x, so there they are handed back like Nagle ones. Over a veth a
+ * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x (TCP_NODELAY
+ * on one CPU 64 B 2.7x: kept). */
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
@@ -58,7 +60,7 @@ struct mda_owner {
 	__u32 pid;
 	__u32 uid;
 	__u32 gid;
-	__u32 pad;
+	__u32 cpu; /* the one CPU the creator may run on (taskset, a one-CPU cpuset), or MDA_UNKNOWN_ID */
 };
 
 /* sock_proxy_map value: this end's peer and what its sends did. `paired` is written only by the
@@ -75,10 +77,10 @@ struct mda_conn {
 	__u32 paired;
 	__u32 tainted;
 	__u32 active;  /* 1: this end called connect() */
-	__u32 run;     /* sends since the peer last sent (Nagle ends only) */
+	__u32 run;     /* sends since the peer last sent (ends that may be handed back) */
 	__u64 run_bytes;
 	__u32 reason;  /* enum mda_leave: why it stopped redirecting (with tainted) */
-	__u32 nodelay; /* TCP_NODELAY was set when it was established: never a stream to hand back */
+	__u32 nodelay; /* TCP_NODELAY was set when it was established: see MDA_STREAM_RUN */
 };
 
 /* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write
@@ -295,7 +297,7 @@ static __always_inline void mda_emit(void *ctx, __u32 type, __u32 rule, struct m
 		ev->peer_owner.pid = MDA_UNKNOWN_ID;
 		ev->peer_owner.uid = MDA_UNKNOWN_ID;
 		ev->peer_owner.gid = MDA_UNKNOWN_ID;
-		ev->peer_owner.pad = 0;
+		ev->peer_owner.cpu = MDA_UNKNOWN_ID;
 	}
 	ev->msgs = counts ? counts->msgs : 0;
 	ev->bytes = counts ? counts->bytes : 0;

@@ -58,12 +58,14 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 {
 	/* Either key carries a netns cookie when the connection runs over loopback; behind a
 	 * REDIRECT only the sidecar's end has one. */
-	__u64 small = self->netns || c->peer.netns ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
+	int loopback = self->netns || c->peer.netns;
+	__u64 small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
 	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
 	}
-	if (c->nodelay)
+	if (c->nodelay && !(loopback && c->owner.cpu != MDA_UNKNOWN_ID &&
+			    c->owner.cpu == peer->owner.cpu))
 		return;
 	c->run++;
 	c->run_bytes += size;

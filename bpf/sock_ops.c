@@ -24,6 +24,7 @@ static __always_inline void mda_owner_of(struct bpf_sock_ops *skops, struct mda_
 	out->pid = MDA_UNKNOWN_ID;
 	out->uid = MDA_UNKNOWN_ID;
 	out->gid = MDA_UNKNOWN_ID;
+	out->cpu = MDA_UNKNOWN_ID;
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return;

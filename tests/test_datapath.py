@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import os
 import subprocess
 import sys
 import time
@@ -217,6 +219,40 @@ def test_a_stream_of_small_writes_is_handed_back_only_with_nagle(lab, accel, nod
     assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
         ("accelerated", 200, 0) if nodelay else ("normal", 64, 1))
     peers.proceed(cli)
+
+
+@contextlib.contextmanager
+def held_to(cpu_index: int):
+    """Processes started meanwhile may run on one CPU only (they inherit this one's affinity)."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {sorted(before)[cpu_index]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@pytest.mark.parametrize("client_cpu, handed_back", [(0, True), (1, False)])
+def test_a_tcp_nodelay_stream_is_handed_back_when_both_ends_share_one_cpu(lab, accel, client_cpu,
+                                                                         handed_back):
+    """On one CPU the stack batches a time slice of small TCP_NODELAY writes and beats the fast
+    path, which wakes the reader for each (MDA_STREAM_RUN); on two CPUs the fast path wins."""
+    ns = lab.add_netns("pod")
+    with held_to(0):
+        sink = peers.server(lab, "sink", 7000, ns)
+    with held_to(client_cpu):
+        cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "20000",
+                           "--chunk", "100", "--nodelay", hold=True)
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    if handed_back:
+        wait_drained(accel, 2)
+    mine = ends(accel)[(local, "127.0.0.1:7000")]
+    assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
+        ("normal", 64, 1) if handed_back else ("accelerated", 200, 0))
+    peers.proceed(cli)
+    assert peers.report(sink)["sha256"] == done["sha256_sent"]
 
 
 @pytest.mark.parametrize("chunk, handed_back", [(100, True), (1000, False)])

@@ -54,7 +54,7 @@ class SockKey(ct.Structure):
 
 
 class Owner(ct.Structure):
-    _fields_ = [("pid", ct.c_uint32), ("uid", ct.c_uint32), ("gid", ct.c_uint32), ("pad", ct.c_uint32)]
+    _fields_ = [("pid", ct.c_uint32), ("uid", ct.c_uint32), ("gid", ct.c_uint32), ("cpu", ct.c_uint32)]
 
 
 class Conn(ct.Structure):

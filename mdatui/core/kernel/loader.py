@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import resources
-from . import abi, bpfsys, system
+from . import abi, bpfsys, btf, system
 from .instance import MAPS, PROGRAMS, Instance, NotEnabled
 
 BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
@@ -42,8 +42,12 @@ def _compile(max_sockets: int):
     # One text, not #includes: BCC loads as programs, and rewrites map calls in, only what is in
     # its main file. The header goes first; its include guard makes the files' #include no-ops.
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
+    cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"]
+    nr_cpus_allowed = btf.member_offset("task_struct", "nr_cpus_allowed")
+    if nr_cpus_allowed is not None:  # without it no end is known to be held to one CPU
+        cflags.append(f"-DMDA_TASK_NR_CPUS_ALLOWED={nr_cpus_allowed}")
     try:
-        return BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"])
+        return BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # BCC raises bare Exception on compile or load failure
         raise system.SetupError(
             f"could not load the BPF programs ({e}); the kernel needs CONFIG_BPF_SYSCALL, "

@@ -25,41 +25,46 @@ def member_offset(struct_name: str, member: str, path: Path = VMLINUX) -> int | 
         data = path.read_bytes()
     except OSError:
         return None
-    magic, _version, _flags, hdr_len, type_off, type_len, str_off, _str_len = \
+    magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
         struct.unpack_from("<HBBIIIII", data)
     if magic != MAGIC:
         return None
-    strings = hdr_len + str_off
+    strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
 
-    def name(off: int) -> bytes:
-        return data[strings + off:data.index(b"\0", strings + off)]
+    def name_off(name: str) -> int | None:  # BTF keeps each name once
+        at = strings.find(b"\0" + name.encode() + b"\0")
+        return None if at < 0 else at + 1
 
-    types: list[tuple[bytes, int, list[tuple[bytes, int, int]]]] = [(b"", 0, [])]  # by type id
+    want_struct, want_member = name_off(struct_name), name_off(member)
+    if want_struct is None or want_member is None:
+        return None
+    # Only the structs and unions matter, but every record is stepped over to find the next.
+    aggregates: dict[int, tuple[int, int, int, int]] = {}  # type id -> name, kind, vlen, at
     pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+    type_id = 0
     while pos < end:
-        name_off, info, _size = struct.unpack_from("<III", data, pos)
-        kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
-        pos += 12
-        members = []
+        type_id += 1
+        t_name, info = struct.unpack_from("<II", data, pos)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
         if kind in (STRUCT, UNION):
-            for i in range(vlen):
-                m_name, m_type, m_off = struct.unpack_from("<III", data, pos + 12 * i)
-                members.append((name(m_name), m_type, (m_off & 0xFFFFFF) if kflag else m_off))
-        types.append((name(name_off) if kind in (STRUCT, UNION) else b"", kind, members))
-        pos += _FIXED.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
+            aggregates[type_id] = (t_name, kind, vlen, pos)
+        pos += 12 + _FIXED.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
 
     def find(type_id: int, bits: int) -> int | None:
-        for m_name, m_type, m_off in types[type_id][2]:
-            if m_name == member.encode():
-                return (bits + m_off) // 8
-            if not m_name and types[m_type][1] in (STRUCT, UNION):
-                found = find(m_type, bits + m_off)
+        _name, _kind, vlen, at = aggregates[type_id]
+        kflag = struct.unpack_from("<I", data, at + 4)[0] >> 31
+        for m_name, m_type, m_off in struct.iter_unpack("<III", data[at + 12:at + 12 + 12 * vlen]):
+            m_bits = bits + ((m_off & 0xFFFFFF) if kflag else m_off)
+            if m_name == want_member:
+                return m_bits // 8
+            if not m_name and m_type in aggregates:  # an anonymous struct or union member
+                found = find(m_type, m_bits)
                 if found is not None:
                     return found
         return None
 
-    for type_id, (t_name, kind, _members) in enumerate(types):
-        if kind == STRUCT and t_name == struct_name.encode():
+    for type_id, (t_name, kind, _vlen, _at) in aggregates.items():
+        if kind == STRUCT and t_name == want_struct:
             found = find(type_id, 0)
             if found is not None:
                 return found

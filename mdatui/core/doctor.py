@@ -151,7 +151,9 @@ def btf(h: Host) -> Check:
     if os.path.exists(h.btf):
         return Check(True, f"BTF at {h.btf}")
     return Check(False, f"no BTF at {h.btf}: mdatui runs without it (BCC compiles against the "
-                         "headers), bpftool and CO-RE tools do not; CONFIG_DEBUG_INFO_BTF=y gives it",
+                         "headers) but cannot tell the ends of a connection held to one CPU, where "
+                         "small TCP_NODELAY streams are faster off the fast path; "
+                         "CONFIG_DEBUG_INFO_BTF=y gives it",
                  required=False)
 
 

@@ -94,10 +94,11 @@ def select(only: str | None, quick: bool) -> list[Case]:
 # Counters of mda_stats (inst.stats()) that say where a connection went. accelerated, refused
 # and unpaired_removed count connections (one each, at its start); demoted (a stream handed
 # back) and blocking (mdatui serve took a blocking full-duplex reader's connection off) count a
-# connection that left the fast path, redirect_failed and tainted an end that did. Counters the
-# BPF side adds later show up in --json and, when they moved, in the table's paths column.
+# connection that left the fast path, redirect_failed, tainted and unread an end that did.
+# Counters the BPF side adds later show up in --json and, when they moved, in the table's paths
+# column.
 STARTS = ("accelerated", "refused", "unpaired_removed")
-LEAVES = ("demoted", "blocking", "redirect_failed", "tainted")
+LEAVES = ("demoted", "blocking", "redirect_failed", "tainted", "unread")
 QUIET = ("closed_msgs", "closed_bytes", "dump_lost")
 
 
@@ -236,8 +237,8 @@ def table(result: dict) -> str:
         "accel/plain: throughput and req/s above 1 = accelerator faster; latency below 1 = "
         "accelerator faster. pairs: lowest-highest ratio of single pairs (the noise).",
         "paths: connections the accelerated runs made (mda_stats deltas): fast = on the fast "
-        "path to the end, left = taken off it (demoted, blocking, redirect failed, tainted; the "
-        "last two count ends), refused by a rule, unpaired.",
+        "path to the end, left = taken off it (demoted, blocking, redirect failed, tainted, a reader "
+        "fell behind (unread); the last three count ends), refused by a rule, unpaired.",
         "",
         fmt.format(*head),
         fmt.format(*("-" * w for w in widths)),

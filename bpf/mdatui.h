@@ -36,6 +36,10 @@
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
+/* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) for this
+ * long, or this many times as much at any time, is one that does not keep up: see sk_msg.c. */
+#define MDA_BEHIND_NS 1000000000ULL
+#define MDA_BEHIND_CAP 8
 /* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
 #define MDA_SOL_TCP 6
 #define MDA_TCP_NODELAY 1
@@ -81,6 +85,7 @@ struct mda_conn {
 	__u64 run_bytes;
 	__u32 reason;  /* enum mda_leave: why it stopped redirecting (with tainted) */
 	__u32 nodelay; /* TCP_NODELAY was set when it was established: see MDA_STREAM_RUN */
+	__u64 behind_ns; /* since when its peer has held more than MDA_UNREAD_MAX unread, or 0 */
 };
 
 /* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write
@@ -112,6 +117,7 @@ enum mda_leave {
 	MDA_LEAVE_RULE = 4,        /* a live rule change refused the connection */
 	MDA_LEAVE_DISABLE = 5,     /* the accelerator is being disabled */
 	MDA_LEAVE_BLOCKING = 6,    /* a thread blocks reading it while another uses it (core/guard.py) */
+	MDA_LEAVE_UNREAD = 7,      /* its peer did not keep up with what it sent (sk_msg.c) */
 };
 
 #define MDA_RULE_IP     (1 << 0)
@@ -172,6 +178,7 @@ enum mda_stat {
 	MDA_STAT_BLOCKING,  /* connections kept off: blocking full-duplex readers (user space) */
 	MDA_STAT_CLOSED_PASSED, /* passed of the ends that left sock_proxy_map */
 	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
+	MDA_STAT_UNREAD,        /* ends stopped because their peer fell too far behind */
 	MDA_STAT_MAX,
 };
 

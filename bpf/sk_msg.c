@@ -1,7 +1,8 @@
 /* sk_msg verdict on sock_ops_map: hand each sendmsg straight to the peer's receive queue.
  *
- * This runs for every message of every end in the sockhash, so it does one hash lookup and the
- * counters; the dump copy costs only while an operator has dump switched on.
+ * This runs for every message of every end in the sockhash, so it does the hash lookups of both
+ * ends and the counters; the dump copy costs only while an operator has dump switched on, the
+ * look at the peer's backlog once a MiB.
  */
 #include "mdatui.h"
 
@@ -50,6 +51,46 @@ static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_
 		bpf_probe_read_kernel(ev->data, len, data);
 	if (mda_dump.perf_submit(msg, ev, sizeof(*ev) - MDA_MAX_SNAPLEN + len))
 		mda_count(MDA_STAT_DUMP_LOST);
+}
+
+static __always_inline __u64 mda_peek(void *at)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), at);
+	return v;
+}
+
+/* Plain TCP stops a sender once its peer's receive buffer is full; redirected bytes are charged
+ * to the peer and nothing stops the sender, so a peer that never reads would hold ever more
+ * kernel memory. A fast sender often runs tens of MB ahead for a moment (bench.datapath: up to
+ * 200 MB in iperf3 -l 128K at 40 Gbit/s), and that is left alone; a peer that stays more than TCP
+ * would let it hold (MDA_UNREAD_MAX, the largest receive buffer) behind for MDA_BEHIND_NS, or
+ * falls MDA_BEHIND_CAP times as far, does not keep up, and the connection goes back to the stack,
+ * whose back pressure then stops the sender. The peer is the socket this message was just
+ * redirected to (sk_redir of the kernel's struct sk_msg behind the context); what waits there is
+ * its psock's msg_tot_len, the count FIONREAD gives. Offsets: see loader.py. */
+static __always_inline int mda_peer_behind(struct sk_msg_md *msg, struct mda_conn *c)
+{
+#if defined(MDA_OFF_SK_MSG_SK_REDIR) && defined(MDA_OFF_SOCK_USER_DATA) && \
+	defined(MDA_OFF_PSOCK_MSG_TOT_LEN)
+	void *peer = (void *)mda_peek((void *)msg + MDA_OFF_SK_MSG_SK_REDIR);
+	/* sk_user_data carries flag bits below the psock pointer (SK_USER_DATA_PTRMASK) */
+	__u64 psock = peer ? mda_peek(peer + MDA_OFF_SOCK_USER_DATA) & ~7UL : 0;
+	__u32 unread = 0;
+	if (psock)
+		bpf_probe_read_kernel(&unread, sizeof(unread), (void *)psock + MDA_OFF_PSOCK_MSG_TOT_LEN);
+	if (unread <= MDA_UNREAD_MAX) {
+		c->behind_ns = 0;
+		return 0;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	if (!c->behind_ns)
+		c->behind_ns = now;
+	return now - c->behind_ns >= MDA_BEHIND_NS ||
+	       (__u64)unread > (__u64)MDA_BEHIND_CAP * MDA_UNREAD_MAX;
+#else
+	return 0;
+#endif
 }
 
 /* See MDA_STREAM_RUN: send a stream of small writes back to the stack. */
@@ -106,6 +147,15 @@ int mda_sk_msg(struct sk_msg_md *msg)
 				lock_xadd(&c->msgs, 1);
 				lock_xadd(&c->bytes, size);
 				mda_dump_msg(msg, &self, c->active);
+				/* Looked at once a MiB sent: the peer can fall behind no faster. */
+				__u64 sent = c->bytes;
+				if ((sent >> 20) != ((sent - size) >> 20) && mda_peer_behind(msg, c)) {
+					/* What it sends next goes through the stack, read after what
+					 * waits: the order of the bytes holds. */
+					mda_leave(&self, c, MDA_LEAVE_UNREAD);
+					mda_count(MDA_STAT_UNREAD);
+					return SK_PASS;
+				}
 				mda_watch_stream(msg, &self, c, peer, size);
 				return SK_PASS;
 			}

@@ -72,6 +72,7 @@ class Conn(ct.Structure):
         ("run_bytes", ct.c_uint64),
         ("reason", ct.c_uint32),
         ("nodelay", ct.c_uint32),
+        ("behind_ns", ct.c_uint64),
     ]
 
 
@@ -89,6 +90,7 @@ class Leave(enum.IntEnum):
     RULE = 4
     DISABLE = 5
     BLOCKING = 6
+    UNREAD = 7
 
 
 class Pending(ct.Structure):
@@ -142,6 +144,7 @@ class Stat(enum.IntEnum):
     BLOCKING = 13
     CLOSED_PASSED = 14
     EVENTS_LOST = 15
+    UNREAD = 16
 
 
 STAT_MAX = len(Stat)

@@ -20,6 +20,16 @@ from .instance import MAPS, PROGRAMS, Instance, NotEnabled
 BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
 HEADER = "mdatui.h"
 SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
+# Kernel struct members the programs read, as -D macros of their offsets in the running kernel.
+# What a kernel lacks is left out: without the CPU one no end is known to be held to one CPU,
+# without the psock ones a reader that falls behind is not seen (bpf/sk_msg.c).
+KERNEL_MEMBERS = {
+    "MDA_TASK_NR_CPUS_ALLOWED": "task_struct.nr_cpus_allowed",
+    "MDA_OFF_SK_MSG_SK_REDIR": "sk_msg.sk_redir",
+    "MDA_OFF_SOCK_USER_DATA": "sock.sk_user_data",
+    "MDA_OFF_PSOCK_MSG_TOT_LEN": "sk_psock.msg_tot_len",
+}
+TCP_RMEM = "/proc/sys/net/ipv4/tcp_rmem"
 
 class Loaded(NamedTuple):
     instance: Instance
@@ -42,16 +52,22 @@ def _compile(max_sockets: int):
     # One text, not #includes: BCC loads as programs, and rewrites map calls in, only what is in
     # its main file. The header goes first; its include guard makes the files' #include no-ops.
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
-    cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}"]
-    nr_cpus_allowed = btf.member_offset("task_struct", "nr_cpus_allowed")
-    if nr_cpus_allowed is not None:  # without it no end is known to be held to one CPU
-        cflags.append(f"-DMDA_TASK_NR_CPUS_ALLOWED={nr_cpus_allowed}")
+    cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}", f"-DMDA_UNREAD_MAX={_unread_max()}"]
+    cflags += [f"-D{macro}={offset}" for macro, offset in btf.offsets(KERNEL_MEMBERS).items()]
     try:
         return BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # BCC raises bare Exception on compile or load failure
         raise system.SetupError(
             f"could not load the BPF programs ({e}); the kernel needs CONFIG_BPF_SYSCALL, "
             "CONFIG_NET_SOCK_MSG and CONFIG_CGROUP_BPF") from e
+
+
+def _unread_max() -> int:
+    """What TCP lets a receiver hold unread: the largest receive buffer (tcp_rmem's maximum)."""
+    try:
+        return int(Path(TCP_RMEM).read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 6 << 20  # the kernel's default maximum
 
 
 def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,

@@ -104,7 +104,8 @@ class OverviewView(View):
             ("redirected", f"{fmt.count(snap.redirected_msgs)} msgs, "
                            f"{fmt.size(snap.redirected_bytes)} since enabled"),
             ("left", f"{snap.stats.get('demoted', 0)} streams handed back, "
-                     f"{snap.stats.get('blocking', 0)} blocking readers; "
+                     f"{snap.stats.get('blocking', 0)} blocking readers, "
+                     f"{snap.stats.get('unread', 0)} slow readers; "
                      f"{snap.stats.get('drained', 0)} ends drained"),
         ])
         self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)

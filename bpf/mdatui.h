@@ -36,10 +36,9 @@
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
-/* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) for this
- * long, or this many times as much at any time, is one that does not keep up: see sk_msg.c. */
-#define MDA_BEHIND_NS 1000000000ULL
-#define MDA_BEHIND_CAP 8
+/* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) and reads
+ * nothing of it for this long (ms) does not read: see sk_msg.c. */
+#define MDA_BEHIND_MS 1000
 /* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
 #define MDA_SOL_TCP 6
 #define MDA_TCP_NODELAY 1
@@ -85,7 +84,11 @@ struct mda_conn {
 	__u64 run_bytes;
 	__u32 reason;  /* enum mda_leave: why it stopped redirecting (with tainted) */
 	__u32 nodelay; /* TCP_NODELAY was set when it was established: see MDA_STREAM_RUN */
-	__u64 behind_ns; /* since when its peer has held more than MDA_UNREAD_MAX unread, or 0 */
+	/* Since when (ms of bpf_ktime) its peer has held more than MDA_UNREAD_MAX and read nothing,
+	 * and the low bits of what the peer had read of it then (bytes - unread): 32 bits each, or
+	 * sock_ops, which builds a record on its stack, outgrows the BPF stack. */
+	__u32 behind_ms;
+	__u32 peer_read;
 };
 
 /* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write

@@ -61,14 +61,15 @@ static __always_inline __u64 mda_peek(void *at)
 }
 
 /* Plain TCP stops a sender once its peer's receive buffer is full; redirected bytes are charged
- * to the peer and nothing stops the sender, so a peer that never reads would hold ever more
- * kernel memory. A fast sender often runs tens of MB ahead for a moment (bench.datapath: up to
- * 200 MB in iperf3 -l 128K at 40 Gbit/s), and that is left alone; a peer that stays more than TCP
- * would let it hold (MDA_UNREAD_MAX, the largest receive buffer) behind for MDA_BEHIND_NS, or
- * falls MDA_BEHIND_CAP times as far, does not keep up, and the connection goes back to the stack,
- * whose back pressure then stops the sender. The peer is the socket this message was just
- * redirected to (sk_redir of the kernel's struct sk_msg behind the context); what waits there is
- * its psock's msg_tot_len, the count FIONREAD gives. Offsets: see loader.py. */
+ * to the peer and nothing stops the sender, so a peer that reads slowly or never holds ever more
+ * kernel memory. A reader that keeps reading is left alone up to MDA_UNREAD_CAP (a quarter of
+ * what puts TCP under memory pressure): a fast sender runs far ahead on the fast path (iperf3 -l
+ * 128K: up to 200 MB on two CPUs, 1.1 GB with both ends on one, measured). A peer more than TCP
+ * would let it hold (MDA_UNREAD_MAX, the largest receive buffer) behind that reads nothing for
+ * MDA_BEHIND_MS does not read. Either way the connection goes back to the stack, losslessly, and
+ * its back pressure stops the sender. The peer is the socket this message was just redirected to
+ * (sk_redir of the kernel's struct sk_msg behind the context); what waits there is its psock's
+ * msg_tot_len, the count FIONREAD gives. Offsets: see loader.py. */
 static __always_inline int mda_peer_behind(struct sk_msg_md *msg, struct mda_conn *c)
 {
 #if defined(MDA_OFF_SK_MSG_SK_REDIR) && defined(MDA_OFF_SOCK_USER_DATA) && \
@@ -80,14 +81,18 @@ static __always_inline int mda_peer_behind(struct sk_msg_md *msg, struct mda_con
 	if (psock)
 		bpf_probe_read_kernel(&unread, sizeof(unread), (void *)psock + MDA_OFF_PSOCK_MSG_TOT_LEN);
 	if (unread <= MDA_UNREAD_MAX) {
-		c->behind_ns = 0;
+		c->behind_ms = 0;
 		return 0;
 	}
-	__u64 now = bpf_ktime_get_ns();
-	if (!c->behind_ns)
-		c->behind_ns = now;
-	return now - c->behind_ns >= MDA_BEHIND_NS ||
-	       (__u64)unread > (__u64)MDA_BEHIND_CAP * MDA_UNREAD_MAX;
+	if (unread > MDA_UNREAD_CAP)
+		return 1;
+	__u32 now = bpf_ktime_get_ns() / 1000000 | 1, read = c->bytes - unread;  /* 0: not behind */
+	if (!c->behind_ms || read != c->peer_read) {
+		c->behind_ms = now;
+		c->peer_read = read;
+		return 0;
+	}
+	return now - c->behind_ms >= MDA_BEHIND_MS;
 #else
 	return 0;
 #endif

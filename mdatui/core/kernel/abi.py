@@ -72,7 +72,8 @@ class Conn(ct.Structure):
         ("run_bytes", ct.c_uint64),
         ("reason", ct.c_uint32),
         ("nodelay", ct.c_uint32),
-        ("behind_ns", ct.c_uint64),
+        ("behind_ms", ct.c_uint32),
+        ("peer_read", ct.c_uint32),
     ]
 
 

@@ -29,7 +29,7 @@ KERNEL_MEMBERS = {
     "MDA_OFF_SOCK_USER_DATA": "sock.sk_user_data",
     "MDA_OFF_PSOCK_MSG_TOT_LEN": "sk_psock.msg_tot_len",
 }
-TCP_RMEM = "/proc/sys/net/ipv4/tcp_rmem"
+SYSCTL = "/proc/sys/net/ipv4"
 
 class Loaded(NamedTuple):
     instance: Instance
@@ -52,7 +52,9 @@ def _compile(max_sockets: int):
     # One text, not #includes: BCC loads as programs, and rewrites map calls in, only what is in
     # its main file. The header goes first; its include guard makes the files' #include no-ops.
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
-    cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}", f"-DMDA_UNREAD_MAX={_unread_max()}"]
+    unread_max, unread_cap = _unread_limits()
+    cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}", f"-DMDA_UNREAD_MAX={unread_max}U",
+              f"-DMDA_UNREAD_CAP={unread_cap}U"]
     cflags += [f"-D{macro}={offset}" for macro, offset in btf.offsets(KERNEL_MEMBERS).items()]
     try:
         return BPF(text=text.encode(), cflags=cflags)
@@ -62,12 +64,17 @@ def _compile(max_sockets: int):
             "CONFIG_NET_SOCK_MSG and CONFIG_CGROUP_BPF") from e
 
 
-def _unread_max() -> int:
-    """What TCP lets a receiver hold unread: the largest receive buffer (tcp_rmem's maximum)."""
-    try:
-        return int(Path(TCP_RMEM).read_text().split()[2])
-    except (OSError, IndexError, ValueError):
-        return 6 << 20  # the kernel's default maximum
+def _unread_limits() -> tuple[int, int]:
+    """What TCP lets a receiver hold unread (tcp_rmem's maximum), and the most the fast path lets
+    one (a quarter of tcp_mem's pressure threshold): see bpf/sk_msg.c."""
+    def sysctl(name: str, field: int, default: int) -> int:
+        try:
+            return int(Path(SYSCTL, name).read_text().split()[field])
+        except (OSError, IndexError, ValueError):
+            return default
+    rmem_max = sysctl("tcp_rmem", 2, 6 << 20)
+    pressure = sysctl("tcp_mem", 1, 1 << 18) * os.sysconf("SC_PAGE_SIZE")
+    return rmem_max, min(max(pressure // 4, rmem_max), 0xFFFFFFFF)  # msg_tot_len is 32 bits
 
 
 def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,

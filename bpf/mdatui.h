@@ -25,8 +25,8 @@
  * averaging under the topology's size, make such a stream, and its connection goes back to the
  * stack, losslessly, as plain TCP. Request/response keeps the fast path: every reply ends the
  * run. With TCP_NODELAY (Envoy's setting) the stack sends each write as it comes and, with the
- * two ends on different CPUs, the fast path wins at every size, so such an end is never handed
- * back. bench/datapath.py, sockperf throughput on the fast path against plain TCP, loopback:
+ * two ends on different CPUs, the fast path wins at every size, so such an end stays on it.
+ * bench/datapath.py, sockperf throughput on the fast path against plain TCP, loopback:
  * Nagle 64 B 0.24x, 1 KiB 0.28x, 16 KiB 0.86-0.98x; TCP_NODELAY 1.19-1.47x, 1.16-1.41x, 1.19-1.49x
  * (handed back: 0.86-1.03x). With both ends' processes held to one CPU (taskset, a one-CPU
  * cpuset: mda_owner.cpu) the stack batches a time slice of writes and loopback TCP_NODELAY

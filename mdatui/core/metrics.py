@@ -51,7 +51,7 @@ STAT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
     "dump_lost": ("mdatui_dump_records_lost", {},
                   "Dump records (copies of redirected messages) the kernel could not hand to the reader"),
     "unread": ("mdatui_reader_fell_behind", {},
-               "Ends whose peer held more unread than TCP would let it; they went on over the stack"),
+               "Ends whose peer read too slowly or not at all; they went on over the stack"),
     "events_lost": ("mdatui_event_records_lost", {},
                     "Event records the kernel could not hand to a reader (its ring was full)"),
 }

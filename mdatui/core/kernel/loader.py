@@ -31,6 +31,7 @@ KERNEL_MEMBERS = {
 }
 SYSCTL = "/proc/sys/net/ipv4"
 
+
 class Loaded(NamedTuple):
     instance: Instance
     already: bool  # True: it was running; nothing new was attached

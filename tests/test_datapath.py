@@ -221,6 +221,16 @@ def test_a_stream_of_small_writes_is_handed_back_only_with_nagle(lab, accel, nod
     peers.proceed(cli)
 
 
+def stream_to_the_end(accel, cli, remote: str, handed_back: bool) -> tuple[Connection, dict]:
+    """Let a --hold sender send all; its end (once drained, when handed back) and its report."""
+    local = peers.report(cli)["local"]
+    peers.proceed(cli)
+    done = peers.report(cli)
+    if handed_back:
+        wait_drained(accel, 2)
+    return ends(accel)[(local, remote)], done
+
+
 @contextlib.contextmanager
 def held_to(cpu_index: int):
     """Processes started meanwhile may run on one CPU only (they inherit this one's affinity)."""
@@ -243,12 +253,7 @@ def test_a_tcp_nodelay_stream_is_handed_back_when_both_ends_share_one_cpu(lab, a
     with held_to(client_cpu):
         cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "20000",
                            "--chunk", "100", "--nodelay", hold=True)
-    local = peers.report(cli)["local"]
-    peers.proceed(cli)
-    done = peers.report(cli)
-    if handed_back:
-        wait_drained(accel, 2)
-    mine = ends(accel)[(local, "127.0.0.1:7000")]
+    mine, done = stream_to_the_end(accel, cli, "127.0.0.1:7000", handed_back)
     assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
         ("normal", 64, 1) if handed_back else ("accelerated", 200, 0))
     peers.proceed(cli)
@@ -263,12 +268,7 @@ def test_pod_to_pod_streams_of_small_writes_go_back_to_the_stack(lab, accel, chu
     sink = peers.server(lab, "sink", 7000, b)
     cli = peers.client(lab, a, "send", "--to", "198.18.1.2:7000", "--bytes", str(100 * chunk),
                        "--chunk", str(chunk), hold=True)
-    local = peers.report(cli)["local"]
-    peers.proceed(cli)
-    done = peers.report(cli)
-    if handed_back:
-        wait_drained(accel, 2)
-    mine = ends(accel)[(local, "198.18.1.2:7000")]
+    mine, done = stream_to_the_end(accel, cli, "198.18.1.2:7000", handed_back)
     assert (mine.state, mine.in_sockhash) == (("normal", False) if handed_back
                                               else ("accelerated", True))
     assert mine.msgs == (64 if handed_back else 100)

@@ -47,6 +47,7 @@ from pathlib import Path
 import pytest
 
 from mdatui.core import apply, lifecycle, reader, rules
+from mdatui.core.kernel import btf, loader
 from mdatui.core.kernel.instance import NotEnabled
 from mdatui.lab import Lab
 
@@ -298,6 +299,11 @@ TCP_BPF_GAPS = {
     # splice reads the TCP receive queue only; redirected bytes never reach it.
     "sendfile_splice": ("splice() from the socket blocks on redirected bytes", True),
 }
+# Redirected bytes are charged to the receiver, not the sender's buffer: sk_msg.c sees a peer that
+# does not read only where the kernel counts a psock's unread bytes (msg_tot_len, which came with
+# the FIONREAD fix) and its BTF says where that count sits.
+if {"MDA_OFF_PSOCK_MSG_TOT_LEN", "MDA_OFF_SK_MSG_SK_REDIR"} - set(btf.offsets(loader.KERNEL_MEMBERS)):
+    TCP_BPF_GAPS["never_reads"] = ("a sender to a peer that never reads is never told EAGAIN", True)
 
 
 def _case(name: str):

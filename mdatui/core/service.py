@@ -79,13 +79,15 @@ def serve(pin_dir: str) -> int:
         os.close(fd)
         print(f"mdatui serve: already running for {pin_dir}", file=sys.stderr)
         return 1
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.ftruncate(fd, 0)  # a killed service's pid must not stand for this one
     stopping = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.append(1))
     try:
         with Instance(pin_dir) as inst:
+            # Said only now that the maps are open: disable unpins them as soon as start() sees
+            # this pid, and the draining ends' unread bytes live only as long as the maps do.
+            os.write(fd, str(os.getpid()).encode())
             pins = os.path.join(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
             watch = guard.Guard(inst, reaper.finder)

@@ -151,9 +151,9 @@ def btf(h: Host) -> Check:
     if os.path.exists(h.btf):
         return Check(True, f"BTF at {h.btf}")
     return Check(False, f"no BTF at {h.btf}: mdatui runs without it (BCC compiles against the "
-                         "headers) but cannot tell the ends of a connection held to one CPU, where "
-                         "small TCP_NODELAY streams are faster off the fast path; "
-                         "CONFIG_DEBUG_INFO_BTF=y gives it",
+                         "headers) but neither tells ends held to one CPU apart (small TCP_NODELAY "
+                         "streams are faster off the fast path there) nor sees a peer that does not "
+                         "read (its sender is never stopped); CONFIG_DEBUG_INFO_BTF=y gives it",
                  required=False)
 
 

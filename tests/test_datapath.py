@@ -277,6 +277,23 @@ def test_pod_to_pod_streams_of_small_writes_go_back_to_the_stack(lab, accel, chu
     assert peers.report(sink)["sha256"] == done["sha256_sent"]
 
 
+def test_a_reader_that_stops_reading_sends_its_connection_back_to_the_stack(lab, accel):
+    """Redirected bytes are charged to the reader, and nothing would stop the sender: once the
+    reader is more than TCP's largest receive buffer behind and reads nothing for a second, the
+    connection goes back to the stack (bpf/sk_msg.c), and no byte is lost or reordered."""
+    ns = lab.add_netns("pod")
+    sink = peers.server(lab, "sink", 7000, ns, True, "--delay", "4")
+    total = 192 << 20  # at some 64 MB/s: the reader is far behind for well over a second
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(total),
+                       "--pause", "0.001", hold=True)
+    mine, done = stream_to_the_end(accel, cli, "127.0.0.1:7000", handed_back=True)
+    assert (mine.state, accel.stats()["unread"]) == ("normal", 1)
+    assert 0 < mine.bytes < total  # redirected until then, the rest through the stack
+    peers.proceed(cli)
+    got = peers.report(sink, timeout=60)
+    assert (got["bytes"], got["sha256"]) == (total, done["sha256_sent"])
+
+
 def test_ten_thousand_connections_leave_every_map_empty(lab, accel):
     ns = lab.add_netns("pod")
     peers.server(lab, "echo", 7000, ns)

@@ -125,8 +125,8 @@ class Instance:
         return ids
 
     def map_capacity(self, name: str) -> int:
-        """max_entries, fixed when the map was made: asked of the kernel once (mdatui serve
-        needs it at every sweep)."""
+        """max_entries, fixed when the map was made: asked of the kernel once (the console's
+        reader needs it at every refresh)."""
         if name not in self._capacity:
             self._capacity[name] = bpfsys.map_info(self.maps[name].fd).max_entries
         return self._capacity[name]

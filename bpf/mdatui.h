@@ -31,11 +31,14 @@
  * (handed back: 0.86-1.03x). With both ends' processes held to one CPU (taskset, a one-CPU
  * cpuset: mda_owner.cpu) the stack batches a time slice of writes and loopback TCP_NODELAY
  * 64 B, 1 KiB lose, 0.58x, 0.52x, so there they are handed back like Nagle ones. Over a veth a
- * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x (TCP_NODELAY
- * on one CPU 64 B 2.7x: kept). */
+ * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. TCP_NODELAY
+ * over a veth on one CPU loses from 128 B to 3 KiB (sockperf 0.63-0.97x; iperf3 -N 128 B 0.62x)
+ * and is handed back there too, but not below: the stack moves writes under 128 B some four
+ * times slower each than 128 B ones (sockperf, iperf3 alike), and the fast path wins 2.5x. */
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
+#define MDA_STREAM_TINY_VETH 128   /* between namespaces, TCP_NODELAY on one CPU: kept below */
 /* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) and reads
  * nothing of it for this long (ms) does not read: see sk_msg.c. */
 #define MDA_BEHIND_MS 1000

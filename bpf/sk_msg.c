@@ -105,20 +105,23 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 	/* Either key carries a netns cookie when the connection runs over loopback; behind a
 	 * REDIRECT only the sidecar's end has one. */
 	int loopback = self->netns || c->peer.netns;
-	__u64 small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
+	__u64 small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH, tiny = 0;
 	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
 	}
-	if (c->nodelay && !(loopback && c->owner.cpu != MDA_UNKNOWN_ID &&
-			    c->owner.cpu == peer->owner.cpu))
-		return;
+	if (c->nodelay) {
+		if (c->owner.cpu == MDA_UNKNOWN_ID || c->owner.cpu != peer->owner.cpu)
+			return;
+		small = MDA_STREAM_SMALL;
+		tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
+	}
 	c->run++;
 	c->run_bytes += size;
 	if (c->run < MDA_STREAM_RUN)
 		return;
-	if (c->run_bytes >= MDA_STREAM_RUN * small) {
-		c->run = 0; /* large writes: the fast path is faster; look again later */
+	if (c->run_bytes >= MDA_STREAM_RUN * small || c->run_bytes < MDA_STREAM_RUN * tiny) {
+		c->run = 0; /* the fast path is faster at this size: look again later */
 		c->run_bytes = 0;
 		return;
 	}

@@ -242,18 +242,25 @@ def held_to(cpu_index: int):
         os.sched_setaffinity(0, before)
 
 
-@pytest.mark.parametrize("client_cpu, handed_back", [(0, True), (1, False)])
-def test_a_tcp_nodelay_stream_is_handed_back_when_both_ends_share_one_cpu(lab, accel, client_cpu,
-                                                                         handed_back):
+@pytest.mark.parametrize("pod_to_pod, chunk, client_cpu, handed_back", [
+    (False, 100, 0, True), (False, 100, 1, False),
+    (True, 1000, 0, True), (True, 1000, 1, False), (True, 64, 0, False)])
+def test_a_tcp_nodelay_stream_is_handed_back_when_both_ends_share_one_cpu(
+        lab, accel, pod_to_pod, chunk, client_cpu, handed_back):
     """On one CPU the stack batches a time slice of small TCP_NODELAY writes and beats the fast
-    path, which wakes the reader for each (MDA_STREAM_RUN); on two CPUs the fast path wins."""
-    ns = lab.add_netns("pod")
+    path, which wakes the reader for each (MDA_STREAM_RUN); on two CPUs the fast path wins, and
+    over a veth it wins with writes under MDA_STREAM_TINY_VETH too."""
+    a = lab.add_netns("pod")
+    b, to = a, "127.0.0.1:7000"
+    if pod_to_pod:
+        b, to = lab.add_netns("peer"), "198.18.1.2:7000"
+        lab.link(a, "198.18.1.1/24", b, "198.18.1.2/24")
     with held_to(0):
-        sink = peers.server(lab, "sink", 7000, ns)
+        sink = peers.server(lab, "sink", 7000, b)
     with held_to(client_cpu):
-        cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "20000",
-                           "--chunk", "100", "--nodelay", hold=True)
-    mine, done = stream_to_the_end(accel, cli, "127.0.0.1:7000", handed_back)
+        cli = peers.client(lab, a, "send", "--to", to, "--bytes", str(200 * chunk),
+                           "--chunk", str(chunk), "--nodelay", hold=True)
+    mine, done = stream_to_the_end(accel, cli, to, handed_back)
     assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
         ("normal", 64, 1) if handed_back else ("accelerated", 200, 0))
     peers.proceed(cli)

@@ -9,6 +9,8 @@ One haproxy process (one thread) serves both topologies' frontends; one nginx pe
 (single process: `daemon off; master_process off;`, so its pid is all there is to kill). Their
 configs, logs and the page live in a temp dir the caller removes; the processes belong to the lab,
 which kills them by pid when it closes; the iptables rules go with the lab's netns.
+tests/test_programs.py builds the same mesh (with nginx's sendfile on, as Debian ships it) and a
+tcp sidecar in front of redis (`sidecar`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Service:
     ports: tuple[int, ...]  # the ports of its connections, to find their ends in the maps
 
 
-def _nginx_conf(tmp: Path, tag: str, listen: str) -> Path:
+def _nginx_conf(tmp: Path, tag: str, listen: str, sendfile: bool) -> Path:
     conf = tmp / f"nginx-{tag}.conf"
     conf.write_text(f"""daemon off;
 master_process off;
@@ -42,6 +44,7 @@ error_log {tmp}/nginx-{tag}.err warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    sendfile {"on" if sendfile else "off"};
     client_body_temp_path {tmp}/body-{tag};
     proxy_temp_path {tmp}/proxy-{tag};
     fastcgi_temp_path {tmp}/fastcgi-{tag};
@@ -57,13 +60,13 @@ http {{
     return conf
 
 
-def _haproxy_conf(tmp: Path, routes: list[tuple[int, str]]) -> Path:
+def _haproxy_conf(tmp: Path, routes: list[tuple[int, str]], mode: str) -> Path:
     """routes: (frontend port on 127.0.0.1, backend address:port)."""
-    text = """global
+    text = f"""global
     nbthread 1
     maxconn 4096
 defaults
-    mode http
+    mode {mode}
     timeout connect 5s
     timeout client 30s
     timeout server 30s
@@ -80,36 +83,45 @@ backend out{port}
     return conf
 
 
-def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str) -> dict[str, Service]:
-    """nginx, haproxy and the REDIRECT rules in the lab; returns the service per topology."""
+def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: str = "http") -> None:
+    """haproxy as the pod's sidecar (uid 1337): for each (ip, port, sidecar port), the pod's
+    connections to ip:port, but the sidecar's own, are redirected to 127.0.0.1:sidecar port,
+    and haproxy forwards them to ip:port."""
     tmp.mkdir(parents=True, exist_ok=True)
     os.chmod(tmp, 0o755)  # haproxy runs as uid 1337 and reads its config here
-    (tmp / "www").mkdir(exist_ok=True)
+    for ip, port, to in routes:
+        lab.iptables(pod, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port),
+                     "-m", "owner", "!", "--uid-owner", str(SIDECAR_UID),
+                     "-j", "REDIRECT", "--to-ports", str(to))
+    conf = _haproxy_conf(tmp, [(to, f"{ip}:{port}") for ip, port, to in routes], mode)
+    out = open(tmp / "haproxy.out", "wb")
+    haproxy = lab.spawn(["haproxy", "-db", "-f", str(conf)], netns=pod, uid=SIDECAR_UID,
+                        gid=SIDECAR_UID, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    for _ip, _port, to in routes:
+        _started(haproxy, to, "haproxy", tmp / "haproxy.out")
+
+
+def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str,
+          sendfile: bool = False) -> dict[str, Service]:
+    """nginx, haproxy and the REDIRECT rules in the lab; returns the service per topology."""
+    (tmp / "www").mkdir(parents=True, exist_ok=True)
     (tmp / "www" / "index.html").write_bytes(PAGE)
     plan = {  # topology -> (nginx netns, nginx ip, port, sidecar port)
         "same-pod": (pod, "127.0.0.1", 9080, 15001),
         "cross-pod": (peer, peer_ip, 9081, 15002),
     }
-    for topo, (ns, ip, port, sidecar) in plan.items():
+    for topo, (ns, ip, port, _sidecar) in plan.items():
         tag = topo.split("-")[0]
-        conf = _nginx_conf(tmp, tag, f"{ip}:{port}")
+        conf = _nginx_conf(tmp, tag, f"{ip}:{port}", sendfile)
         err = open(tmp / f"nginx-{tag}.out", "wb")
         nginx = lab.spawn(["nginx", "-p", str(tmp), "-e", str(tmp / f"nginx-{tag}.err"), "-c", str(conf)],
                           netns=ns, stdout=err, stderr=subprocess.STDOUT)
         err.close()
         _started(nginx, port, "nginx", tmp / f"nginx-{tag}.err")
-        lab.iptables(pod, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port),
-                     "-m", "owner", "!", "--uid-owner", str(SIDECAR_UID),
-                     "-j", "REDIRECT", "--to-ports", str(sidecar))
-    conf = _haproxy_conf(tmp, [(sidecar, f"{ip}:{port}") for ns, ip, port, sidecar in plan.values()])
-    out = open(tmp / "haproxy.out", "wb")
-    haproxy = lab.spawn(["haproxy", "-db", "-f", str(conf)], netns=pod, uid=SIDECAR_UID,
-                        gid=SIDECAR_UID, stdout=out, stderr=subprocess.STDOUT)
-    out.close()
-    for ns, ip, port, sidecar in plan.values():
-        _started(haproxy, sidecar, "haproxy", tmp / "haproxy.out")
-    return {topo: Service(pod, f"http://{ip}:{port}/", (port, sidecar))
-            for topo, (ns, ip, port, sidecar) in plan.items()}
+    sidecar(lab, tmp, pod, [(ip, port, to) for _ns, ip, port, to in plan.values()])
+    return {topo: Service(pod, f"http://{ip}:{port}/", (port, to))
+            for topo, (_ns, ip, port, to) in plan.items()}
 
 
 def _started(proc: subprocess.Popen, port: int, what: str, log: Path) -> None:

@@ -1,0 +1,165 @@
+"""Programs never written here, run as their users run them, plain and accelerated in the same
+test: what a user of each sees must be the same, and the accelerated run must have gone through
+the fast path (its counters moved), or the comparison would prove nothing.
+
+    redis-benchmark and redis-cli -> iptables REDIRECT -> haproxy (tcp, uid 1337) -> redis-server
+    wrk and curl -> iptables REDIRECT -> haproxy (http) -> nginx with sendfile on, both topologies
+    the plainest blocking threaded proxy: tests/test_semantics.py
+
+Each side is a lab of its own (a cgroup, a pod and a peer pod over a veth); the accelerator is
+attached to the accelerated lab's cgroup only. Speed is bench/datapath.py's business (iperf3,
+sockperf, wrk): these tests ask for the same results, not for a ratio. iperf3 checks no data,
+and its receiver's count ends when the sender has sent, however much is still on the way (some
+3 % of 256 MiB over TCP here, a third on the fast path, where nothing holds the sender back
+until its reader falls behind: README), so it is no test of delivery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bench import dp_mesh, dp_tools
+from mdatui.core import lifecycle, reader
+from mdatui.core.kernel.instance import Instance, NotEnabled
+from mdatui.lab import Lab
+
+pytestmark = pytest.mark.kernel
+
+POD_IP, PEER_IP = "198.18.0.1", "198.18.0.2"
+MIB = 1 << 20
+
+
+@dataclass
+class Side:
+    lab: Lab
+    pod: str
+    peer: str
+    tmp: Path
+    inst: Instance | None  # None: the plain side
+
+    def run(self, argv: list[str], netns: str, stdin: bytes | None = None,
+            timeout: float = 60) -> bytes:
+        """argv's standard output, once it exited 0."""
+        p = self.lab.spawn(argv, netns=netns, stdin=subprocess.PIPE)
+        try:
+            out, err = p.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            raise AssertionError(f"{argv[0]} hung for {timeout} s: {err.decode(errors='replace')}") from None
+        assert p.returncode == 0, f"{' '.join(argv)} exited {p.returncode}: {err.decode()[-800:]}"
+        return out
+
+    def fast_path(self) -> dict:
+        """How many connections were accelerated and how many bytes redirected so far."""
+        snap = reader.read(self.inst)
+        return {"accelerated": snap.stats["accelerated"], "redirected_bytes": snap.redirected_bytes}
+
+
+@contextlib.contextmanager
+def side(accelerated: bool) -> Iterator[Side]:
+    with tempfile.TemporaryDirectory(prefix="mdatui-prog-") as tmp, Lab("prog") as lab:
+        pod, peer = lab.add_netns("pod"), lab.add_netns("peer")
+        lab.link(pod, f"{POD_IP}/24", peer, f"{PEER_IP}/24")
+        pin = f"/sys/fs/bpf/{lab.name}"
+        inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin).instance if accelerated else None
+        try:
+            yield Side(lab, pod, peer, Path(tmp), inst)
+        finally:
+            if inst is not None:
+                inst.close()
+                with contextlib.suppress(NotEnabled):
+                    lifecycle.disable(pin)
+
+
+def both(run) -> tuple[dict, dict, dict]:
+    """run(side) plain and accelerated: the two results and the accelerated side's counters."""
+    with side(False) as s:
+        plain = run(s)
+    with side(True) as s:
+        accel = run(s)
+        counted = s.fast_path()
+    print(f"plain:       {plain}\naccelerated: {accel}\nfast path:   {counted}")
+    return plain, accel, counted
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------ redis
+
+REDIS_PORT, REDIS_SIDECAR = 6379, 15006
+REQUESTS, CLIENTS = 20_000, 20
+
+
+def redis_through_a_sidecar(s: Side) -> dict:
+    server = s.lab.spawn(["redis-server", "--bind", PEER_IP, "--port", str(REDIS_PORT), "--save", "",
+                          "--appendonly", "no", "--protected-mode", "no", "--dir", str(s.tmp)],
+                         netns=s.peer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dp_tools.wait_listening(server, REDIS_PORT, "redis-server")
+    dp_mesh.sidecar(s.lab, s.tmp, s.pod, [(PEER_IP, REDIS_PORT, REDIS_SIDECAR)], mode="tcp")
+    cli = ["redis-cli", "-h", PEER_IP, "-p", str(REDIS_PORT)]
+    csv = s.run(["redis-benchmark", "-h", PEER_IP, "-p", str(REDIS_PORT), "-c", str(CLIENTS),
+                 "-n", str(REQUESTS), "-t", "set,get,incr,lpush", "--csv"], s.pod, timeout=120)
+    rows = [line.split(",") for line in csv.decode().splitlines()[1:] if line]
+    value = os.urandom(MIB)
+    s.run([*cli, "-x", "SET", "big"], s.pod, stdin=value)
+    got = s.run([*cli, "--raw", "GET", "big"], s.pod)
+    return {
+        # each test's name, and whether it reported a rate
+        "tests": {r[0].strip('"'): float(r[1].strip('"')) > 0 for r in rows},
+        # without -r every INCR and LPUSH hits one key: none lost, none done twice
+        "counter": s.run([*cli, "GET", "counter:__rand_int__"], s.pod).decode().strip(),
+        "list": s.run([*cli, "LLEN", "mylist"], s.pod).decode().strip(),
+        "big_value_intact": got[:-1] == value and got[-1:] == b"\n",
+    }
+
+
+def test_redis_benchmark_and_redis_cli_through_a_redirected_sidecar():
+    plain, accel, counted = both(redis_through_a_sidecar)
+    assert plain == {"tests": {"SET": True, "GET": True, "INCR": True, "LPUSH": True},
+                     "counter": str(REQUESTS), "list": str(REQUESTS), "big_value_intact": True}
+    assert accel == plain
+    # the benchmark's clients to the sidecar and the sidecar's to redis; 1 MiB there and back
+    # on both legs
+    assert counted["accelerated"] >= 2 * CLIENTS
+    assert counted["redirected_bytes"] >= 4 * MIB
+
+
+# ------------------------------------------------------------------ nginx behind haproxy
+
+PAGE_BYTES = 8 * MIB
+
+
+def nginx_behind_haproxy(s: Side) -> dict:
+    services = dp_mesh.build(s.lab, s.tmp, s.pod, s.peer, PEER_IP, sendfile=True)
+    page = os.urandom(PAGE_BYTES)
+    (s.tmp / "www" / "big.bin").write_bytes(page)
+    out = {}
+    for topo, svc in services.items():
+        fetched = [s.run(["curl", "-sS", "--fail", f"{svc.url}big.bin"], svc.client_ns)
+                   for _ in range(3)]
+        wrk = dp_tools.Wrk(s.lab, svc.client_ns, svc.url, 2).result()
+        out[topo] = {"pages_intact": [sha256(f) == sha256(page) for f in fetched],
+                     "wrk_errors": wrk["errors"], "wrk_answered": wrk["req/s"] > 0}
+    return out
+
+
+def test_wrk_and_curl_through_haproxy_to_nginx_with_sendfile():
+    plain, accel, counted = both(nginx_behind_haproxy)
+    each = {"pages_intact": [True] * 3, "wrk_errors": 0.0, "wrk_answered": True}
+    assert plain == {"same-pod": each, "cross-pod": each}
+    assert accel == plain
+    # wrk's 50 connections and haproxy's to nginx, in each topology; the pages on both legs
+    assert counted["accelerated"] >= 2 * 2 * dp_tools.WRK_CONNECTIONS
+    assert counted["redirected_bytes"] >= 2 * 2 * 3 * PAGE_BYTES

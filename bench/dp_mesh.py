@@ -60,8 +60,8 @@ http {{
     return conf
 
 
-def _haproxy_conf(tmp: Path, routes: list[tuple[int, str]], mode: str) -> Path:
-    """routes: (frontend port on 127.0.0.1, backend address:port)."""
+def _haproxy_conf(tmp: Path, routes: list[tuple[int, str]], mode: str, options: tuple[str, ...]) -> Path:
+    """routes: (frontend port on 127.0.0.1, backend address:port); options: more `defaults` lines."""
     text = f"""global
     nbthread 1
     maxconn 4096
@@ -71,6 +71,7 @@ defaults
     timeout client 30s
     timeout server 30s
 """
+    text += "".join(f"    {line}\n" for line in options)
     for port, backend in routes:
         text += f"""frontend in{port}
     bind 127.0.0.1:{port}
@@ -83,7 +84,8 @@ backend out{port}
     return conf
 
 
-def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: str = "http") -> None:
+def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: str = "http",
+            options: tuple[str, ...] = ()) -> None:
     """haproxy as the pod's sidecar (uid 1337): for each (ip, port, sidecar port), the pod's
     connections to ip:port, but the sidecar's own, are redirected to 127.0.0.1:sidecar port,
     and haproxy forwards them to ip:port."""
@@ -93,7 +95,7 @@ def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: 
         lab.iptables(pod, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port),
                      "-m", "owner", "!", "--uid-owner", str(SIDECAR_UID),
                      "-j", "REDIRECT", "--to-ports", str(to))
-    conf = _haproxy_conf(tmp, [(to, f"{ip}:{port}") for ip, port, to in routes], mode)
+    conf = _haproxy_conf(tmp, [(to, f"{ip}:{port}") for ip, port, to in routes], mode, options)
     out = open(tmp / "haproxy.out", "wb")
     haproxy = lab.spawn(["haproxy", "-db", "-f", str(conf)], netns=pod, uid=SIDECAR_UID,
                         gid=SIDECAR_UID, stdout=out, stderr=subprocess.STDOUT)
@@ -102,8 +104,8 @@ def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: 
         _started(haproxy, to, "haproxy", tmp / "haproxy.out")
 
 
-def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str,
-          sendfile: bool = False) -> dict[str, Service]:
+def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str, sendfile: bool = False,
+          haproxy_options: tuple[str, ...] = ()) -> dict[str, Service]:
     """nginx, haproxy and the REDIRECT rules in the lab; returns the service per topology."""
     (tmp / "www").mkdir(parents=True, exist_ok=True)
     (tmp / "www" / "index.html").write_bytes(PAGE)
@@ -119,7 +121,8 @@ def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str,
                           netns=ns, stdout=err, stderr=subprocess.STDOUT)
         err.close()
         _started(nginx, port, "nginx", tmp / f"nginx-{tag}.err")
-    sidecar(lab, tmp, pod, [(ip, port, to) for _ns, ip, port, to in plan.values()])
+    sidecar(lab, tmp, pod, [(ip, port, to) for _ns, ip, port, to in plan.values()],
+            options=haproxy_options)
     return {topo: Service(pod, f"http://{ip}:{port}/", (port, to))
             for topo, (_ns, ip, port, to) in plan.items()}
 

@@ -204,7 +204,8 @@ static __always_inline void mda_passive_established(struct bpf_sock_ops *skops)
 	mda_emit(skops, MDA_EV_ACCELERATED, 0, &c.peer, &self, &their, &c.owner, 0);
 }
 
-/* Drop this end from every map; tell user space what it did if it had an entry. */
+/* Drop this end's records; tell user space what it did if it had an entry. The sockhash entry
+ * is the caller's: see mda_sock_ops. */
 static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 {
 	struct mda_sock_key self = {}, hk = {};
@@ -239,7 +240,6 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 		sock_proxy_map.delete(&self);
 	}
 	sock_drain_map.delete(&self);
-	sock_ops_map.delete(&self);
 }
 
 static __always_inline void mda_segment(struct bpf_sock_ops *skops)
@@ -257,6 +257,7 @@ static __always_inline void mda_segment(struct bpf_sock_ops *skops)
 	/* The peer would have been paired before it could send this: it never will be. Nothing
 	 * was redirected into this end, so leaving the sockhash loses nothing. */
 	mda_forget(skops, 0);
+	sock_ops_map.delete(&self);
 	mda_count(MDA_STAT_UNPAIRED_REMOVED);
 	bpf_sock_ops_cb_flags_set(skops, 0);
 }
@@ -276,6 +277,11 @@ int mda_sock_ops(struct bpf_sock_ops *skops)
 		mda_segment(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		/* A closed end stays in the sockhash: the application may still hold it, and taking
+		 * it out would free the redirected bytes it has not read (an end that shut its
+		 * sending side down reaches CLOSE as soon as its peer's FIN comes, however much of
+		 * what the peer sent before still waits). The kernel takes it out when the
+		 * application closes the socket. */
 		if (skops->args[1] == BPF_TCP_CLOSE)
 			mda_forget(skops, 1);
 		break;

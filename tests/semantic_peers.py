@@ -412,6 +412,25 @@ def case_half_close(p: Pairs) -> None:
     s.close()
 
 
+def case_unread_when_closed(p: Pairs) -> None:
+    # The end that shut its sending side down first goes through TIME_WAIT to CLOSE the moment
+    # its peer's FIN comes, while what the peer sent before may still wait to be read.
+    c, s = p.new()
+    body = data(110, 60_000)  # within the receive window: plain TCP sends it all unread
+    step("client shutdown(SHUT_WR); server reads its end-of-file")
+    c.shutdown(socket.SHUT_WR)
+    R["server_end"] = call(s.recv, 100)
+    step("server sends 60000 B and shuts down, the client reading nothing yet")
+    s.sendall(body)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(0.3)
+    step("client reads what waits, its socket closed by now")
+    got, end = read_until_eof(c)
+    R["client_got"], R["client_got_all"], R["client_end"] = show(got), got == body, end
+    c.close()
+    s.close()
+
+
 def _read_until_eof_shown(s):
     got, end = read_until_eof(s)
     return [show(got), end]
@@ -926,6 +945,7 @@ def case_handback_order(p: Pairs) -> None:
 
 CASES = {
     "half_close": case_half_close,
+    "unread_when_closed": case_unread_when_closed,
     "rst": case_rst,
     "rcvtimeo": case_rcvtimeo,
     "peek": case_peek,

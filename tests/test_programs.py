@@ -4,6 +4,7 @@ the fast path (its counters moved), or the comparison would prove nothing.
 
     redis-benchmark and redis-cli -> iptables REDIRECT -> haproxy (tcp, uid 1337) -> redis-server
     wrk and curl -> iptables REDIRECT -> haproxy (http) -> nginx with sendfile on, both topologies
+    socat: a file copy ended by a half-close, an echo, over loopback and pod to pod
     the plainest blocking threaded proxy: tests/test_semantics.py
     haproxy splicing nginx's responses (`option splice-response`): stalls on the fast path
 
@@ -164,6 +165,45 @@ def test_wrk_and_curl_through_haproxy_to_nginx_with_sendfile():
     # wrk's 50 connections and haproxy's to nginx, in each topology; the pages on both legs
     assert counted["accelerated"] >= 2 * 2 * dp_tools.WRK_CONNECTIONS
     assert counted["redirected_bytes"] >= 2 * 2 * 3 * PAGE_BYTES
+
+
+# ------------------------------------------------------------------ socat
+
+SOCAT_BYTES = 32 * MIB
+
+
+def socat_copy_and_echo(s: Side) -> dict:
+    """A file sent one way, ended by a half-close; an echo of everything sent, whose sender shuts
+    its side down and reads the rest: over loopback and pod to pod."""
+    data = os.urandom(SOCAT_BYTES)
+    src = s.tmp / "src"
+    src.write_bytes(data)
+    out = {}
+    for topo, server_ns, ip in (("same-pod", s.pod, "127.0.0.1"), ("cross-pod", s.peer, PEER_IP)):
+        dst = s.tmp / f"dst-{topo}"
+        sink = s.lab.spawn(["socat", "-u", f"TCP-LISTEN:7001,bind={ip}", f"CREATE:{dst}"],
+                           netns=server_ns)
+        echo = s.lab.spawn(["socat", "-t", "30", f"TCP-LISTEN:7002,bind={ip}", "PIPE"],
+                           netns=server_ns)
+        for server, port in ((sink, 7001), (echo, 7002)):
+            dp_tools.wait_listening(server, port, "socat")
+        s.run(["socat", "-u", f"OPEN:{src}", f"TCP:{ip}:7001"], s.pod)
+        sink.wait(30)
+        echoed = s.run(["socat", "-t", "30", "-", f"TCP:{ip}:7002"], s.pod, stdin=data)
+        echo.wait(30)
+        out[topo] = {"copied_intact": sha256(dst.read_bytes()) == sha256(data),
+                     "echoed_intact": sha256(echoed) == sha256(data),
+                     "servers_exited": [sink.returncode, echo.returncode]}
+    return out
+
+
+def test_socat_copies_a_file_and_echoes_with_half_close():
+    plain, accel, counted = both(socat_copy_and_echo)
+    each = {"copied_intact": True, "echoed_intact": True, "servers_exited": [0, 0]}
+    assert plain == {"same-pod": each, "cross-pod": each}
+    assert accel == plain
+    # a copy and an echo there and back, in each topology
+    assert counted["redirected_bytes"] >= 2 * 3 * SOCAT_BYTES
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

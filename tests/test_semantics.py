@@ -16,6 +16,8 @@ The cases (the brief's numbers):
   2  test_blocking_full_duplex_with_toggles_and_live_rule_changes  the same, 12 connections a
      second apart, disable/enable twice and a live RETURN rule (then none) mid-transfer
   3  half_close          shutdown(SHUT_WR) one side, the other still sends, then reads EOF
+  +  unread_when_closed  the side that shut down first reads all its peer sent before its FIN,
+                         though that FIN took its socket to CLOSE (mdatui lost it before 2026-12-03)
   4  rst                 close with unread data (and SO_LINGER 0) -> ECONNRESET, then EPIPE
   5  rcvtimeo            SO_RCVTIMEO: EAGAIN after the timeout; woken early by data and by FIN
   6  peek                MSG_PEEK then recv return the same bytes; blocking peek; peek at EOF
@@ -243,12 +245,13 @@ def assert_same(what: str, plain: dict, accel: dict, info: str = "") -> None:
 
 # ------------------------------------------------------------------ one-process cases (3-12)
 
-CASE_NAMES = ["half_close", "rst", "rcvtimeo", "peek", "waitall", "fionread", "epoll_et",
-              "sendfile_splice", "never_reads", "blocked_reader_fin", "handback_order"]
+CASE_NAMES = ["half_close", "unread_when_closed", "rst", "rcvtimeo", "peek", "waitall", "fionread",
+              "epoll_et", "sendfile_splice", "never_reads", "blocked_reader_fin", "handback_order"]
 
 # What plain TCP gives, so that a broken scenario is not mistaken for a pass.
 PLAIN_MUST = {
     "half_close": {"server_end": "EOF", "client_send_after_own_shutdown": "error EPIPE"},
+    "unread_when_closed": {"server_end": "EOF", "client_got_all": True, "client_end": "EOF"},
     "rst": {"recv_after_peer_closed_unread": "error ECONNRESET",
             "blocked_recv_when_peer_closed_unread": "error ECONNRESET"},
     "rcvtimeo": {"idle_recv": "error EAGAIN", "idle_recv_returned_after_timeout": True,

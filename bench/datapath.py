@@ -13,7 +13,8 @@ alike. Every case runs in both topologies:
 Cases (bench/dp_cases.py, targets from issue #11 item 3): sockperf throughput at 64 B, 1 KiB and
 16 KiB with Nagle (sockperf's default in that mode) and with TCP_NODELAY (--tcp-avoid-nodelay);
 iperf3 -l 128 and -l 128K; sockperf ping-pong 64 B and 16 KiB (round trips); the mesh
-(bench/dp_mesh.py: wrk -> iptables REDIRECT -> haproxy sidecar -> nginx, 50 connections). For
+(bench/dp_mesh.py: wrk -> iptables REDIRECT -> haproxy sidecar -> nginx, 50 connections), and
+the same with a new connection for every request (mesh-close, not in the issue). For
 every accelerated run the lab's mda_stats counters are read just before its client starts and
 after it ended, and the ends of its connections in the maps are counted by state at 3/4 of the
 run: the table says which path its connections took.
@@ -97,7 +98,7 @@ def sockperf_server(side: Side, topo: str) -> None:
 
 
 def case_ports(side: Side, case: Case) -> set[int]:
-    if case.tool == "mesh":
+    if case.tool.startswith("mesh"):
         return set(side.mesh[case.topology].ports)
     sockperf, iperf = PORTS[case.topology]
     return {iperf if case.tool == "iperf3" else sockperf}
@@ -113,7 +114,8 @@ def start(side: Side, case: Case, seconds: int) -> dp_tools.Client:
     if case.tool == "iperf3":
         return dp_tools.Iperf3(side.lab, client_ns, server_ns, ip, PORTS[case.topology][1],
                                case.size, seconds)
-    return dp_tools.Wrk(side.lab, client_ns, side.mesh[case.topology].url, seconds)
+    return dp_tools.Wrk(side.lab, client_ns, side.mesh[case.topology].url, seconds,
+                        close=case.tool == "mesh-close")
 
 
 def states(snap: snapshot.Snapshot, ports: set[int]) -> dict[str, int]:

@@ -230,12 +230,14 @@ def _latency_us(text: str, pct: int) -> float:
 
 
 class Wrk(Client):
-    """wrk with its default 2 threads, 50 connections, --latency (exact percentiles)."""
+    """wrk with its default 2 threads, 50 connections, --latency (exact percentiles); with close,
+    a new connection for every request (`Connection: close`, as HTTP/1.0 clients do)."""
 
-    def __init__(self, lab, netns: str, url: str, seconds: int):
+    def __init__(self, lab, netns: str, url: str, seconds: int, close: bool = False):
         self.expected_s = seconds + 1
         super().__init__(lab, ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
-                               "--timeout", "2s", "--latency", url], netns)
+                               "--timeout", "2s", "--latency",
+                               *(["-H", "Connection: close"] if close else []), url], netns)
 
     def result(self) -> dict[str, float]:
         text = self.finish()

@@ -66,6 +66,7 @@ def test_case_names_select_and_quick():
     goal = {c.name: c.metrics[0].target for c in dp_cases.all_cases()}
     assert goal["cross-pod/iperf3/128K"] == 4.0 and goal["same-pod/iperf3/128K"] == 1.0
     assert goal["same-pod/sockperf-pp/16K"] == 0.8 and goal["cross-pod/mesh"] == 1.8
+    assert goal["same-pod/mesh-close"] == 1.0 and "same-pod/mesh-close" not in quick
 
 
 def test_paths_shares():

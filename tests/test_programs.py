@@ -5,6 +5,7 @@ the fast path (its counters moved), or the comparison would prove nothing.
     redis-benchmark and redis-cli -> iptables REDIRECT -> haproxy (tcp, uid 1337) -> redis-server
     wrk and curl -> iptables REDIRECT -> haproxy (http) -> nginx with sendfile on, both topologies
     socat: a file copy ended by a half-close, an echo, over loopback and pod to pod
+    git clone and git push over git:// (git daemon), pod to pod
     the plainest blocking threaded proxy: tests/test_semantics.py
     haproxy splicing nginx's responses (`option splice-response`): stalls on the fast path
 
@@ -204,6 +205,54 @@ def test_socat_copies_a_file_and_echoes_with_half_close():
     assert accel == plain
     # a copy and an echo there and back, in each topology
     assert counted["redirected_bytes"] >= 2 * 3 * SOCAT_BYTES
+
+
+# ------------------------------------------------------------------ git
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=mdatui", "-c", "user.email=mdatui@test", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def git_clone_and_push(s: Side) -> dict:
+    """A repository of 100 files (8 MiB) served by git daemon in the peer pod, cloned over git://
+    and pushed back to with one more commit (git reads and writes its socket from different
+    threads: mdatui serve's guard is expected to take those connections off the fast path)."""
+    src, served, clone = s.tmp / "src", s.tmp / "srv" / "repo.git", s.tmp / "clone"
+    src.mkdir()
+    for i in range(100):
+        (src / f"f{i}").write_bytes(os.urandom(80 * 1024))
+    git("-C", str(src), "init", "-q")
+    git("-C", str(src), "add", ".")
+    git("-C", str(src), "commit", "-qm", "one")
+    git("clone", "-q", "--bare", str(src), str(served))
+    git("-C", str(served), "config", "daemon.receivepack", "true")
+    daemon = s.lab.spawn(["git", "daemon", f"--base-path={s.tmp / 'srv'}", "--export-all",
+                          "--enable=receive-pack", f"--listen={PEER_IP}", "--reuseaddr"],
+                         netns=s.peer, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dp_tools.wait_listening(daemon, 9418, "git daemon")
+    s.run(["git", "clone", "-q", f"git://{PEER_IP}/repo.git", str(clone)], s.pod)
+    (clone / "new").write_bytes(os.urandom(4 * MIB))
+    git("-C", str(clone), "add", "new")
+    git("-C", str(clone), "commit", "-qm", "two")
+    s.run(["git", "-C", str(clone), "push", "-q", "origin", "HEAD:refs/heads/pushed"], s.pod)
+    return {
+        "cloned_what_was_served": git("-C", str(clone), "rev-parse", "HEAD~1") ==
+        git("-C", str(served), "rev-parse", "HEAD"),
+        "pushed_what_was_committed": git("-C", str(served), "rev-parse", "refs/heads/pushed") ==
+        git("-C", str(clone), "rev-parse", "HEAD"),
+        "both_repositories_sound": [subprocess.run(["git", "-C", str(r), "fsck", "--full"],
+                                                   capture_output=True).returncode
+                                    for r in (clone, served)],
+    }
+
+
+def test_git_clone_and_push_over_git_protocol():
+    plain, accel, counted = both(git_clone_and_push)
+    assert plain == {"cloned_what_was_served": True, "pushed_what_was_committed": True,
+                     "both_repositories_sound": [0, 0]}
+    assert accel == plain
+    assert counted["accelerated"] >= 2  # the clone's connection and the push's
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,

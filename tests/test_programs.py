@@ -184,7 +184,8 @@ def socat_copy_and_echo(s: Side) -> dict:
         dst = s.tmp / f"dst-{topo}"
         sink = s.lab.spawn(["socat", "-u", f"TCP-LISTEN:7001,bind={ip}", f"CREATE:{dst}"],
                            netns=server_ns)
-        echo = s.lab.spawn(["socat", "-t", "30", f"TCP-LISTEN:7002,bind={ip}", "PIPE"],
+        # cat echoes: socat's own PIPE address can block writing into the pipe only it reads
+        echo = s.lab.spawn(["socat", "-t", "30", f"TCP-LISTEN:7002,bind={ip}", "EXEC:cat"],
                            netns=server_ns)
         for server, port in ((sink, 7001), (echo, 7002)):
             dp_tools.wait_listening(server, port, "socat")

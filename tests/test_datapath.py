@@ -375,6 +375,28 @@ def test_an_end_disable_hands_over_leaves_once_read_though_disable_took_its_peer
     assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
 
 
+def test_an_end_closed_while_it_drains_keeps_what_it_has_not_read(lab, pin_dir):
+    """The sink shut its sending side down first, so the client's FIN, coming after disable,
+    takes its end to CLOSE with 200,000 B unread. A closed socket has no peer name, so the
+    service can no longer find it to ask FIONREAD: it must not take the end out for that."""
+    ns = lab.add_netns("pod")
+    lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir).instance.close()
+    sink = peers.server(lab, "sink", 7000, ns, True, "--delay", "6", "--shut-first")
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "200000", hold=True)
+    peers.report(cli)
+    peers.proceed(cli)
+    sent = peers.report(cli)
+    result = lifecycle.disable(pin_dir)
+    assert (result.left, result.handed) == (1, 1)
+    peers.proceed(cli)  # closes: its FIN closes the sink's end
+    got = peers.report(sink)
+    assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
+    deadline = time.monotonic() + 5
+    while service.running(pin_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.running(pin_dir) is None, "the service still waits for the closed end"
+
+
 def test_the_service_starts_while_someone_asks_whether_it_runs(lab, pin_dir):
     """running() holds a shared lock on the pid file for an instant; a service starting then
     waits it out instead of exiting as 'already running' (which failed CI once)."""

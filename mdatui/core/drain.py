@@ -92,10 +92,13 @@ class Reaper:
                 peers.add(bytes(conn.peer))
             if verdict is WAIT:
                 continue
-            took_out = sockhash.delete(key)
+            # GONE stays where it is: a socket whose application closed it has left the
+            # sockhash already, and one that reached CLOSE while still held keeps its unread
+            # bytes there until the application reads them or closes it.
+            if verdict is LEAVE and sockhash.delete(key):
+                out.left += 1
             drain.delete(key)
             out.waiting -= 1
-            out.left += verdict is LEAVE and took_out
         if whole:  # forget what no end listed now needs any more
             now_listed = set(listed)
             self._seen = (self._seen & peers) | now_listed
@@ -109,7 +112,7 @@ class Reaper:
 
     def _verdict(self, key, conn, d, now: int) -> object:
         if conn is None:
-            return GONE  # closed: sock_ops dropped its entry, and the kernel its sockhash slot
+            return GONE  # closed: sock_ops dropped its entry
         if now - d.since_ns < GRACE_NS:
             return WAIT
         if not conn.paired:
@@ -129,8 +132,9 @@ class Reaper:
         self._asks += 1
         unread = self.finder.unread(key)
         if unread is None:
-            # No process holds it: closed while sock_ops was detached (disable), or between
-            # two owners. Only a lasting absence counts as closed.
+            # Not found: closed by its application while sock_ops was detached (disable), or
+            # between two owners, or reached CLOSE while held (a closed socket has no peer name
+            # to be found by). Only a lasting absence counts as closed.
             first = self._unheld.setdefault(ident, now)
             verdict = GONE if now - first >= UNHELD_NS else WAIT
         else:

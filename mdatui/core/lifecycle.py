@@ -14,7 +14,7 @@ from .kernel import abi, loader, system
 from .kernel.instance import DEFAULT_PIN_DIR, Instance
 
 # How long `disable` takes ends out of the sockhash itself before it leaves the rest to the
-# service (the kernel frees a socket's unread redirected bytes when the socket leaves).
+# service.
 DRAIN_SECONDS = 2.0
 
 
@@ -45,8 +45,12 @@ def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: st
 def disable(pin_dir: str = DEFAULT_PIN_DIR) -> DisableResult:
     """Detach and unpin. Established connections go on over the normal stack, bytes intact:
     every end stops redirecting and leaves the sockhash once its reader has taken what was
-    redirected to it; ends still draining after DRAIN_SECONDS are left to `mdatui serve`,
-    which holds the maps until they have. Raises NotEnabled when nothing is pinned there.
+    redirected to it; ends still draining after DRAIN_SECONDS are left to `mdatui serve`.
+    Raises NotEnabled when nothing is pinned there.
+
+    Unpinned, the maps and the sk_msg program live on while any socket is in the sockhash
+    (each one's psock holds the program, and the program its maps): an end nobody takes out
+    keeps its bytes and its fast path until it is closed.
     """
     system.require_root("disable")
     with Instance(pin_dir) as inst:

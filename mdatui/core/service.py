@@ -3,8 +3,8 @@
 It takes ends that stopped redirecting out of the sockhash once drained (core.drain), and keeps
 blocking full-duplex sockets off the fast path (core.guard). `enable`
 starts it unless told not to (systemd runs it as the unit's main process instead), `disable`
-hands it what is still draining: it holds the maps open until the last such end has left or
-closed, and then exits, so no redirected byte is freed unread.
+hands it what is still draining: it takes each such end out once read, so that it is plain TCP
+again, and exits when the last has left or closed.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def serve(pin_dir: str) -> int:
     try:
         with Instance(pin_dir) as inst:
             # Said only now that the maps are open: disable unpins them as soon as start() sees
-            # this pid, and the draining ends' unread bytes live only as long as the maps do.
+            # this pid, and then nothing can find them any more.
             os.write(fd, str(os.getpid()).encode())
             pins = os.path.join(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
@@ -104,10 +104,11 @@ def serve(pin_dir: str) -> int:
                     next_sweep = 0.0
                 time.sleep(drain.PERIOD_BUSY if waiting or watch.eager() else drain.PERIOD_IDLE)
             if not os.path.exists(pins):
-                # Disabled: this process holds the last references to the maps, and letting go
-                # would free unread redirected bytes, so it stays, signals or not, until every
-                # draining end has left or closed. disable asked every end to stop, and took
-                # some out itself: a peer it took out has no entry left to say so.
+                # Disabled: only this process can still take ends out (the kernel keeps an
+                # unpinned sockhash, and its members on tcp_bpf, while any socket is in it), so
+                # it stays, signals or not, until every draining end has left or closed.
+                # disable asked every end to stop, and took some out itself: a peer it took out
+                # has no entry left to say so.
                 reaper.all_asked = True
                 reaper.run(until_empty=True)
     except NotEnabled:

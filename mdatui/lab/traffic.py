@@ -1,7 +1,7 @@
 """Small TCP peers that make real traffic for the demo, the benchmarks and the tests.
 
     python -m mdatui.lab.traffic echo  --port 7000
-    python -m mdatui.lab.traffic sink  --port 7000 [--delay 2]
+    python -m mdatui.lab.traffic sink  --port 7000 [--delay 2] [--shut-first]
     python -m mdatui.lab.traffic proxy --port 15001 --to 127.0.0.1:7000
     python -m mdatui.lab.traffic push  --port 7000 --bytes 3000000
     python -m mdatui.lab.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
@@ -81,14 +81,16 @@ def _echo(conn: socket.socket) -> None:
             conn.sendall(data)
 
 
-def _sink(conn: socket.socket, delay: float = 0.0) -> None:
-    h, n = hashlib.sha256(), 0
+def _sink(conn: socket.socket, delay: float = 0.0, shut_first: bool = False) -> None:
+    h, n, peer = hashlib.sha256(), 0, _end(conn.getpeername())  # closed by the time it is said
+    if shut_first:  # a listener that never answers says so: its end closes at the sender's FIN
+        conn.shutdown(socket.SHUT_WR)
     time.sleep(delay)  # a reader that falls behind: what was sent waits in its queue
     with conn:
         while data := _recv(conn, 1 << 16):
             h.update(data)
             n += len(data)
-        _say(bytes=n, sha256=h.hexdigest(), peer=_end(conn.getpeername()))
+        _say(bytes=n, sha256=h.hexdigest(), peer=peer)
 
 
 def _push(conn: socket.socket, total: int) -> None:
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--to", type=_addr, required=True)
         if name == "sink":
             p.add_argument("--delay", type=float, default=0.0, help="seconds before reading")
+            p.add_argument("--shut-first", action="store_true",
+                           help="shut the sending side down before reading")
         if name == "push":
             p.add_argument("--bytes", type=int, default=1 << 20, help="sent to each client")
     p = sub.add_parser("send")
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd in ("echo", "sink", "proxy", "push"):
         handle = {"echo": _echo,
-                  "sink": lambda c: _sink(c, a.delay),
+                  "sink": lambda c: _sink(c, a.delay, a.shut_first),
                   "push": lambda c: _push(c, a.bytes)}.get(a.cmd) or _proxy(a.to)
         _serve(_listen(a.port, a.host), handle)
     elif a.cmd == "send":

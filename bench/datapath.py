@@ -14,7 +14,8 @@ Cases (bench/dp_cases.py, targets from issue #11 item 3): sockperf throughput at
 16 KiB with Nagle (sockperf's default in that mode) and with TCP_NODELAY (--tcp-avoid-nodelay);
 iperf3 -l 128 and -l 128K; sockperf ping-pong 64 B and 16 KiB (round trips); the mesh
 (bench/dp_mesh.py: wrk -> iptables REDIRECT -> haproxy sidecar -> nginx, 50 connections), and
-the same with a new connection for every request (mesh-close, not in the issue). For
+the same with a new connection for every request and for every 4th (mesh-close and
+mesh-close/4req, not in the issue; TIME_WAIT ports are reused in the mesh's namespaces). For
 every accelerated run the lab's mda_stats counters are read just before its client starts and
 after it ended, and the ends of its connections in the maps are counted by state at 3/4 of the
 run: the table says which path its connections took.
@@ -115,7 +116,7 @@ def start(side: Side, case: Case, seconds: int) -> dp_tools.Client:
         return dp_tools.Iperf3(side.lab, client_ns, server_ns, ip, PORTS[case.topology][1],
                                case.size, seconds)
     return dp_tools.Wrk(side.lab, client_ns, side.mesh[case.topology].url, seconds,
-                        close=case.tool == "mesh-close")
+                        case.per_conn, side.mesh[case.topology].tmp)
 
 
 def states(snap: snapshot.Snapshot, ports: set[int]) -> dict[str, int]:

@@ -27,6 +27,7 @@ class Case:
     size: int = 0
     nodelay: bool = False
     metrics: tuple[Metric, ...] = field(default=(), compare=False)
+    per_conn: int = 0  # mesh-close: requests per connection
 
     @property
     def name(self) -> str:
@@ -36,6 +37,8 @@ class Case:
             parts.append(_size(self.size))
         if self.tool == "sockperf-tp":
             parts.append("nodelay" if self.nodelay else "nagle")
+        if self.per_conn > 1:
+            parts.append(f"{self.per_conn}req")
         return "/".join(parts)
 
 
@@ -64,8 +67,9 @@ def all_cases() -> list[Case]:
                 Metric("Gbit/s", "Gbit/s", True, goal), Metric("retransmits", "", False, shown=False))))
         for size in (64, 16 * KIB):
             cases.append(Case(topo, "sockperf-pp", size, metrics=_pp(0.8)))
-        for tool, goal in (("mesh", 1.8), ("mesh-close", 1.0)):
-            cases.append(Case(topo, tool, metrics=(
+        for tool, goal, per_conn in (("mesh", 1.8, 0), ("mesh-close", 1.0, 1),
+                                     ("mesh-close", 1.0, 4)):
+            cases.append(Case(topo, tool, per_conn=per_conn, metrics=(
                 Metric("req/s", "req/s", True, goal), Metric("lat p50", "usec", False),
                 Metric("lat p90", "usec", False), Metric("errors", "", False, shown=False))))
     # Not in issue #11: a client whose server is outside the cgroup never pairs; what does that
@@ -92,13 +96,13 @@ def select(only: str | None, quick: bool) -> list[Case]:
 
 # ---------------------------------------------------------------- paths
 
-# Counters of mda_stats (inst.stats()) that say where a connection went. accelerated, refused
-# and unpaired_removed count connections (one each, at its start); demoted (a stream handed
-# back) and blocking (mdatui serve took a blocking full-duplex reader's connection off) count a
-# connection that left the fast path, redirect_failed, tainted and unread an end that did.
-# Counters the BPF side adds later show up in --json and, when they moved, in the table's paths
-# column.
-STARTS = ("accelerated", "refused", "unpaired_removed")
+# Counters of mda_stats (inst.stats()) that say where a connection went. accelerated, refused,
+# unpaired_removed and short (left to the stack: short-lived) count connections (one each, at
+# its start); demoted (a stream handed back) and blocking (mdatui serve took a blocking
+# full-duplex reader's connection off) count a connection that left the fast path,
+# redirect_failed, tainted and unread an end that did. Counters the BPF side adds later show up
+# in --json and, when they moved, in the table's paths column.
+STARTS = ("accelerated", "refused", "unpaired_removed", "short")
 LEAVES = ("demoted", "blocking", "redirect_failed", "tainted", "unread")
 QUIET = ("closed_msgs", "closed_bytes", "dump_lost")
 
@@ -113,7 +117,8 @@ def paths(deltas: list[dict[str, int]]) -> dict:
     acc = total.get("accelerated", 0)
     left = min(acc, sum(total.get(k, 0) for k in LEAVES))
     counts = {"fast path to the end": acc - left, "left the fast path": left,
-              "refused": total.get("refused", 0), "unpaired": total.get("unpaired_removed", 0)}
+              "refused": total.get("refused", 0), "unpaired": total.get("unpaired_removed", 0),
+              "short-lived": total.get("short", 0)}
     shares = {k: (v / conns if conns else 0.0) for k, v in counts.items()}
     others = {k: v for k, v in total.items() if v and k not in STARTS + LEAVES + QUIET}
     return {"connections": conns, "shares": shares, "counters": total, "others": others}
@@ -123,7 +128,7 @@ def paths_text(p: dict) -> str:
     if not p["connections"]:
         return "no connection counted"
     short = {"fast path to the end": "fast", "left the fast path": "left", "refused": "refused",
-             "unpaired": "unpaired"}
+             "unpaired": "unpaired", "short-lived": "short"}
     parts = [f"{short[k]} {v:.0%}" for k, v in p["shares"].items() if v]
     leaves = [f"{k} {p['counters'][k]}" for k in LEAVES if p["counters"].get(k)]
     if leaves:
@@ -171,7 +176,7 @@ def rows(cells: list[dict]) -> list[dict]:
                 notes.append(f"accel errors {errors:.0f}")
             out.append({
                 "case": case.name, "topology": case.topology, "tool": case.tool,
-                "size": case.size, "nodelay": case.nodelay, "metric": m.name, "unit": m.unit,
+                "size": case.size, "nodelay": case.nodelay, "per_conn": case.per_conn, "metric": m.name, "unit": m.unit,
                 "shown": m.shown, "higher_is_better": m.higher_is_better,
                 "plain": p, "accel": a, "plain_median": pm, "accel_median": am, "ratio": ratio,
                 "pair_ratio_min": min(per_pair) if per_pair else None,
@@ -187,7 +192,7 @@ def rows(cells: list[dict]) -> list[dict]:
 
 TOOL_LABEL = {"sockperf-tp": "sockperf throughput", "sockperf-pp": "sockperf ping-pong",
               "iperf3": "iperf3", "mesh": "wrk>haproxy>nginx",
-              "mesh-close": "wrk>haproxy>nginx, Connection: close"}
+              "mesh-close": "wrk>haproxy>nginx, Connection: close"}  # per_conn 1
 
 
 def _what(r: dict) -> str:
@@ -198,6 +203,8 @@ def _what(r: dict) -> str:
         label += f" {_size(r['size'])}"
     if r["tool"] == "sockperf-tp":
         label += " TCP_NODELAY" if r["nodelay"] else " Nagle"
+    if r["per_conn"] > 1:
+        label += f" every {r['per_conn']}th request"
     return label
 
 

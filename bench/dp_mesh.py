@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.dp_tools import RunFailed, wait_listening
+from mdatui.lab import run
 
 SIDECAR_UID = 1337  # Istio's proxy uid: its own connections are not redirected back to it
 # nginx's default index.html is 615 bytes; the page served is that size.
@@ -33,6 +34,7 @@ class Service:
     client_ns: str   # where wrk runs
     url: str
     ports: tuple[int, ...]  # the ports of its connections, to find their ends in the maps
+    tmp: Path        # its configurations and logs, wrk's scripts
 
 
 def _nginx_conf(tmp: Path, tag: str, listen: str, sendfile: bool) -> Path:
@@ -107,6 +109,12 @@ def sidecar(lab, tmp: Path, pod: str, routes: list[tuple[str, int, int]], mode: 
 def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str, sendfile: bool = False,
           haproxy_options: tuple[str, ...] = ()) -> dict[str, Service]:
     """nginx, haproxy and the REDIRECT rules in the lab; returns the service per topology."""
+    for ns in (pod, peer):
+        # haproxy closes its connections to nginx first when the client asked to close: without
+        # reusing TIME_WAIT ports (the kernel does so by itself over loopback only), thousands
+        # of new connections a second over the veth use up the ports in seconds, and connect()
+        # then searches for a free one for tens of ms, plain and accelerated alike.
+        run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
     (tmp / "www").mkdir(parents=True, exist_ok=True)
     (tmp / "www" / "index.html").write_bytes(PAGE)
     plan = {  # topology -> (nginx netns, nginx ip, port, sidecar port)
@@ -123,7 +131,7 @@ def build(lab, tmp: Path, pod: str, peer: str, peer_ip: str, sendfile: bool = Fa
         _started(nginx, port, "nginx", tmp / f"nginx-{tag}.err")
     sidecar(lab, tmp, pod, [(ip, port, to) for _ns, ip, port, to in plan.values()],
             options=haproxy_options)
-    return {topo: Service(pod, f"http://{ip}:{port}/", (port, to))
+    return {topo: Service(pod, f"http://{ip}:{port}/", (port, to), tmp)
             for topo, (_ns, ip, port, to) in plan.items()}
 
 

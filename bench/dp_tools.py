@@ -229,15 +229,34 @@ def _latency_us(text: str, pct: int) -> float:
     return float(found.group(1)) * _UNITS[found.group(2)]
 
 
-class Wrk(Client):
-    """wrk with its default 2 threads, 50 connections, --latency (exact percentiles); with close,
-    a new connection for every request (`Connection: close`, as HTTP/1.0 clients do)."""
+# Every n-th request of a wrk thread asks the server to close: its connections carry n requests
+# on average, and wrk opens a new one in place of each.
+WRK_CLOSE_EVERY = """local n = 0
+request = function()
+  n = n + 1
+  if n %% %d == 0 then return wrk.format(nil, nil, {["Connection"] = "close"}) end
+  return wrk.format()
+end
+"""
 
-    def __init__(self, lab, netns: str, url: str, seconds: int, close: bool = False):
+
+class Wrk(Client):
+    """wrk with its default 2 threads, 50 connections, --latency (exact percentiles); with
+    per_conn, a new connection after that many requests on average (1: `Connection: close` on
+    every request, as HTTP/1.0 clients do; more: a Lua script written into `scripts`)."""
+
+    def __init__(self, lab, netns: str, url: str, seconds: int, per_conn: int = 0,
+                 scripts: Path | None = None):
         self.expected_s = seconds + 1
+        closing = []
+        if per_conn == 1:
+            closing = ["-H", "Connection: close"]
+        elif per_conn:
+            script = scripts / f"wrk-close-every-{per_conn}.lua"
+            script.write_text(WRK_CLOSE_EVERY % per_conn)
+            closing = ["-s", str(script)]
         super().__init__(lab, ["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s",
-                               "--timeout", "2s", "--latency",
-                               *(["-H", "Connection: close"] if close else []), url], netns)
+                               "--timeout", "2s", "--latency", *closing, url], netns)
 
     def result(self) -> dict[str, float]:
         text = self.finish()

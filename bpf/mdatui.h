@@ -42,6 +42,22 @@
 /* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) and reads
  * nothing of it for this long (ms) does not read: see sk_msg.c. */
 #define MDA_BEHIND_MS 1000
+/* Setting a connection up on the fast path and taking it down (two psocks, the map updates,
+ * sock_ops at each state change) costs more than a few messages gain. bench.datapath's
+ * mesh-close (wrk > haproxy > nginx over loopback, a new connection every n requests, a request
+ * being a message each way): n = 1 0.89x, 2 0.95x, 4 1.07x, 8 1.18x, 16 1.32x. So new
+ * connections to a destination (the connecting end's remote address and port, and netns where
+ * loopback) whose accelerated connections lately carried fewer than MDA_SHORT_MSGS messages
+ * each, both ways, stay on the stack, but for one in MDA_SHORT_PROBE, whose count at close keeps
+ * the average current. The sums are halved every MDA_SHORT_WINDOW connections, so a destination
+ * whose connections grow longer is accelerated again after a few probes. */
+#ifndef MDA_SHORT_MSGS
+#define MDA_SHORT_MSGS 6
+#endif
+#define MDA_SHORT_WINDOW 16
+#define MDA_SHORT_MIN 8    /* connections counted before any is left to the stack */
+#define MDA_SHORT_PROBE 16
+#define MDA_MAX_DESTS 16384
 /* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
 #define MDA_SOL_TCP 6
 #define MDA_TCP_NODELAY 1
@@ -92,6 +108,23 @@ struct mda_conn {
 	 * sock_ops, which builds a record on its stack, outgrows the BPF stack. */
 	__u32 behind_ms;
 	__u32 peer_read;
+};
+
+/* mda_dest_map key: where connecting ends connect to. */
+struct mda_dest {
+	__u32 ip[4];
+	__u32 port;
+	__u32 pad;
+	__u64 netns;
+};
+
+/* mda_dest_map value: the destination's accelerated connections that closed lately (sums halved
+ * every MDA_SHORT_WINDOW connections). */
+struct mda_dest_stat {
+	__u32 conns;
+	__u32 msgs;    /* sent by either end, redirected or passed */
+	__u32 skipped; /* new connections left to the stack since the sums said short */
+	__u32 pad;
 };
 
 /* sock_drain_map value. User space never writes a sock_proxy_map value (its whole-value write
@@ -185,6 +218,7 @@ enum mda_stat {
 	MDA_STAT_CLOSED_PASSED, /* passed of the ends that left sock_proxy_map */
 	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
 	MDA_STAT_UNREAD,        /* ends stopped because their peer fell too far behind */
+	MDA_STAT_SHORT,         /* connections left to the stack: their destination's are short */
 	MDA_STAT_MAX,
 };
 
@@ -233,6 +267,7 @@ BPF_ARRAY(mda_active_set, __u32, 1);
 BPF_ARRAY(mda_control, struct mda_control, 1);
 BPF_PERCPU_ARRAY(mda_stats, __u64, MDA_STAT_MAX);
 BPF_PERCPU_ARRAY(mda_dump_scratch, struct mda_dump_event, 1);
+BPF_F_TABLE("lru_hash", struct mda_dest, struct mda_dest_stat, mda_dest_map, MDA_MAX_DESTS, 0);
 BPF_F_TABLE("sk_storage", int, struct mda_owner, sock_owner_map, 0, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 BPF_ARRAY(mda_meta, struct mda_meta, 1);
 /* Ends that stopped redirecting (or were asked to) and still sit in the sockhash: whoever takes

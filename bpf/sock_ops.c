@@ -116,10 +116,62 @@ static __always_inline __u32 mda_nodelay(struct bpf_sock_ops *skops)
 	return on != 0;
 }
 
+/* The connecting end's key names the destination for both ends. */
+static __always_inline void mda_dest_of(struct mda_dest *d, const struct mda_sock_key *active)
+{
+	d->ip[0] = active->remote_ip[0];
+	d->ip[1] = active->remote_ip[1];
+	d->ip[2] = active->remote_ip[2];
+	d->ip[3] = active->remote_ip[3];
+	d->port = active->remote_port;
+	d->netns = active->netns;
+}
+
+/* 1: leave this new connection to the stack (see MDA_SHORT_MSGS). */
+static __always_inline int mda_short(const struct mda_sock_key *self)
+{
+	struct mda_dest d = {};
+	mda_dest_of(&d, self);
+	struct mda_dest_stat *s = mda_dest_map.lookup(&d);
+	if (!s || s->conns < MDA_SHORT_MIN || s->msgs >= MDA_SHORT_MSGS * s->conns)
+		return 0;
+	/* Racing increments may repeat or skip a probe: either is harmless. */
+	return ++s->skipped % MDA_SHORT_PROBE != 0;
+}
+
+/* A paired end closed: what it sent goes into its destination's sums; the connecting end counts
+ * the connection. */
+static __always_inline void mda_count_dest(const struct mda_sock_key *self, const struct mda_conn *c)
+{
+	struct mda_dest d = {};
+	mda_dest_of(&d, c->active ? self : &c->peer);
+	struct mda_dest_stat *s = mda_dest_map.lookup(&d);
+	if (!s) {
+		struct mda_dest_stat fresh = {};
+		mda_dest_map.update(&d, &fresh);
+		s = mda_dest_map.lookup(&d);
+		if (!s)
+			return;
+	}
+	__u64 sent = c->msgs + c->passed;
+	s->msgs += sent > 0xffff ? 0xffff : (__u32)sent; /* one endless stream must not swamp it */
+	if (!c->active)
+		return;
+	s->conns++;
+	if (s->conns >= MDA_SHORT_WINDOW) {
+		s->conns >>= 1;
+		s->msgs >>= 1;
+	}
+}
+
 static __always_inline void mda_active_established(struct bpf_sock_ops *skops)
 {
 	struct mda_sock_key self = {}, hk = {};
 	MDA_KEY_FROM_CTX(&self, skops);
+	if (mda_short(&self)) {
+		mda_count(MDA_STAT_SHORT);
+		return;
+	}
 	/* BCC rewrites this method call into a statement: it cannot sit inside the if. */
 	int err = sock_ops_map.sock_hash_update(skops, &self, BPF_ANY);
 	if (err) {
@@ -213,6 +265,8 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 	struct mda_conn *c = sock_proxy_map.lookup(&self);
 	if (c) {
 		if (report) {
+			if (c->paired)
+				mda_count_dest(&self, c);
 			mda_emit(skops, MDA_EV_CLOSED, 0, &self, &c->peer, &c->owner, 0, c);
 			__u32 k = MDA_STAT_CLOSED_MSGS;
 			__u64 *v = mda_stats.lookup(&k);

@@ -67,16 +67,18 @@ def test_case_names_select_and_quick():
     assert goal["cross-pod/iperf3/128K"] == 4.0 and goal["same-pod/iperf3/128K"] == 1.0
     assert goal["same-pod/sockperf-pp/16K"] == 0.8 and goal["cross-pod/mesh"] == 1.8
     assert goal["same-pod/mesh-close"] == 1.0 and "same-pod/mesh-close" not in quick
+    assert goal["cross-pod/mesh-close/4req"] == 1.0
 
 
 def test_paths_shares():
     p = dp_cases.paths([{"accelerated": 2, "demoted": 1, "refused": 0, "closed_bytes": 99},
-                        {"accelerated": 1, "unpaired_removed": 1, "draining": 3}])
-    assert p["connections"] == 4
-    assert p["shares"] == {"fast path to the end": 0.5, "left the fast path": 0.25,
-                           "refused": 0.0, "unpaired": 0.25}
+                        {"accelerated": 1, "unpaired_removed": 1, "short": 4, "draining": 3}])
+    assert p["connections"] == 8
+    assert p["shares"] == {"fast path to the end": 0.25, "left the fast path": 0.125,
+                           "refused": 0.0, "unpaired": 0.125, "short-lived": 0.5}
     assert p["others"] == {"draining": 3}  # a counter this bench does not know yet is shown
-    assert dp_cases.paths_text(p) == "4 conn: fast 50% left 25% unpaired 25% (demoted 1) draining 3"
+    assert dp_cases.paths_text(p) == \
+        "8 conn: fast 25% left 12% unpaired 12% short 50% (demoted 1) draining 3"
 
 
 def test_rows_judge_ratios_against_targets():

@@ -302,14 +302,37 @@ def test_a_reader_that_stops_reading_sends_its_connection_back_to_the_stack(lab,
 
 
 def test_ten_thousand_connections_leave_every_map_empty(lab, accel):
+    """Four exchanges each: eight messages, enough for every connection to be accelerated."""
     ns = lab.add_netns("pod")
     peers.server(lab, "echo", 7000, ns)
-    churn = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "10000")
+    churn = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "10000",
+                         "--exchanges", "4")
     assert peers.report(churn, timeout=240) == {"connections": 10000, "echoed": 10000}
     assert wait_maps_empty(accel) == {"sock_ops_map": 0, "sock_proxy_map": 0, "sock_helper_map": 0}
     stats = accel.stats()
-    assert stats["accelerated"] == 10000
+    assert (stats["accelerated"], stats["short"]) == (10000, 0)
     assert stats["sockhash_full"] == stats["proxy_full"] == stats["helper_full"] == 0
+
+
+def test_short_lived_connections_stay_on_the_stack_until_they_grow_longer(lab, accel):
+    """A destination whose connections carry two messages each is left to the stack after the
+    first eight, but for one connection in 16; once its connections carry 16 messages, those
+    probes bring it back onto the fast path."""
+    ns = lab.add_netns("pod")
+    peers.server(lab, "echo", 7000, ns)
+    short = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "400")
+    assert peers.report(short, timeout=60) == {"connections": 400, "echoed": 400}
+    stats = accel.stats()
+    assert stats["accelerated"] + stats["short"] == 400
+    # probes: every 16th; a close counted after the next connect may let one more through
+    assert 8 + 392 // 16 <= stats["accelerated"] <= 8 + 392 // 16 + 3, stats
+    longer = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "200",
+                          "--exchanges", "8")
+    assert peers.report(longer, timeout=60) == {"connections": 200, "echoed": 200}
+    after = accel.stats()
+    assert after["accelerated"] + after["short"] == 600
+    assert after["accelerated"] - stats["accelerated"] > 100, after
+    assert wait_maps_empty(accel) == {"sock_ops_map": 0, "sock_proxy_map": 0, "sock_helper_map": 0}
 
 
 def test_disable_during_a_transfer_loses_no_byte(lab, pin_dir):

@@ -26,8 +26,13 @@ from .sockets import SocketFinder, cgroup_pids, unread_at
 READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
 PERIOD = 0.1  # seconds between two looks: some 2 % of a CPU for `mdatui serve` when idle
 # A reader thread starts its recv() as soon as its connection is up: for this long after new
-# connections were accelerated, look at every tick of the service.
+# connections were accelerated, look sooner, EAGER_GAP after the last look at first. Each such
+# look that finds nothing to stop doubles the gap (up to PERIOD) until one finds something or a
+# new process joins the cgroup: under a steady churn of connections of programs that do not
+# block (wrk > haproxy > nginx with a new connection per request), looks every 5 ms took 12 % of
+# a CPU, a tenth of the requests per second.
 EAGER = 0.2
+EAGER_GAP = 0.005
 O_NONBLOCK = 0o4000
 
 
@@ -76,30 +81,37 @@ class Guard:
         self._pruned_at = 0.0
         self._accelerated = -1  # the ACCELERATED stat at the last tick
         self._eager_until = 0.0
+        self._gap = EAGER_GAP
         self._next = 0.0
+        self._pids: set[int] = set()  # the cgroup's processes at the last look
 
     def eager(self) -> bool:
         return time.monotonic() < self._eager_until
 
     def tick(self) -> int:
-        """Look now if new connections were accelerated lately, else every PERIOD; how many
-        ends were asked to stop."""
+        """Look when it is time (see EAGER); how many ends were asked to stop."""
         now = time.monotonic()
         accelerated = self.inst.stat(abi.Stat.ACCELERATED)
         if accelerated != self._accelerated:
             self._accelerated = accelerated
             self._eager_until = now + EAGER
-        if now < self._next and now >= self._eager_until:
+            self._next = min(self._next, now + self._gap)
+        if now < self._next:
             return 0
-        self._next = now + PERIOD
-        return self.check()
+        pids = cgroup_pids(self.inst.cgroup)
+        joined = not self._pids.issuperset(pids)
+        self._pids = set(pids)
+        asked = self.check(pids)
+        self._gap = EAGER_GAP if asked or joined else min(2 * self._gap, PERIOD)
+        self._next = now + (self._gap if now < self._eager_until else PERIOD)
+        return asked
 
-    def check(self) -> int:
-        """Ask the connections of blocked readers found now to stop; how many ends were asked
-        (the BLOCKING stat counts them)."""
+    def check(self, pids: list[int]) -> int:
+        """Ask the connections of blocked readers found now among pids to stop; how many ends
+        were asked (the BLOCKING stat counts them)."""
         proxy = self.inst.maps["sock_proxy_map"]
         keys = []
-        for pid, fd in blocked_reads(cgroup_pids(self.inst.cgroup)):
+        for pid, fd in blocked_reads(pids):
             ident = self.finder.key_at(pid, fd)
             if ident is None or ident in self._asked:
                 continue

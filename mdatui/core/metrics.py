@@ -50,6 +50,8 @@ STAT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
     "blocking": ("mdatui_blocking", {}, "Connections kept off the fast path: blocking full-duplex readers"),
     "dump_lost": ("mdatui_dump_records_lost", {},
                   "Dump records (copies of redirected messages) the kernel could not hand to the reader"),
+    "short": ("mdatui_short_lived_kept_off", {},
+              "New connections left to the stack: their destination's connections carry few messages"),
     "unread": ("mdatui_reader_fell_behind", {},
                "Ends whose peer read too slowly or not at all; they went on over the stack"),
     "events_lost": ("mdatui_event_records_lost", {},

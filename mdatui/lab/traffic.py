@@ -6,7 +6,7 @@
     python -m mdatui.lab.traffic push  --port 7000 --bytes 3000000
     python -m mdatui.lab.traffic recv  --from 127.0.0.1:7000 --bytes 3000000 [--hold]
     python -m mdatui.lab.traffic send  --to 127.0.0.1:7000 --bytes 50000000 [--echo] [--hold] [--nodelay]
-    python -m mdatui.lab.traffic churn --to 127.0.0.1:7000 --count 10000
+    python -m mdatui.lab.traffic churn --to 127.0.0.1:7000 --count 10000 [--exchanges 4]
     python -m mdatui.lab.traffic chat  --to 198.18.0.2:80 --seconds 600 --rate 50
     python -m mdatui.lab.traffic msgs  --to 127.0.0.1:7000 --sizes 10,3000,1 [--hold]
 
@@ -229,14 +229,18 @@ def msgs(to: tuple[str, int], sizes: list[int], hold: bool) -> None:
         _say(**result)
 
 
-def churn(to: tuple[str, int], count: int) -> None:
+def churn(to: tuple[str, int], count: int, exchanges: int = 1) -> None:
+    """count connections one after another, each sending exchanges messages to an echo server;
+    echoed: the connections whose every reply came back whole."""
     ok = 0
     for i in range(count):
         with socket.create_connection(to) as s:
-            msg = b"ping %d" % i
-            s.sendall(msg)
-            if _recv(s, 64) == msg:
-                ok += 1
+            replies = 0
+            for j in range(exchanges):
+                msg = b"ping %d.%d" % (i, j)
+                s.sendall(msg)
+                replies += _recv(s, 64) == msg
+            ok += replies == exchanges
     _say(connections=count, echoed=ok)
 
 
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("churn")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--exchanges", type=int, default=1, help="messages echoed per connection")
     p = sub.add_parser("chat")
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--seconds", type=float, default=60)
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "recv":
         recv(a.peer, a.bytes, a.hold)
     elif a.cmd == "churn":
-        churn(a.to, a.count)
+        churn(a.to, a.count, a.exchanges)
     else:
         chat(a.to, a.seconds, a.rate, a.size)
 

@@ -77,6 +77,20 @@ class Conn(ct.Structure):
     ]
 
 
+class Dest(ct.Structure):
+    _fields_ = [("ip", ct.c_uint32 * 4), ("port", ct.c_uint32), ("pad", ct.c_uint32),
+                ("netns", ct.c_uint64)]
+
+    @property
+    def endpoint(self) -> str:
+        return addrs.endpoint(bytes(self.ip), self.port)
+
+
+class DestStat(ct.Structure):
+    _fields_ = [("conns", ct.c_uint32), ("msgs", ct.c_uint32), ("skipped", ct.c_uint32),
+                ("pad", ct.c_uint32)]
+
+
 class Drain(ct.Structure):
     _fields_ = [("since_ns", ct.c_uint64), ("reason", ct.c_uint32), ("requested", ct.c_uint32)]
 
@@ -146,6 +160,7 @@ class Stat(enum.IntEnum):
     CLOSED_PASSED = 14
     EVENTS_LOST = 15
     UNREAD = 16
+    SHORT = 17
 
 
 STAT_MAX = len(Stat)

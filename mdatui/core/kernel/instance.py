@@ -24,6 +24,7 @@ MAPS = {
     "mda_stats": (ct.c_uint32, None),
     "mda_meta": (ct.c_uint32, abi.Meta),
     "sock_drain_map": (abi.SockKey, abi.Drain),
+    "mda_dest_map": (abi.Dest, abi.DestStat),
     "mda_stop_req": (ct.c_uint32, ct.c_uint32),
     "mda_events": (ct.c_int32, ct.c_int32),
     "mda_dump": (ct.c_int32, ct.c_int32),

@@ -51,11 +51,13 @@
  * each, both ways, stay on the stack, but for one in MDA_SHORT_PROBE, whose count at close keeps
  * the average current. The sums are halved every MDA_SHORT_WINDOW connections, so a destination
  * whose connections grow longer is accelerated again after a few probes. */
-#ifndef MDA_SHORT_MSGS
+#ifndef MDA_SHORT_MSGS /* the loader passes abi.py's values of these two */
 #define MDA_SHORT_MSGS 6
 #endif
-#define MDA_SHORT_WINDOW 16
+#ifndef MDA_SHORT_MIN
 #define MDA_SHORT_MIN 8    /* connections counted before any is left to the stack */
+#endif
+#define MDA_SHORT_WINDOW 16
 #define MDA_SHORT_PROBE 16
 #define MDA_MAX_DESTS 16384
 /* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
@@ -123,7 +125,7 @@ struct mda_dest {
 struct mda_dest_stat {
 	__u32 conns;
 	__u32 msgs;    /* sent by either end, redirected or passed */
-	__u32 skipped; /* new connections left to the stack since the sums said short */
+	__u32 decided; /* new connections judged while the sums said short (some were probes) */
 	__u32 pad;
 };
 

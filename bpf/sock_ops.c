@@ -136,7 +136,7 @@ static __always_inline int mda_short(const struct mda_sock_key *self)
 	if (!s || s->conns < MDA_SHORT_MIN || s->msgs >= MDA_SHORT_MSGS * s->conns)
 		return 0;
 	/* Racing increments may repeat or skip a probe: either is harmless. */
-	return ++s->skipped % MDA_SHORT_PROBE != 0;
+	return ++s->decided % MDA_SHORT_PROBE != 0;
 }
 
 /* A paired end closed: what it sent goes into its destination's sums; the connecting end counts

@@ -326,12 +326,20 @@ def test_short_lived_connections_stay_on_the_stack_until_they_grow_longer(lab, a
     assert stats["accelerated"] + stats["short"] == 400
     # probes: every 16th; a close counted after the next connect may let one more through
     assert 8 + 392 // 16 <= stats["accelerated"] <= 8 + 392 // 16 + 3, stats
+    [dest] = reader.read(accel).short_lived
+    assert (dest.destination, 1.5 <= dest.msgs_per_conn <= 2.5) == ("127.0.0.1:7000", True), dest
+    shown = json.loads(mdatui("query", "--json", "--pin-dir", accel.pin_dir).stdout)
+    assert shown["stats"]["short"] == stats["short"]
+    assert [d["destination"] for d in shown["short_lived"]] == ["127.0.0.1:7000"]
+    said = mdatui("query", "--pin-dir", accel.pin_dir).stdout
+    assert f"kept off: {stats['short']} short-lived connections; now to 127.0.0.1:7000 (" in said
     longer = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "200",
                           "--exchanges", "8")
     assert peers.report(longer, timeout=60) == {"connections": 200, "echoed": 200}
     after = accel.stats()
     assert after["accelerated"] + after["short"] == 600
     assert after["accelerated"] - stats["accelerated"] > 100, after
+    assert reader.read(accel).short_lived == []
     assert wait_maps_empty(accel) == {"sock_ops_map": 0, "sock_proxy_map": 0, "sock_helper_map": 0}
 
 

@@ -106,6 +106,8 @@ def cmd_query(a) -> int:
                                  else "not running (start `mdatui serve`)"))
     print(f"  redirected: {snap.redirected_msgs} msgs, {units.size(snap.redirected_bytes)}; "
           f"{snap.pairs} pairs now")
+    if snap.stats.get("short") or snap.short_lived:
+        print("  kept off: " + snap.kept_off())
     noisy = {k: v for k, v in snap.stats.items() if v and k.endswith(("full", "failed", "lost"))}
     if noisy:
         print("  fallbacks: " + ", ".join(f"{k}={v}" for k, v in noisy.items()))

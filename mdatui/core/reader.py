@@ -12,7 +12,7 @@ import numpy as np
 from . import addrs, rules, service_status
 from .kernel import abi, bpfsys
 from .kernel.instance import Instance
-from .snapshot import DumpState, Snapshot
+from .snapshot import DumpState, ShortLived, Snapshot
 from .table import CONN, COUNTERS, COUNTER_FIELDS, KEY, PENDING_ENTRY, STATIC, STATIC_FIELDS, Table, _hash, _words
 
 
@@ -27,6 +27,7 @@ def _dump_state(ctl: abi.Control) -> DumpState:
 
 
 BATCH = 8192  # entries per bpf() call when reading a map in parts
+DEST, DEST_STAT = np.dtype(abi.Dest), np.dtype(abi.DestStat)
 
 
 def _batches(m: bpfsys.Map, key_dtype: np.dtype,
@@ -237,7 +238,19 @@ class Reader:
             active_rules=rules.from_ruleset(ruleset) if ruleset else [],
             ends_every_s=self._every_s,
             service=service_status.running(inst.pin_dir),
+            short_lived=short_lived(inst),
         )
+
+
+def short_lived(inst: Instance) -> list[ShortLived]:
+    """The destinations whose new connections stay on the stack now, fewest messages first."""
+    dests, stats = read_entries(inst.maps["mda_dest_map"], DEST, DEST_STAT,
+                                inst.map_capacity("mda_dest_map"))
+    conns, msgs = stats["conns"].astype(np.int64), stats["msgs"].astype(np.int64)
+    rows = np.flatnonzero((conns >= abi.SHORT_MIN) & (msgs < abi.SHORT_MSGS * conns))
+    found = [ShortLived(addrs.endpoint(dests["ip"][i].tobytes(), int(dests["port"][i])),
+                        int(dests["netns"][i]), msgs[i] / conns[i]) for i in rows.tolist()]
+    return sorted(found, key=lambda s: (s.msgs_per_conn, s.destination))
 
 
 def read(inst: Instance) -> Snapshot:

@@ -28,6 +28,15 @@ class DumpState:
     snaplen: int
 
 
+@dataclass(frozen=True)
+class ShortLived:
+    """A destination whose new connections stay on the stack: its connections carry too few
+    messages to gain from the fast path (abi.SHORT_MSGS)."""
+    destination: str        # address:port its connecting ends connect to
+    netns: int              # netns cookie where the address is loopback, else 0
+    msgs_per_conn: float    # both ways, over its last connections that were accelerated
+
+
 @dataclass
 class Snapshot:
     """Give either connections (objects) or table (columns); the other is made from it."""
@@ -47,6 +56,7 @@ class Snapshot:
     table: Table | None = field(default=None, repr=False, compare=False)
     ends_every_s: float = 0.0             # the ends are read at most this often (Reader)
     service: int | None = None            # pid of `mdatui serve`, None when it does not run
+    short_lived: list[ShortLived] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.table is None:
@@ -84,6 +94,16 @@ class Snapshot:
         """Connections whose two ends redirect to each other (pairing's "ok")."""
         return self.pairing.accelerated
 
+    def kept_off(self, shown: int = 3) -> str:
+        """The short-lived connections left to the stack, and to where, for people."""
+        text = f"{self.stats.get('short', 0)} short-lived connections"
+        if self.short_lived:
+            named = [f"{s.destination} ({s.msgs_per_conn:.1f} msgs each)"
+                     for s in self.short_lived[:shown]]
+            more = len(self.short_lived) - shown
+            text += "; now to " + ", ".join(named) + (f" and {more} more" if more > 0 else "")
+        return text
+
     def to_json(self, connections: bool = False) -> dict:
         out = {
             "enabled": self.enabled,
@@ -102,6 +122,9 @@ class Snapshot:
                   "snaplen": self.dump.snaplen} if self.dump else None,
             rules_active=self.rules_active,
             service={"running": self.service is not None, "pid": self.service},
+            short_lived=[{"destination": s.destination, "netns": s.netns,
+                          "msgs_per_connection": round(s.msgs_per_conn, 2)}
+                         for s in self.short_lived],
             totals={"redirected_msgs": self.redirected_msgs,
                     "redirected_bytes": self.redirected_bytes,
                     "pairs": self.pairs},

@@ -16,7 +16,7 @@ from mdatui.core.backend import RulesDoc, Unavailable
 from mdatui.core.ends import Connection, Endpoint, Owner
 from mdatui.core.kernel import abi
 from mdatui.core.procs import ProcessInfo
-from mdatui.core.snapshot import DumpState, Snapshot, disabled
+from mdatui.core.snapshot import DumpState, ShortLived, Snapshot, disabled
 from mdatui.core.verdicts import preview
 
 NOW = 1_700_000_100.0          # wall clock of every frame
@@ -90,9 +90,9 @@ def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
         connections=conns,
         stats={"accelerated": 40, "refused": 3, "demoted": 2, "tainted": 1, "redirect_failed": 0,
                "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0,
-               "drained": 6, "blocking": 1},
+               "drained": 6, "blocking": 1, "short": 120},
         dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset),
-        service=4242)
+        service=4242, short_lived=[ShortLived("10.0.0.9:8080", 0, 2.0)])
 
 
 PROCESSES = {

@@ -10,6 +10,11 @@ from .. import addrs
 MAX_SOCKS = 262144
 MAX_RULES = 128
 MAX_SNAPLEN = 4096
+# A destination whose connections lately carried fewer than SHORT_MSGS messages each, counted
+# over at least SHORT_MIN connections, gets new ones on the stack (MDA_SHORT_* in bpf/mdatui.h;
+# the loader compiles these values in).
+SHORT_MSGS = 6
+SHORT_MIN = 8
 UNKNOWN_ID = 0xFFFFFFFF
 NO_RULE = 0xFFFFFFFF
 
@@ -81,13 +86,9 @@ class Dest(ct.Structure):
     _fields_ = [("ip", ct.c_uint32 * 4), ("port", ct.c_uint32), ("pad", ct.c_uint32),
                 ("netns", ct.c_uint64)]
 
-    @property
-    def endpoint(self) -> str:
-        return addrs.endpoint(bytes(self.ip), self.port)
-
 
 class DestStat(ct.Structure):
-    _fields_ = [("conns", ct.c_uint32), ("msgs", ct.c_uint32), ("skipped", ct.c_uint32),
+    _fields_ = [("conns", ct.c_uint32), ("msgs", ct.c_uint32), ("decided", ct.c_uint32),
                 ("pad", ct.c_uint32)]
 
 

@@ -55,7 +55,8 @@ def _compile(max_sockets: int):
     text = "\n".join((BPF_DIR / src).read_text() for src in (HEADER, *SOURCES))
     unread_max, unread_cap = _unread_limits()
     cflags = [f"-I{BPF_DIR}", f"-DMDA_MAX_SOCKS={max_sockets}", f"-DMDA_UNREAD_MAX={unread_max}U",
-              f"-DMDA_UNREAD_CAP={unread_cap}U"]
+              f"-DMDA_UNREAD_CAP={unread_cap}U", f"-DMDA_SHORT_MSGS={abi.SHORT_MSGS}",
+              f"-DMDA_SHORT_MIN={abi.SHORT_MIN}"]
     cflags += [f"-D{macro}={offset}" for macro, offset in btf.offsets(KERNEL_MEMBERS).items()]
     try:
         return BPF(text=text.encode(), cflags=cflags)

@@ -107,8 +107,7 @@ class OverviewView(View):
                      f"{snap.stats.get('blocking', 0)} blocking readers, "
                      f"{snap.stats.get('unread', 0)} slow readers; "
                      f"{snap.stats.get('drained', 0)} ends drained"),
-            ("kept off", f"{snap.stats.get('short', 0)} short-lived connections (their "
-                         "destination's carry few messages)"),
+            ("kept off", snap.kept_off()),
         ])
         self.query_one("#ov-msgs-spark", Sparkline).data = list(self._msgs)
         self.query_one("#ov-bytes-spark", Sparkline).data = list(self._bytes)

@@ -26,13 +26,15 @@ from .sockets import SocketFinder, cgroup_pids, unread_at
 READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
 PERIOD = 0.1  # seconds between two looks: some 2 % of a CPU for `mdatui serve` when idle
 # A reader thread starts its recv() as soon as its connection is up: for this long after new
-# connections were accelerated, look sooner, EAGER_GAP after the last look at first. Each such
-# look that finds nothing to stop doubles the gap (up to PERIOD) until one finds something or a
-# new process joins the cgroup: under a steady churn of connections of programs that do not
-# block (wrk > haproxy > nginx with a new connection per request), looks every 5 ms took 12 % of
-# a CPU, a tenth of the requests per second.
+# connections were accelerated, look sooner, EAGER_GAP after the last look. Under a churn of new
+# connections (more than CHURN a second) each such look that finds nothing to stop doubles the
+# gap, up to PERIOD, until one finds something, a new process joins the cgroup or the churn
+# ends: with wrk > haproxy > nginx opening a connection per request, looks every 5 ms took 12 %
+# of a CPU, a tenth of the requests per second. A few new connections keep the 5 ms: a blocking
+# full-duplex proxy's reader gets EAGAIN if its connection is found too late.
 EAGER = 0.2
 EAGER_GAP = 0.005
+CHURN = 200
 O_NONBLOCK = 0o4000
 
 
@@ -84,6 +86,7 @@ class Guard:
         self._gap = EAGER_GAP
         self._next = 0.0
         self._pids: set[int] = set()  # the cgroup's processes at the last look
+        self._looked = (0.0, 0)  # when, and the ACCELERATED stat then
 
     def eager(self) -> bool:
         return time.monotonic() < self._eager_until
@@ -102,7 +105,9 @@ class Guard:
         joined = not self._pids.issuperset(pids)
         self._pids = set(pids)
         asked = self.check(pids)
-        self._gap = EAGER_GAP if asked or joined else min(2 * self._gap, PERIOD)
+        churn = accelerated - self._looked[1] > CHURN * (now - self._looked[0])
+        self._looked = (now, accelerated)
+        self._gap = min(2 * self._gap, PERIOD) if churn and not (asked or joined) else EAGER_GAP
         self._next = now + (self._gap if now < self._eager_until else PERIOD)
         return asked
 

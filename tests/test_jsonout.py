@@ -103,3 +103,15 @@ def test_query_jsonl_on_a_pin_dir_without_accelerator(tmp_path, capsys):
     with pytest.raises(SystemExit):  # one format at a time
         main(["query", "--json", "--jsonl", "--pin-dir", str(tmp_path)])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_short_lived_destinations_in_json_and_in_words():
+    dests = [snapshot.ShortLived(f"198.18.0.{i}:80", 0, 1 + i / 4) for i in range(1, 6)]
+    snap = Snapshot(taken_at=1.0, enabled=True, pin_dir="/x", stats={"short": 900},
+                    short_lived=dests)
+    assert snap.to_json()["short_lived"][0] == {"destination": "198.18.0.1:80", "netns": 0,
+                                                "msgs_per_connection": 1.25}
+    assert snap.kept_off() == ("900 short-lived connections; now to 198.18.0.1:80 (1.2 msgs each), "
+                               "198.18.0.2:80 (1.5 msgs each), 198.18.0.3:80 (1.8 msgs each) and "
+                               "2 more")
+    assert replace(snap, short_lived=[]).kept_off() == "900 short-lived connections"

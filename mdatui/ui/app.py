@@ -71,6 +71,9 @@ class MdaConsole(KeysInOrder, App[int]):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("q", "quit", "Quit"),
+        # A terminal hands ctrl+c to the console as a key (no SIGINT); Textual's own binding only
+        # tells to press ctrl+q, and a field's would copy. Users end a console with it.
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("plus,equals_sign", "refresh_interval(-1)", "Faster", key_display="+", show=False),
         Binding("minus", "refresh_interval(1)", "Slower", key_display="-", show=False),

@@ -80,6 +80,19 @@ async def test_a_tab_number_typed_into_a_field_is_the_fields():
         assert tabs.active == "pairs"
 
 
+@pytest.mark.parametrize("keys", [("ctrl+c",), ("2", "slash", "1", "ctrl+c"), ("ctrl+q",)],
+                         ids=["overview", "typing-a-filter", "ctrl+q"])
+async def test_ctrl_c_ends_the_console_as_q_does(keys):
+    """In a terminal ctrl+c reaches the console as a key, not as SIGINT; a user ends a console
+    with it, even from a field."""
+    async with console().run_test(size=SIZE) as pilot:
+        await wait_frames(pilot, 1)
+        await pilot.press(*keys)
+        await pilot.pause(0.1)
+        assert not pilot.app.is_running
+    assert pilot.app.return_code == 0
+
+
 async def test_a_table_opened_again_before_other_ends_came_is_not_made_again():
     async with console().run_test(size=SIZE) as pilot:
         await wait_frames(pilot, 1)

@@ -176,7 +176,8 @@ def rows(cells: list[dict]) -> list[dict]:
                 notes.append(f"accel errors {errors:.0f}")
             out.append({
                 "case": case.name, "topology": case.topology, "tool": case.tool,
-                "size": case.size, "nodelay": case.nodelay, "per_conn": case.per_conn, "metric": m.name, "unit": m.unit,
+                "size": case.size, "nodelay": case.nodelay, "per_conn": case.per_conn,
+                "metric": m.name, "unit": m.unit,
                 "shown": m.shown, "higher_is_better": m.higher_is_better,
                 "plain": p, "accel": a, "plain_median": pm, "accel_median": am, "ratio": ratio,
                 "pair_ratio_min": min(per_pair) if per_pair else None,
@@ -204,7 +205,7 @@ def _what(r: dict) -> str:
     if r["tool"] == "sockperf-tp":
         label += " TCP_NODELAY" if r["nodelay"] else " Nagle"
     if r["per_conn"] > 1:
-        label += f" every {r['per_conn']}th request"
+        label += f", {r['per_conn']} requests a connection"
     return label
 
 

@@ -145,14 +145,10 @@ static __always_inline void mda_count_dest(const struct mda_sock_key *self, cons
 {
 	struct mda_dest d = {};
 	mda_dest_of(&d, c->active ? self : &c->peer);
-	struct mda_dest_stat *s = mda_dest_map.lookup(&d);
-	if (!s) {
-		struct mda_dest_stat fresh = {};
-		mda_dest_map.update(&d, &fresh);
-		s = mda_dest_map.lookup(&d);
-		if (!s)
-			return;
-	}
+	struct mda_dest_stat fresh = {};
+	struct mda_dest_stat *s = mda_dest_map.lookup_or_try_init(&d, &fresh);
+	if (!s)
+		return;
 	__u64 sent = c->msgs + c->passed;
 	s->msgs += sent > 0xffff ? 0xffff : (__u32)sent; /* one endless stream must not swamp it */
 	if (!c->active)

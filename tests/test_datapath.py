@@ -33,6 +33,14 @@ def ends(inst) -> dict[tuple[str, str], Connection]:
     return {(c.end.local, c.end.remote): c for c in reader.read(inst).connections}
 
 
+def service_gone(pin_dir: str, seconds: float) -> bool:
+    """Whether `mdatui serve` for pin_dir has ended within seconds."""
+    deadline = time.monotonic() + seconds
+    while service.running(pin_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return service.running(pin_dir) is None
+
+
 def wait_maps_empty(inst, seconds: float = 5) -> dict[str, int]:
     deadline = time.monotonic() + seconds
     while True:
@@ -397,10 +405,7 @@ def test_an_end_disable_hands_over_leaves_once_read_though_disable_took_its_peer
     result = lifecycle.disable(pin_dir)
     assert (result.left, result.handed) == (1, 1)
     assert service.running(pin_dir) is not None
-    deadline = time.monotonic() + 15
-    while service.running(pin_dir) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert service.running(pin_dir) is None, "the service still waits for the sink's end"
+    assert service_gone(pin_dir, 15), "the service still waits for the sink's end"
     peers.proceed(cli)
     got = peers.report(sink)
     assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
@@ -422,10 +427,7 @@ def test_an_end_closed_while_it_drains_keeps_what_it_has_not_read(lab, pin_dir):
     peers.proceed(cli)  # closes: its FIN closes the sink's end
     got = peers.report(sink)
     assert (got["bytes"], got["sha256"]) == (200_000, sent["sha256_sent"])
-    deadline = time.monotonic() + 5
-    while service.running(pin_dir) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert service.running(pin_dir) is None, "the service still waits for the closed end"
+    assert service_gone(pin_dir, 5), "the service still waits for the closed end"
 
 
 def test_the_service_starts_while_someone_asks_whether_it_runs(lab, pin_dir):

@@ -221,6 +221,8 @@ enum mda_stat {
 	MDA_STAT_EVENTS_LOST,   /* mda_events records a reader's full ring refused */
 	MDA_STAT_UNREAD,        /* ends stopped because their peer fell too far behind */
 	MDA_STAT_SHORT,         /* connections left to the stack: their destination's are short */
+	MDA_STAT_LISTED,        /* ends newly put in sock_drain_map (user space adds its own),
+	                         * each after its write: a sweep that finds it unmoved skips it */
 	MDA_STAT_MAX,
 };
 
@@ -367,7 +369,11 @@ static __always_inline void mda_stop(struct mda_sock_key *key, struct mda_conn *
 	c->tainted = 1;
 	c->reason = reason;
 	struct mda_drain d = { .since_ns = bpf_ktime_get_ns(), .reason = reason };
-	sock_drain_map.update(key, &d);
+	/* Counted once an end: one user space asked to stop is listed already. */
+	if (sock_drain_map.insert(key, &d) == 0)
+		mda_count(MDA_STAT_LISTED);
+	else
+		sock_drain_map.update(key, &d);
 }
 
 /* A connection leaves the fast path as a whole: each end may only leave the sockhash once the

@@ -224,8 +224,9 @@ def test_a_stream_of_small_writes_is_handed_back_only_with_nagle(lab, accel, nod
     if not nodelay:
         wait_drained(accel, 2)
     mine = ends(accel)[(local, "127.0.0.1:7000")]
-    assert (mine.state, mine.msgs, accel.stats()["demoted"]) == (
-        ("accelerated", 200, 0) if nodelay else ("normal", 64, 1))
+    stats = accel.stats()
+    assert (mine.state, mine.msgs, stats["demoted"], stats["listed"]) == (
+        ("accelerated", 200, 0, 0) if nodelay else ("normal", 64, 1, 2))
     peers.proceed(cli)
 
 

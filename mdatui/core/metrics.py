@@ -47,6 +47,8 @@ STAT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
                          "Connecting ends whose peer never paired, taken out of the sockhash"),
     "drained": ("mdatui_drained", {},
                 "Ends that stopped redirecting and left the sockhash once their reader had read all"),
+    "listed": ("mdatui_stopped_redirecting", {},
+               "Ends that stopped redirecting, or were asked to: each drains, then leaves the sockhash"),
     "blocking": ("mdatui_blocking", {}, "Connections kept off the fast path: blocking full-duplex readers"),
     "dump_lost": ("mdatui_dump_records_lost", {},
                   "Dump records (copies of redirected messages) the kernel could not hand to the reader"),

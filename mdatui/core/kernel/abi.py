@@ -162,6 +162,7 @@ class Stat(enum.IntEnum):
     EVENTS_LOST = 15
     UNREAD = 16
     SHORT = 17
+    LISTED = 18
 
 
 STAT_MAX = len(Stat)

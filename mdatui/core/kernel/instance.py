@@ -159,6 +159,7 @@ class Instance:
                 if e.errno != errno.EEXIST:  # already stopped or asked: nothing to add
                     raise
         if asked:
+            self.add_stat(abi.Stat.LISTED, asked)
             self.maps["mda_stop_req"].update(ct.c_uint32(0), ct.c_uint32(1))
         return asked
 

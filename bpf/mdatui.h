@@ -138,6 +138,12 @@ struct mda_drain {
 	__u32 requested;
 };
 
+/* What blocked_readers.c hands `mdatui serve` for each thread asleep in a read. */
+struct mda_blocked_read {
+	__u32 pid; /* its process */
+	__u32 fd;
+};
+
 /* sock_helper_map value: what the connecting end leaves for the accepting end, keyed by the
  * connecting end's local address (which the accepting end sees as its remote address, also
  * behind an iptables REDIRECT, where the destination changes but the source does not). */
@@ -287,6 +293,14 @@ static __always_inline void mda_count(int stat)
 	__u64 *v = mda_stats.lookup(&stat);
 	if (v)
 		(*v)++;
+}
+
+/* A pointer-sized kernel member at an offset the loader took from the kernel's BTF. */
+static __always_inline __u64 mda_peek(void *at)
+{
+	__u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), at);
+	return v;
 }
 
 static __always_inline __u32 mda_port_host(__u32 be_port)

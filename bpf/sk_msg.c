@@ -53,13 +53,6 @@ static __always_inline void mda_dump_msg(struct sk_msg_md *msg, struct mda_sock_
 		mda_count(MDA_STAT_DUMP_LOST);
 }
 
-static __always_inline __u64 mda_peek(void *at)
-{
-	__u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), at);
-	return v;
-}
-
 /* Plain TCP stops a sender once its peer's receive buffer is full; redirected bytes are charged
  * to the peer and nothing stops the sender, so a peer that reads slowly or never holds ever more
  * kernel memory. A reader that keeps reading is left alone up to MDA_UNREAD_CAP (a quarter of

@@ -1,5 +1,6 @@
 """What mdatui serve sees in /proc: which end a process holds, how much of it is unread, and
-which threads block reading a blocking socket (core.sockets, core.guard). No BPF: plain sockets."""
+which threads block reading a blocking socket (core.sockets, core.guard): plain sockets, and
+the kernel's iterator the guard reads where it can."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from mdatui.core import addrs, guard, sockets
+from mdatui.core.kernel.instance import READER_ITER
 
 # A process with a reader thread blocked in recv() on a blocking socket and another on a
 # non-blocking one (in select, not recv), and a main thread that waits: what guard looks for.
@@ -87,3 +89,22 @@ def test_a_single_threaded_blocking_reader_is_left_alone():
     finally:
         reader.kill()
         reader.wait()
+
+
+@pytest.mark.kernel
+def test_the_kernels_iterator_finds_what_proc_shows_and_only_in_the_cgroup(lab, accel):
+    """bpf/blocked_readers.c, read as `mdatui serve` reads it (one read for every task of the
+    host), against the /proc walk: the same blocked reader, and none outside the cgroup."""
+    procs = [lab.spawn([sys.executable, "-c", HOLDER], inside=inside, stdin=subprocess.PIPE,
+                       text=True) for inside in (True, False)]
+    fds = []
+    for p in procs:
+        fds.append(int(p.stdout.readline().split()[0]))
+        p.stdin.write("\n")
+        p.stdin.flush()
+    pinned = os.path.join(accel.pin_dir, READER_ITER)
+    assert guard.Guard(accel, sockets.SocketFinder(lab.cgroup)).iterator is not None
+    kernel = guard.ReaderIterator(pinned, lab.cgroup)
+    found = wait_for(lambda: list(kernel.blocked_reads()))
+    assert found == [(procs[0].pid, fds[0])]
+    assert list(guard.blocked_reads([p.pid for p in procs])) == list(zip([p.pid for p in procs], fds))

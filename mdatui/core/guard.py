@@ -3,10 +3,12 @@
 A thread blocked in recv() on a socket in the sockhash returns EAGAIN when it is woken without
 redirected data, and its own socket wakes it so: when the FIN another thread sent is
 acknowledged, when that thread's TCP sends free buffer space, at a reset. Plain TCP goes back to
-sleep. No BPF program can see a receive or correct its result, but /proc can see a thread
-blocked in a read of a blocking socket (no O_NONBLOCK) with nothing unread, in a process with
-more threads: such a connection is asked to stop redirecting (abi.Leave.BLOCKING); once drained it is plain TCP, and
-the blocked read returns with the first bytes that come over TCP, not with EAGAIN. A read
+sleep. No BPF program can see a receive or correct its result, but a thread blocked in a read
+of a blocking socket (no O_NONBLOCK) with nothing unread, in a process with more threads, can
+be seen: bpf/blocked_readers.c lists such threads in one read where the kernel can run it,
+elsewhere /proc is walked. Such a connection is asked to stop redirecting (abi.Leave.BLOCKING);
+once drained it is plain TCP, and the blocked read returns with the first bytes that come over
+TCP, not with EAGAIN. A read
 already blocked when the connection is found stays exposed until those bytes come. Event-driven
 programs (non-blocking sockets, poll/epoll, as Envoy), blocking ones that wait in poll/select
 before they read, and single-threaded blocking ones keep the fast path.
@@ -14,24 +16,27 @@ before they read, and single-threaded blocking ones keep the fast path.
 
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from .kernel import abi
-from .kernel.instance import Instance
+from .kernel import abi, system
+from .kernel.instance import READER_ITER, Instance
 from .kernel.system import syscall_number
 from .sockets import SocketFinder, cgroup_pids, unread_at
 
-READS = {syscall_number(n) for n in ("read", "readv", "recvfrom", "recvmsg")}
-PERIOD = 0.1  # seconds between two looks when idle: 0.2-0.4 ms of CPU each (bench/service.py)
+READS = {syscall_number(n) for n in abi.READ_CALLS}
+PERIOD = 0.1  # seconds between two looks when idle (bench/service.py measures them)
 # A reader thread starts its recv() as soon as its connection is up: for this long after new
 # connections were accelerated, look sooner, EAGER_GAP after the last look. Under a churn of new
 # connections (more than CHURN a second) each such look that finds nothing to stop doubles the
-# gap, up to PERIOD, until one finds something, a new process joins the cgroup or the churn
-# ends: with wrk > haproxy > nginx opening a connection per request, looks every 5 ms took 12 %
-# of a CPU, a tenth of the requests per second. A few new connections keep the 5 ms: a blocking
-# full-duplex proxy's reader gets EAGAIN if its connection is found too late.
+# gap, up to PERIOD, until one finds something, a new process joins the cgroup (with the
+# iterator: begins to block in reads) or the churn ends: with wrk > haproxy > nginx opening a
+# connection per request, looks at /proc every 5 ms took 12 % of a CPU, a tenth of the requests
+# per second, and the iterator's walk of every task of the host grows with the host. A few new
+# connections keep the 5 ms: a blocking full-duplex proxy's reader gets EAGAIN if its
+# connection is found too late.
 EAGER = 0.2
 EAGER_GAP = 0.005
 CHURN = 200
@@ -84,10 +89,44 @@ def _blocking(pid: int, fd: int) -> bool:
     return False
 
 
+class ReaderIterator:
+    """bpf/blocked_readers.c's pinned iterator. Each read of it walks every task of the host in
+    the kernel and lists the threads asleep in a read in processes of more than one thread (some
+    2.5 ms of kernel time for 5,400 tasks, a tenth of the /proc walk's); of those, the ones in
+    the cgroup reading a blocking fd are kept."""
+
+    def __init__(self, path: str, cgroup: str):
+        self.path = path
+        inside = os.path.relpath(cgroup, system.cgroup2_root())
+        self._cgroup = "" if inside == "." else "/" + inside  # as /proc/PID/cgroup names it
+
+    def blocked_reads(self) -> Iterator[tuple[int, int]]:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        size = ct.sizeof(abi.BlockedRead)
+        for at in range(0, len(data) - size + 1, size):
+            r = abi.BlockedRead.from_buffer_copy(data, at)
+            if self._in_cgroup(r.pid) and _blocking(r.pid, r.fd):
+                yield r.pid, r.fd
+
+    def _in_cgroup(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                for line in f:
+                    if line.startswith("0::"):
+                        path = line[3:].rstrip("\n")
+                        return path == self._cgroup or path.startswith(self._cgroup + "/")
+        except OSError:
+            pass
+        return False
+
+
 class Guard:
     def __init__(self, inst: Instance, finder: SocketFinder):
         self.inst = inst
         self.finder = finder
+        pinned = os.path.join(inst.pin_dir, READER_ITER)
+        self.iterator = ReaderIterator(pinned, inst.cgroup) if os.path.exists(pinned) else None
         # Ends asked to stop: one that has left the sockhash still reads as untainted (it
         # never sent a message after the request), and is not asked again.
         self._asked: set[tuple] = set()
@@ -96,7 +135,8 @@ class Guard:
         self._eager_until = 0.0
         self._gap = EAGER_GAP
         self._next = 0.0
-        self._pids: set[int] = set()  # the cgroup's processes at the last look
+        self._pids: set[int] = set()  # the cgroup's processes (with the iterator: its blocked
+                                      # readers' processes) at the last look
         self._looked = (0.0, 0)  # when, and the ACCELERATED stat then
 
     def eager(self) -> bool:
@@ -112,22 +152,27 @@ class Guard:
             self._next = min(self._next, now + self._gap)
         if now < self._next:
             return 0
-        pids = cgroup_pids(self.inst.cgroup)
+        if self.iterator is not None:
+            found = list(self.iterator.blocked_reads())
+            pids = {pid for pid, _ in found}  # new ones: a process began to block in reads
+        else:
+            pids = set(cgroup_pids(self.inst.cgroup))  # new ones: a process joined
+            found = list(blocked_reads(pids))
         joined = not self._pids.issuperset(pids)
-        self._pids = set(pids)
-        asked = self.check(pids)
+        self._pids = pids
+        asked = self.check(found)
         churn = accelerated - self._looked[1] > CHURN * (now - self._looked[0])
         self._looked = (now, accelerated)
         self._gap = min(2 * self._gap, PERIOD) if churn and not (asked or joined) else EAGER_GAP
         self._next = now + (self._gap if now < self._eager_until else PERIOD)
         return asked
 
-    def check(self, pids: list[int]) -> int:
-        """Ask the connections of blocked readers found now among pids to stop; how many ends
-        were asked (the BLOCKING stat counts them)."""
+    def check(self, found: Iterable[tuple[int, int]]) -> int:
+        """Ask the connections of the blocked reads found, (pid, fd) each, to stop; how many
+        ends were asked (the BLOCKING stat counts them)."""
         proxy = self.inst.maps["sock_proxy_map"]
         keys = []
-        for pid, fd in blocked_reads(pids):
+        for pid, fd in found:
             ident = self.finder.key_at(pid, fd)
             if ident is None or ident in self._asked:
                 continue

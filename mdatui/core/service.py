@@ -91,6 +91,9 @@ def serve(pin_dir: str) -> int:
             pins = os.path.join(pin_dir, "sock_ops_map")
             reaper = drain.Reaper(inst)
             watch = guard.Guard(inst, reaper.finder)
+            if watch.iterator is None:
+                print("mdatui serve: this kernel cannot run bpf/blocked_readers.c; looking for "
+                      "blocked readers in /proc, thread by thread", file=sys.stderr, flush=True)
             waiting, next_sweep = 0, 0.0
             while not stopping and os.path.exists(pins):
                 # The guard looks often just after connections were accelerated (their readers

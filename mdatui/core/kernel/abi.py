@@ -92,6 +92,15 @@ class DestStat(ct.Structure):
                 ("pad", ct.c_uint32)]
 
 
+# The system calls a thread blocked reading a socket sleeps in (core/guard.py and
+# bpf/blocked_readers.c look for them).
+READ_CALLS = ("read", "readv", "recvfrom", "recvmsg")
+
+
+class BlockedRead(ct.Structure):
+    _fields_ = [("pid", ct.c_uint32), ("fd", ct.c_uint32)]
+
+
 class Drain(ct.Structure):
     _fields_ = [("since_ns", ct.c_uint64), ("reason", ct.c_uint32), ("requested", ct.c_uint32)]
 

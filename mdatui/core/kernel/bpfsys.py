@@ -26,6 +26,7 @@ BPF_PROG_DETACH = 9
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
 
 ENOTSUPP = 524  # the kernel's own "operation not supported", not in Python's errno
 
@@ -37,6 +38,7 @@ BPF_EXIST = 2
 ATTACH_CGROUP_INET_SOCK_CREATE = 2
 ATTACH_CGROUP_SOCK_OPS = 3
 ATTACH_SK_MSG_VERDICT = 7
+ATTACH_TRACE_ITER = 28
 BPF_F_ALLOW_MULTI = 2
 
 
@@ -109,6 +111,16 @@ def obj_pin(fd: int, path: str) -> None:
 def obj_get(path: str) -> int:
     p = ct.create_string_buffer(os.fsencode(path))
     return _sys(BPF_OBJ_GET, _ObjAttr(pathname=ct.addressof(p)))
+
+
+class _LinkAttr(ct.Structure):
+    _fields_ = [("prog_fd", ct.c_uint32), ("target_fd", ct.c_uint32),
+                ("attach_type", ct.c_uint32), ("flags", ct.c_uint32), ("pad", ct.c_uint64 * 4)]
+
+
+def link_create(prog_fd: int, attach_type: int) -> int:
+    """A link of a program that attaches to no target (an iterator's): its fd."""
+    return _sys(BPF_LINK_CREATE, _LinkAttr(prog_fd=prog_fd, attach_type=attach_type))
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:

@@ -46,6 +46,10 @@ PROGRAMS = (
 )
 
 
+# The pinned iterator link of bpf/blocked_readers.c (absent where the kernel cannot run it).
+READER_ITER = "iter_blocked_readers"
+
+
 class NotEnabled(LookupError):
     """Nothing is pinned at the pin dir."""
 

@@ -15,11 +15,11 @@ from typing import NamedTuple
 
 from .. import resources
 from . import abi, bpfsys, btf, system
-from .instance import MAPS, PROGRAMS, Instance, NotEnabled
+from .instance import MAPS, PROGRAMS, READER_ITER, Instance, NotEnabled
 
 BPF_DIR = Path(os.environ.get("MDATUI_BPF_DIR", resources.BPF_DIR))
 HEADER = "mdatui.h"
-SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c")
+SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c", "blocked_readers.c")
 # Kernel struct members the programs read, as -D macros of their offsets in the running kernel.
 # What a kernel lacks is left out: without the CPU one no end is known to be held to one CPU,
 # without the psock ones a reader that falls behind is not seen (bpf/sk_msg.c).
@@ -28,6 +28,16 @@ KERNEL_MEMBERS = {
     "MDA_OFF_SK_MSG_SK_REDIR": "sk_msg.sk_redir",
     "MDA_OFF_SOCK_USER_DATA": "sock.sk_user_data",
     "MDA_OFF_PSOCK_MSG_TOT_LEN": "sk_psock.msg_tot_len",
+}
+# What blocked_readers.c reads; it is compiled (MDA_GUARD_ITER) only when the BTF gives all.
+GUARD_MEMBERS = {
+    "MDA_OFF_TASK_STATE": "task_struct.__state",
+    "MDA_OFF_TASK_FLAGS": "task_struct.flags",
+    "MDA_OFF_TASK_TGID": "task_struct.tgid",
+    "MDA_OFF_TASK_SIGNAL": "task_struct.signal",
+    "MDA_OFF_SIGNAL_NR_THREADS": "signal_struct.nr_threads",
+    "MDA_OFF_REGS_SYSCALL": "pt_regs.orig_ax",  # x86-64's names
+    "MDA_OFF_REGS_ARG0": "pt_regs.di",
 }
 SYSCTL = "/proc/sys/net/ipv4"
 
@@ -58,6 +68,11 @@ def _compile(max_sockets: int):
               f"-DMDA_UNREAD_CAP={unread_cap}U", f"-DMDA_SHORT_MSGS={abi.SHORT_MSGS}",
               f"-DMDA_SHORT_MIN={abi.SHORT_MIN}"]
     cflags += [f"-D{macro}={offset}" for macro, offset in btf.offsets(KERNEL_MEMBERS).items()]
+    guard = btf.offsets(GUARD_MEMBERS)
+    if len(guard) == len(GUARD_MEMBERS):
+        cflags += [f"-D{macro}={offset}" for macro, offset in guard.items()]
+        cflags += [f"-DMDA_NR_{name.upper()}={system.syscall_number(name)}" for name in abi.READ_CALLS]
+        cflags.append("-DMDA_GUARD_ITER")
     try:
         return BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # BCC raises bare Exception on compile or load failure
@@ -127,6 +142,7 @@ def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | N
             path = os.path.join(pin_dir, prog.pin)
             bpfsys.obj_pin(fns[prog.func].fd, path)
             pinned.append(path)
+        pinned += _pin_reader_iterator(b, pin_dir)
 
         meta = abi.Meta(cgroup=cg.encode(), config=config.encode(), enabled_at=int(time.time()))
         b[b"mda_meta"][ct.c_int(0)] = meta
@@ -157,6 +173,23 @@ def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | N
         os.close(cg_fd)
     b.cleanup()
     return Loaded(Instance(pin_dir), already=False)
+
+
+def _pin_reader_iterator(b, pin_dir: str) -> list[str]:
+    """Pin blocked_readers.c's iterator where `mdatui serve` reads it (instance.READER_ITER);
+    nothing where this kernel cannot run it: the guard then walks /proc."""
+    from bcc import BPF
+    try:
+        fn = b.load_func(b"bpf_iter__task", BPF.TRACING)
+        link = bpfsys.link_create(fn.fd, bpfsys.ATTACH_TRACE_ITER)
+    except Exception:  # not compiled (a member missing from the BTF), or refused
+        return []
+    try:
+        path = os.path.join(pin_dir, READER_ITER)
+        bpfsys.obj_pin(link, path)
+    finally:
+        os.close(link)
+    return [path]
 
 
 def detach(pin_dir: str, cg: str) -> None:

@@ -104,7 +104,26 @@ def test_the_kernels_iterator_finds_what_proc_shows_and_only_in_the_cgroup(lab, 
         p.stdin.flush()
     pinned = os.path.join(accel.pin_dir, READER_ITER)
     assert guard.Guard(accel, sockets.SocketFinder(lab.cgroup)).iterator is not None
+    pids = [p.pid for p in procs]
+    walked = wait_for(lambda: len(found := list(guard.blocked_reads(pids))) == 2 and found)
+    assert walked == list(zip(pids, fds))  # both readers block by now
     kernel = guard.ReaderIterator(pinned, lab.cgroup)
-    found = wait_for(lambda: list(kernel.blocked_reads()))
-    assert found == [(procs[0].pid, fds[0])]
-    assert list(guard.blocked_reads([p.pid for p in procs])) == list(zip([p.pid for p in procs], fds))
+    assert list(kernel.blocked_reads()) == walked[:1]
+
+
+@pytest.mark.kernel
+def test_the_guard_looks_the_cheaper_way_for_the_threads_the_cgroup_holds(lab, accel):
+    """The iterator walks every task of the host, /proc only the cgroup's threads: a few threads
+    are looked at in /proc, many through the iterator."""
+    watch = guard.Guard(accel, sockets.SocketFinder(lab.cgroup))
+    threads = int(sockets.host_tasks() * guard.ITER_COST_US / guard.PROC_COST_US) + 50
+    many = lab.spawn([sys.executable, "-c", (
+        f"import threading, time\nfor _ in range({threads}):\n"
+        "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n")], text=True)
+    assert many.stdout.readline().strip() == "ready"
+    assert sockets.cgroup_threads(lab.cgroup) == threads + 1
+    assert watch._by_iterator(time.monotonic())
+    many.kill()
+    many.wait()
+    assert not watch._by_iterator(time.monotonic() + 1.0)

@@ -5,8 +5,8 @@ redirected data, and its own socket wakes it so: when the FIN another thread sen
 acknowledged, when that thread's TCP sends free buffer space, at a reset. Plain TCP goes back to
 sleep. No BPF program can see a receive or correct its result, but a thread blocked in a read
 of a blocking socket (no O_NONBLOCK) with nothing unread, in a process with more threads, can
-be seen: bpf/blocked_readers.c lists such threads in one read where the kernel can run it,
-elsewhere /proc is walked. Such a connection is asked to stop redirecting (abi.Leave.BLOCKING);
+be seen: bpf/blocked_readers.c lists such threads in one read, or /proc is walked, whichever
+costs less (and /proc where the kernel cannot run the iterator). Such a connection is asked to stop redirecting (abi.Leave.BLOCKING);
 once drained it is plain TCP, and the blocked read returns with the first bytes that come over
 TCP, not with EAGAIN. A read
 already blocked when the connection is found stays exposed until those bytes come. Event-driven
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from .kernel import abi, system
 from .kernel.instance import READER_ITER, Instance
 from .kernel.system import syscall_number
-from .sockets import SocketFinder, cgroup_pids, unread_at
+from .sockets import SocketFinder, cgroup_pids, cgroup_threads, host_tasks, unread_at
 
 READS = {syscall_number(n) for n in abi.READ_CALLS}
 PERIOD = 0.1  # seconds between two looks when idle (bench/service.py measures them)
@@ -40,6 +40,9 @@ PERIOD = 0.1  # seconds between two looks when idle (bench/service.py measures t
 EAGER = 0.2
 EAGER_GAP = 0.005
 CHURN = 200
+# What a look costs for each task the iterator walks (every task of the host), and for each
+# thread of the cgroup /proc is read for, measured with 5,120 threads (bench/service.py).
+ITER_COST_US, PROC_COST_US = 0.4, 4.7
 O_NONBLOCK = 0o4000
 
 
@@ -138,6 +141,7 @@ class Guard:
         self._pids: set[int] = set()  # the cgroup's processes (with the iterator: its blocked
                                       # readers' processes) at the last look
         self._looked = (0.0, 0)  # when, and the ACCELERATED stat then
+        self._weighed_at, self._iterate = -1.0, False  # see _by_iterator
 
     def eager(self) -> bool:
         return time.monotonic() < self._eager_until
@@ -152,7 +156,7 @@ class Guard:
             self._next = min(self._next, now + self._gap)
         if now < self._next:
             return 0
-        if self.iterator is not None:
+        if self._by_iterator(now):
             found = list(self.iterator.blocked_reads())
             pids = {pid for pid, _ in found}  # new ones: a process began to block in reads
         else:
@@ -166,6 +170,19 @@ class Guard:
         self._gap = min(2 * self._gap, PERIOD) if churn and not (asked or joined) else EAGER_GAP
         self._next = now + (self._gap if now < self._eager_until else PERIOD)
         return asked
+
+    def _by_iterator(self, now: float) -> bool:
+        """Whether the iterator costs less than /proc, decided again every second: it walks
+        every task of the host (some 0.4 µs each in the kernel), /proc is read for each thread
+        of the cgroup (some 5 µs each). With a few threads on a busy host, eager looks 200
+        times a second would cost more than they did before the iterator."""
+        if self.iterator is None:
+            return False
+        if now >= self._weighed_at + 1.0:
+            self._weighed_at = now
+            self._iterate = (cgroup_threads(self.inst.cgroup) * PROC_COST_US
+                             > host_tasks() * ITER_COST_US)
+        return self._iterate
 
     def check(self, found: Iterable[tuple[int, int]]) -> int:
         """Ask the connections of the blocked reads found, (pid, fd) each, to stop; how many

@@ -170,5 +170,21 @@ def cgroup_pids(cgroup: str) -> list[int]:
     return pids
 
 
+def cgroup_threads(cgroup: str) -> int:
+    """How many threads a cgroup and the cgroups below it hold."""
+    n = 0
+    for folder, _, _ in os.walk(cgroup):
+        try:
+            n += Path(folder, "cgroup.threads").read_text().count("\n")
+        except OSError:
+            pass
+    return n
+
+
+def host_tasks() -> int:
+    """How many tasks (threads) the host runs: /proc/loadavg's fourth field, RUNNING/TOTAL."""
+    return int(Path("/proc/loadavg").read_text().split()[3].partition("/")[2])
+
+
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]

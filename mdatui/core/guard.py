@@ -6,12 +6,12 @@ acknowledged, when that thread's TCP sends free buffer space, at a reset. Plain 
 sleep. No BPF program can see a receive or correct its result, but a thread blocked in a read
 of a blocking socket (no O_NONBLOCK) with nothing unread, in a process with more threads, can
 be seen: bpf/blocked_readers.c lists such threads in one read, or /proc is walked, whichever
-costs less (and /proc where the kernel cannot run the iterator). Such a connection is asked to stop redirecting (abi.Leave.BLOCKING);
-once drained it is plain TCP, and the blocked read returns with the first bytes that come over
-TCP, not with EAGAIN. A read
-already blocked when the connection is found stays exposed until those bytes come. Event-driven
-programs (non-blocking sockets, poll/epoll, as Envoy), blocking ones that wait in poll/select
-before they read, and single-threaded blocking ones keep the fast path.
+costs less (and /proc where the kernel cannot run the iterator). Such a connection is asked to
+stop redirecting (abi.Leave.BLOCKING); once drained it is plain TCP, and the blocked read
+returns with the first bytes that come over TCP, not with EAGAIN. A read already blocked when
+the connection is found stays exposed until those bytes come. Event-driven programs
+(non-blocking sockets, poll/epoll, as Envoy), blocking ones that wait in poll/select before
+they read, and single-threaded blocking ones keep the fast path.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
@@ -66,7 +66,7 @@ from bench.datapath import _uninterrupted  # noqa: E402  (teardown a second Ctrl
 from mdatui.core.kernel import abi, bpfsys  # noqa: E402
 from mdatui import lab as labm  # noqa: E402
 from mdatui.core import addrs, lifecycle  # noqa: E402
-from mdatui.core.kernel.instance import Instance  # noqa: E402
+from mdatui.core.kernel.instance import Instance, NotEnabled  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
 
 REFRESH_CPU_MS = 100.0
@@ -481,6 +481,32 @@ def enabled_pod(stack: ExitStack, name: str, connections: int):
     progress(f"enabling on {lab.cgroup} (max_sockets {max_socks})")
     inst = lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, max_sockets=max_socks).instance
     return lab, ns, pin_dir, inst
+
+
+@contextmanager
+def held_pod(name: str, connections: int):
+    """A lab pod with the accelerator enabled and `connections` real loopback connections held in
+    it (open_real): (lab, netns, pin dir, holders, what open_real counted). On the way out, also
+    after a failure or an interrupt, the holders are killed by pid, the accelerator is disabled
+    unless the caller did so, and the lab is removed."""
+    stack = ExitStack()
+    try:
+        lab, ns, pin_dir, inst = enabled_pod(stack, name, connections)
+        inst.close()
+        stack.callback(_disable_if_enabled, pin_dir)
+        holders: list[subprocess.Popen] = []
+        stack.callback(_kill, holders)
+        opened = open_real(lab, ns, connections, holders) if connections else {}
+        yield lab, ns, pin_dir, holders, opened
+    finally:
+        progress("removing everything")
+        with _uninterrupted():
+            stack.close()
+
+
+def _disable_if_enabled(pin_dir: str) -> None:
+    with suppress(NotEnabled):
+        lifecycle.disable(pin_dir)
 
 
 def run(connections: int, seconds: float, real: bool = False) -> dict:

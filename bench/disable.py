@@ -12,16 +12,13 @@ end, and the lab removed, also after a failure.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.console import _kill, enabled_pod, open_real, progress  # noqa: E402
-from bench.datapath import _uninterrupted  # noqa: E402
+from bench.console import held_pod, progress  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
 from mdatui.core import lifecycle, service  # noqa: E402
 from mdatui.core.kernel.instance import Instance  # noqa: E402
@@ -31,19 +28,8 @@ SERVICE_WAIT_S = 300  # the longest the service is given to finish draining
 
 def run(connections: int) -> dict:
     out: dict = {"connections": connections}
-    stack = ExitStack()
-    try:
-        lab, ns, pin_dir, inst = enabled_pod(stack, "dbench", connections)
-        inst.close()
-        disabled = False
-
-        def disable_if_left() -> None:
-            if not disabled:
-                lifecycle.disable(pin_dir)
-        stack.callback(disable_if_left)
-        holders: list[subprocess.Popen] = []
-        stack.callback(_kill, holders)
-        out["real"] = open_real(lab, ns, connections, holders)
+    with held_pod("dbench", connections) as (_, _, pin_dir, holders, opened):
+        out["real"] = opened
         time.sleep(2)
         with Instance(pin_dir) as inst:
             out["ends_before"] = inst.maps["sock_proxy_map"].count()
@@ -51,7 +37,6 @@ def run(connections: int) -> dict:
         t = time.monotonic()
         cpu = time.process_time()
         res = lifecycle.disable(pin_dir)
-        disabled = True
         out["disable_s"] = round(time.monotonic() - t, 2)
         out["disable_cpu_s"] = round(time.process_time() - cpu, 2)
         out["drained_by_disable"], out["handed_to_service"] = res.left, res.handed
@@ -62,10 +47,6 @@ def run(connections: int) -> dict:
         out["service_still_running"] = service.running(pin_dir) is not None
         alive = sum(p.poll() is None for p in holders)
         out["holders_alive"] = f"{alive}/{len(holders)}"  # no connection broke its holder
-    finally:
-        progress("removing everything")
-        with _uninterrupted():
-            stack.close()
     return out
 
 

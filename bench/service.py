@@ -12,20 +12,17 @@ removed at the end, also after a failure.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.console import _kill, enabled_pod, open_real, progress  # noqa: E402
-from bench.datapath import _uninterrupted  # noqa: E402
+from bench.console import held_pod, progress  # noqa: E402
 from bench.report import run_and_print  # noqa: E402
-from mdatui.core import lifecycle, service  # noqa: E402
+from mdatui.core import service  # noqa: E402
 
 SETTLE_S = 3  # after the last connection: the guard's eager looks end 0.2 s after it
 SLEEPER = "import threading, time\n" \
@@ -36,17 +33,10 @@ SLEEPER = "import threading, time\n" \
 def run(connections: int, processes: int, threads: int, seconds: float) -> dict:
     out: dict = {"connections": connections, "processes": processes, "threads": threads,
                  "seconds": seconds}
-    stack = ExitStack()
-    try:
-        lab, ns, pin_dir, inst = enabled_pod(stack, "sbench", connections)
-        inst.close()
-        stack.callback(lifecycle.disable, pin_dir)
-        holders: list[subprocess.Popen] = []
-        stack.callback(_kill, holders)
+    with held_pod("sbench", connections) as (lab, ns, pin_dir, holders, opened):
+        out["real"] = opened
         holders += [lab.spawn([sys.executable, "-c", SLEEPER.format(n=threads - 1)], netns=ns)
                     for _ in range(processes)]
-        if connections:
-            out["real"] = open_real(lab, ns, connections, holders)
         time.sleep(SETTLE_S)
         pid = service.running(pin_dir)
         if pid is None:
@@ -61,10 +51,6 @@ def run(connections: int, processes: int, threads: int, seconds: float) -> dict:
         out["user_percent"] = round(100 * (after.user - before.user) / wall, 2)
         out["rss_mb"] = round(proc.memory_info().rss / 2**20, 1)
         out["holders_alive"] = f"{sum(p.poll() is None for p in holders)}/{len(holders)}"
-    finally:
-        progress("removing everything")
-        with _uninterrupted():
-            stack.close()
     return out
 
 

@@ -32,7 +32,8 @@ def test_this_host_passes_every_check(capsys):
     assert lines and all(line.startswith("ok   ") for line in lines), lines
     said = "\n".join(lines)
     for expected in ("kernel " + os.uname().release, "CONFIG_BPF_SYSCALL=y", "CONFIG_CGROUP_BPF=y",
-                     "CONFIG_NET_SOCK_MSG=y", "BTF at", "cgroup2 mounted at", "bpffs",
+                     "CONFIG_NET_SOCK_MSG=y", "blocked readers are listed by a task iterator",
+                     "cgroup2 mounted at", "bpffs",
                      "kernel headers", "BCC 0.", "iptables at", "lockdown", "memlock",
                      "no accelerator pinned", "FIONREAD"):
         assert expected in said
@@ -93,9 +94,12 @@ def test_lockdown_file_wins_over_the_config(tmp_path):
     assert failing(host(lockdown=str(state), config=GOOD_CONFIG)) == []
 
 
-def test_an_old_kernel_also_warns_of_memlock_and_fionread():
+def test_an_old_kernel_also_warns_of_memlock_fionread_and_the_guards_iterator():
     lines = failing(host(release="5.4.0", config=GOOD_CONFIG, euid=1000,
                          memlock=(65536, 65536)))
+    assert (f"warn BTF at {doctor.Host.btf}, but the kernel cannot run bpf/blocked_readers.c (it "
+            "is older than 5.15): `mdatui serve` looks for blocked readers in /proc, thread by "
+            "thread, some 5 µs a thread of the cgroup ten times a second") in lines
     assert ("FAIL memlock is limited to 65536 bytes and cannot be raised: the maps will not fit; "
             "run as root or `ulimit -l unlimited`") in lines
     assert any(line.startswith("warn kernel 5.4.0: FIONREAD may not count redirected bytes")

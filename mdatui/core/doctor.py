@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .kernel import system
+from .kernel.btf import offsets
 from .kernel.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
+from .kernel.loader import GUARD_MEMBERS
 
 # bpf_probe_read_kernel, the newest helper bpf/*.c calls, came in 5.5; sockhash and sk_msg in 4.18.
 MIN_KERNEL = (5, 5)
 # tcp_bpf_ioctl (6.5) makes FIONREAD on a socket in a sockhash count what was redirected to it.
 FIONREAD_KERNEL = (6, 5)
+GUARD_KERNEL = (5, 15)  # bpf_task_pt_regs, which bpf/blocked_readers.c calls
 # From 5.11 BPF maps are charged to the memory cgroup, and RLIMIT_MEMLOCK no longer applies.
 MEMCG_KERNEL = (5, 11)
 FULL_SHARE = 0.9  # a map this full leaves new connections on the normal path soon
@@ -148,13 +151,24 @@ def config_options(h: Host) -> list[Check]:
 
 
 def btf(h: Host) -> Check:
-    if os.path.exists(h.btf):
-        return Check(True, f"BTF at {h.btf}")
-    return Check(False, f"no BTF at {h.btf}: mdatui runs without it (BCC compiles against the "
-                         "headers) but neither tells ends held to one CPU apart (small TCP_NODELAY "
-                         "streams are faster off the fast path there) nor sees a peer that does not "
-                         "read (its sender is never stopped); CONFIG_DEBUG_INFO_BTF=y gives it",
-                 required=False)
+    if not os.path.exists(h.btf):
+        return Check(False, f"no BTF at {h.btf}: mdatui runs without it (BCC compiles against the "
+                             "headers) but neither tells ends held to one CPU apart (small "
+                             "TCP_NODELAY streams are faster off the fast path there) nor sees a peer "
+                             "that does not read (its sender is never stopped), and `mdatui serve` "
+                             "looks for blocked readers in /proc, thread by thread; "
+                             "CONFIG_DEBUG_INFO_BTF=y gives it",
+                     required=False)
+    found = offsets(GUARD_MEMBERS, Path(h.btf))
+    missing = sorted(member for macro, member in GUARD_MEMBERS.items() if macro not in found)
+    if missing or h.version() < GUARD_KERNEL:
+        lacks = (f"its BTF has no {', '.join(missing)}" if missing
+                 else f"it is older than {_v(GUARD_KERNEL)}")
+        return Check(False, f"BTF at {h.btf}, but the kernel cannot run bpf/blocked_readers.c "
+                            f"({lacks}): `mdatui serve` looks for blocked readers in /proc, thread "
+                            "by thread, some 5 µs a thread of the cgroup ten times a second",
+                     required=False)
+    return Check(True, f"BTF at {h.btf}; blocked readers are listed by a task iterator")
 
 
 def cgroup2(h: Host) -> Check:

@@ -116,7 +116,7 @@ def test_the_guard_looks_the_cheaper_way_for_the_threads_the_cgroup_holds(lab, a
     """The iterator walks every task of the host, /proc only the cgroup's threads: a few threads
     are looked at in /proc, many through the iterator."""
     watch = guard.Guard(accel, sockets.SocketFinder(lab.cgroup))
-    threads = int(sockets.host_tasks() * guard.ITER_COST_US / guard.PROC_COST_US) + 50
+    threads = 2 * int(sockets.host_tasks() * guard.ITER_COST_US / guard.PROC_COST_US) + 50
     many = lab.spawn([sys.executable, "-c", (
         f"import threading, time\nfor _ in range({threads}):\n"
         "    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"

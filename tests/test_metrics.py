@@ -283,9 +283,12 @@ def test_serve_runs_the_endpoint_beside_the_drain_service(lab, pin_dir):
     service, url = _start_mdatui("serve", "--pin-dir", pin_dir, "--metrics", "127.0.0.1:0")
     try:
         deadline = time.monotonic() + 10
-        while sample(_get(url), "mdatui_drain_service_running") != 1:
+        while sample(page := _get(url), "mdatui_drain_service_running") != 1:
             assert time.monotonic() < deadline, "serve never showed as running"
             time.sleep(0.1)
+        # It exports itself here: its start (Python, numpy, the maps) took CPU and memory.
+        assert sample(page, "mdatui_drain_service_cpu_seconds_total") > 0.05
+        assert sample(page, "mdatui_drain_service_resident_bytes") > 10 << 20
     finally:
         _stop(service)
     assert service.returncode == 0

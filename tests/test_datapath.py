@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -342,6 +343,7 @@ def test_short_lived_connections_stay_on_the_stack_until_they_grow_longer(lab, a
     assert [d["destination"] for d in shown["short_lived"]] == ["127.0.0.1:7000"]
     said = mdatui("query", "--pin-dir", accel.pin_dir).stdout
     assert f"kept off: {stats['short']} short-lived connections; now to 127.0.0.1:7000 (" in said
+    assert re.search(r"drain service: running \(pid \d+, \d+\.\d % of a CPU since it started\)", said)
     longer = peers.client(lab, ns, "churn", "--to", "127.0.0.1:7000", "--count", "200",
                           "--exchanges", "8")
     assert peers.report(longer, timeout=60) == {"connections": 200, "echoed": 200}
@@ -592,6 +594,7 @@ def test_hand_back_with_bytes_in_both_queues_keeps_their_order(lab, accel):
                          capture_output=True, text=True, timeout=30, check=True)
     shown = json.loads(out.stdout)
     assert shown["service"]["running"]
+    assert 0 < shown["service"]["cpu_share"] <= 1  # its start alone took some CPU
     assert {c["local"]: c["state"] for c in shown["connections"]}["127.0.0.1:7000"] == "draining"
     wait_drained(accel, 2)  # the sink reads from 2 s on; the connection stays open meanwhile
     found = ends(accel)

@@ -102,8 +102,7 @@ def cmd_query(a) -> int:
     for name, m in snap.maps.items():
         print(f"  {name}: {m['entries']} entries (of {m['capacity']})")
     print(f"  rules: {snap.rules_active} active; config {snap.config or '(none)'}")
-    print("  drain service: " + (f"running (pid {snap.service})" if snap.service is not None
-                                 else "not running (start `mdatui serve`)"))
+    print("  drain service: " + (snap.service_text() or "not running (start `mdatui serve`)"))
     print(f"  redirected: {snap.redirected_msgs} msgs, {units.size(snap.redirected_bytes)}; "
           f"{snap.pairs} pairs now")
     if snap.stats.get("short") or snap.short_lived:

@@ -237,7 +237,8 @@ class Reader:
             dump=_dump_state(inst.control()),
             active_rules=rules.from_ruleset(ruleset) if ruleset else [],
             ends_every_s=self._every_s,
-            service=service_status.running(inst.pin_dir),
+            service=(pid := service_status.running(inst.pin_dir)),
+            service_cpu=None if pid is None else service_status.cpu_share(pid),
             short_lived=short_lived(inst),
         )
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import time
 from pathlib import Path
+
+import psutil
 
 RUN_DIR = Path("/run/mdatui")
 
@@ -37,3 +40,13 @@ def running(pin_dir: str) -> int | None:
         return None
     finally:
         os.close(fd)
+
+
+def cpu_share(pid: int) -> float | None:
+    """The share of one CPU the process has taken since it started (None if it has ended)."""
+    try:
+        proc = psutil.Process(pid)
+        cpu, started = proc.cpu_times(), proc.create_time()
+    except psutil.Error:
+        return None
+    return (cpu.user + cpu.system) / max(time.time() - started, 1e-3)

@@ -92,7 +92,7 @@ def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
                "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0,
                "drained": 6, "blocking": 1, "short": 120},
         dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset),
-        service=4242, short_lived=[ShortLived("10.0.0.9:8080", 0, 2.0)])
+        service=4242, service_cpu=0.011, short_lived=[ShortLived("10.0.0.9:8080", 0, 2.0)])
 
 
 PROCESSES = {

@@ -90,9 +90,9 @@ class OverviewView(View):
             ("rules", f"{snap.rules_active} active, from {snap.config or '(no file)'}"),
             ("programs", ", ".join(f"{name} #{pid}" for name, pid in snap.programs.items())),
             ("dump", dump_text),
-            ("drain service", f"running (pid {snap.service})" if snap.service is not None else
-             Text("not running: ends that leave the fast path stay in the sockhash "
-                  "(mdatui serve)", style="bold yellow")),
+            ("drain service", snap.service_text() or Text(
+                "not running: ends that leave the fast path stay in the sockhash (mdatui serve)",
+                style="bold yellow")),
         ])
         states = dict(zip(STATES, np.bincount(snap.table.state, minlength=len(STATES)).tolist()))
         self._panel("#ov-rates", [

@@ -9,11 +9,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from mdatui.core import lifecycle, reader, service, service_status
+from mdatui.core import lifecycle, metrics, reader, rules, service, service_status
 from mdatui.core.ends import Connection
 
 from . import peers
@@ -658,3 +659,26 @@ def test_ipv6_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
     assert mine.end.local.startswith("[2001:2::1]:") and not mine.end.netns
     assert mine.bytes == theirs.bytes == 8_000_000
 
+
+
+def test_a_reader_while_enable_runs_finds_nothing_or_the_whole_accelerator(lab, pin_dir):
+    """The console polls while its offer to enable runs: each snapshot it reads is disabled, or
+    names the cgroup and carries the rules (one once had neither, and the console took it)."""
+    seen, stop = [], threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            snap = metrics.read_pinned(pin_dir)
+            seen.append((snap.enabled, snap.cgroup, snap.rules_active))
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        ruleset = rules.to_ruleset([rules.parse_rule("chain --port 15006 -j RETURN")])
+        lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, ruleset=ruleset, serve=False)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen[0] == (False, "", 0) and seen[-1] == (True, lab.cgroup, 1)
+    assert set(seen) == {seen[0], seen[-1]}

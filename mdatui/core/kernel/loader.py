@@ -131,25 +131,28 @@ def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | N
             "mda_sock_ops": b.load_func(b"mda_sock_ops", BPF.SOCK_OPS),
             "mda_sk_msg": b.load_func(b"mda_sk_msg", BPF.SK_MSG),
         }
-        for name in MAPS:
-            fd = lib.bpf_table_fd(b.module, name.encode())
-            if fd < 0:
-                raise system.SetupError(f"BPF map {name} was not created")
-            path = os.path.join(pin_dir, name)
-            bpfsys.obj_pin(fd, path)
-            pinned.append(path)
-        for prog in PROGRAMS:
-            path = os.path.join(pin_dir, prog.pin)
-            bpfsys.obj_pin(fns[prog.func].fd, path)
-            pinned.append(path)
-        pinned += _pin_reader_iterator(b, pin_dir)
-
         meta = abi.Meta(cgroup=cg.encode(), config=config.encode(), enabled_at=int(time.time()))
         b[b"mda_meta"][ct.c_int(0)] = meta
         ctl = abi.Control(snaplen=128)
         b[b"mda_control"][ct.c_int(0)] = ctl
         if ruleset is not None:
             b[b"sock_param_map"][ct.c_int(0)] = ruleset
+
+        # Filled before pinned, and sock_ops_map (what Instance looks for) pinned last: a reader
+        # that finds the accelerator finds it whole (the console polling while it enables once
+        # saw one with no cgroup and no rules).
+        pinned += _pin_reader_iterator(b, pin_dir)
+        for prog in PROGRAMS:
+            path = os.path.join(pin_dir, prog.pin)
+            bpfsys.obj_pin(fns[prog.func].fd, path)
+            pinned.append(path)
+        for name in sorted(MAPS, key=lambda name: name == "sock_ops_map"):
+            fd = lib.bpf_table_fd(b.module, name.encode())
+            if fd < 0:
+                raise system.SetupError(f"BPF map {name} was not created")
+            path = os.path.join(pin_dir, name)
+            bpfsys.obj_pin(fd, path)
+            pinned.append(path)
 
         sockhash = lib.bpf_table_fd(b.module, b"sock_ops_map")
         BPF.attach_func(fns["mda_sk_msg"], sockhash, BPFAttachType.SK_MSG_VERDICT)

@@ -682,3 +682,32 @@ def test_a_reader_while_enable_runs_finds_nothing_or_the_whole_accelerator(lab, 
         watcher.join()
     assert seen[0] == (False, "", 0) and seen[-1] == (True, lab.cgroup, 1)
     assert set(seen) == {seen[0], seen[-1]}
+
+
+def test_a_reader_while_disable_runs_finds_the_whole_accelerator_or_nothing(lab, pin_dir):
+    """The same, the other way: while disable unpins, each read finds all of it or nothing."""
+    ruleset = rules.to_ruleset([rules.parse_rule("chain --port 15006 -j RETURN")])
+    lifecycle.enable(cgroup=lab.cgroup, pin_dir=pin_dir, ruleset=ruleset, serve=False)
+    seen, failed, stop = [], [], threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                snap = metrics.read_pinned(pin_dir)
+            except Exception as e:  # what a console would show as a problem
+                failed.append(repr(e))
+            else:
+                seen.append((snap.enabled, snap.cgroup, snap.rules_active))
+
+    watcher = threading.Thread(target=poll)
+    watcher.start()
+    try:
+        time.sleep(0.2)
+        lifecycle.disable(pin_dir)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        watcher.join()
+    assert failed == []
+    assert seen[0] == (True, lab.cgroup, 1) and seen[-1] == (False, "", 0)
+    assert set(seen) == {seen[0], seen[-1]}

@@ -104,8 +104,11 @@ class ReaderIterator:
         self._cgroup = "" if inside == "." else "/" + inside  # as /proc/PID/cgroup names it
 
     def blocked_reads(self) -> Iterator[tuple[int, int]]:
-        with open(self.path, "rb") as f:
-            data = f.read()
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return  # disable unpinned it: the service drains what is left, and ends
         size = ct.sizeof(abi.BlockedRead)
         for at in range(0, len(data) - size + 1, size):
             r = abi.BlockedRead.from_buffer_copy(data, at)

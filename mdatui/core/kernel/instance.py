@@ -62,12 +62,22 @@ class Instance:
         if not Path(pin_dir, "sock_ops_map").exists():
             raise NotEnabled(f"mdatui is not enabled at {pin_dir}")
         self.maps: dict[str, bpfsys.Map] = {}
+        self._programs: dict[str, int] = {}  # function -> fd
         self._capacity: dict[str, int] = {}
+        # Everything is opened now, and held: disable unpins sock_ops_map first, then the rest,
+        # so an instance opened is whole, and one that finds a pin gone meets a disable.
         try:
             for name, (key_type, value_type) in MAPS.items():
                 path = os.path.join(pin_dir, name)
                 self.maps[name] = bpfsys.Map.open(path, key_type, value_type)
                 self.maps[name].check_layout(path)
+            for prog in PROGRAMS:
+                self._programs[prog.func] = bpfsys.obj_get(os.path.join(pin_dir, prog.pin))
+        except bpfsys.BpfError as e:
+            self.close()
+            if e.errno == errno.ENOENT:
+                raise NotEnabled(f"mdatui is being disabled at {pin_dir}") from None
+            raise
         except BaseException:
             self.close()
             raise
@@ -83,6 +93,9 @@ class Instance:
         for m in self.maps.values():
             m.close()
         self.maps.clear()
+        for fd in self._programs.values():
+            os.close(fd)
+        self._programs.clear()
 
     @property
     def meta(self) -> abi.Meta:
@@ -120,14 +133,7 @@ class Instance:
         m.update(ct.c_uint32(stat), buf)
 
     def program_ids(self) -> dict[str, int]:
-        ids = {}
-        for prog in PROGRAMS:
-            fd = bpfsys.obj_get(os.path.join(self.pin_dir, prog.pin))
-            try:
-                ids[prog.func] = bpfsys.prog_info(fd).id
-            finally:
-                os.close(fd)
-        return ids
+        return {func: bpfsys.prog_info(fd).id for func, fd in self._programs.items()}
 
     def map_capacity(self, name: str) -> int:
         """max_entries, fixed when the map was made: asked of the kernel once (the console's

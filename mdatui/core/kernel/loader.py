@@ -220,7 +220,8 @@ def detach(pin_dir: str, cg: str) -> None:
 
 
 def unpin(pin_dir: str) -> None:
-    for entry in os.listdir(pin_dir):
+    # sock_ops_map first: from then on Instance finds nothing enabled (see load).
+    for entry in sorted(os.listdir(pin_dir), key=lambda entry: entry != "sock_ops_map"):
         os.unlink(os.path.join(pin_dir, entry))
     _rmdir_quietly(pin_dir)
 

@@ -159,26 +159,26 @@ class SocketFinder:
         return self._inode_key[inode]
 
 
-def cgroup_pids(cgroup: str) -> list[int]:
-    """The processes of a cgroup and of the cgroups below it."""
-    pids = []
+def _members(cgroup: str, listing: str) -> list[int]:
+    """The ids a cgroup and the cgroups below it list in their `listing` file (cgroup.procs:
+    processes, cgroup.threads: threads); a cgroup removed meanwhile lists none."""
+    ids = []
     for folder, _, _ in os.walk(cgroup):
         try:
-            pids += [int(p) for p in Path(folder, "cgroup.procs").read_text().split()]
+            ids += [int(i) for i in Path(folder, listing).read_text().split()]
         except OSError:
             pass
-    return pids
+    return ids
+
+
+def cgroup_pids(cgroup: str) -> list[int]:
+    """The processes of a cgroup and of the cgroups below it."""
+    return _members(cgroup, "cgroup.procs")
 
 
 def cgroup_threads(cgroup: str) -> int:
     """How many threads a cgroup and the cgroups below it hold."""
-    n = 0
-    for folder, _, _ in os.walk(cgroup):
-        try:
-            n += Path(folder, "cgroup.threads").read_text().count("\n")
-        except OSError:
-            pass
-    return n
+    return len(_members(cgroup, "cgroup.threads"))
 
 
 def host_tasks() -> int:

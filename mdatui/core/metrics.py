@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -220,24 +219,14 @@ class MdatuiCollector(Collector):
         g = GaugeMetricFamily("mdatui_drain_service_running", "1 while `mdatui serve` runs for the pin dir")
         g.add_metric([], 0 if snap.service is None else 1)
         yield g
-        if snap.service is not None:
-            yield from _service_usage(snap.service)
-
-
-def _service_usage(pid: int) -> Iterator[Metric]:
-    """What `mdatui serve` takes from the workloads it runs beside: CPU time and memory."""
-    try:
-        proc = psutil.Process(pid)
-        cpu, rss = proc.cpu_times(), proc.memory_info().rss
-    except psutil.Error:
-        return  # it ended after the snapshot was read
-    c = CounterMetricFamily("mdatui_drain_service_cpu_seconds",
-                            "CPU time `mdatui serve` has taken since it started (user and system)")
-    c.add_metric([], cpu.user + cpu.system)
-    yield c
-    g = GaugeMetricFamily("mdatui_drain_service_resident_bytes", "Resident memory of `mdatui serve`")
-    g.add_metric([], rss)
-    yield g
+        if snap.service_usage is not None:
+            c = CounterMetricFamily("mdatui_drain_service_cpu_seconds",
+                                    "CPU time `mdatui serve` has taken since it started (user and system)")
+            c.add_metric([], snap.service_usage.cpu_s)
+            yield c
+            g = GaugeMetricFamily("mdatui_drain_service_resident_bytes", "Resident memory of `mdatui serve`")
+            g.add_metric([], snap.service_usage.rss)
+            yield g
 
 
 def registry(pin_dir: str) -> CollectorRegistry:

@@ -238,7 +238,7 @@ class Reader:
             active_rules=rules.from_ruleset(ruleset) if ruleset else [],
             ends_every_s=self._every_s,
             service=(pid := service_status.running(inst.pin_dir)),
-            service_cpu=None if pid is None else service_status.cpu_share(pid),
+            service_usage=None if pid is None else service_status.usage(pid),
             short_lived=short_lived(inst),
         )
 

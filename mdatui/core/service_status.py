@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -42,11 +43,22 @@ def running(pin_dir: str) -> int | None:
         os.close(fd)
 
 
-def cpu_share(pid: int) -> float | None:
-    """The share of one CPU the process has taken since it started (None if it has ended)."""
+@dataclass(frozen=True)
+class Usage:
+    """What the service has cost the host: read once a snapshot, for query, the console and
+    the metrics alike."""
+    cpu_s: float      # user and system CPU time since it started
+    cpu_share: float  # that over its lifetime: the share of one CPU it takes
+    rss: int          # resident bytes
+
+
+def usage(pid: int) -> Usage | None:
+    """The process's CPU time and memory (None if it has ended)."""
     try:
         proc = psutil.Process(pid)
-        cpu, started = proc.cpu_times(), proc.create_time()
+        with proc.oneshot():
+            cpu, started, rss = proc.cpu_times(), proc.create_time(), proc.memory_info().rss
     except psutil.Error:
         return None
-    return (cpu.user + cpu.system) / max(time.time() - started, 1e-3)
+    cpu_s = cpu.user + cpu.system
+    return Usage(cpu_s, cpu_s / max(time.time() - started, 1e-3), rss)

@@ -17,6 +17,7 @@ import numpy as np
 from . import rules
 from .ends import Connection
 from .pairing import PairTable
+from .service_status import Usage
 from .table import Connections, Table
 
 
@@ -56,7 +57,7 @@ class Snapshot:
     table: Table | None = field(default=None, repr=False, compare=False)
     ends_every_s: float = 0.0             # the ends are read at most this often (Reader)
     service: int | None = None            # pid of `mdatui serve`, None when it does not run
-    service_cpu: float | None = None      # the share of a CPU it has taken since it started
+    service_usage: Usage | None = None    # what it has cost since it started
     short_lived: list[ShortLived] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -109,8 +110,8 @@ class Snapshot:
         """`mdatui serve` as query and the Overview say it, if it runs."""
         if self.service is None:
             return None
-        cost = ("" if self.service_cpu is None
-                else f", {100 * self.service_cpu:.1f} % of a CPU since it started")
+        cost = ("" if self.service_usage is None
+                else f", {100 * self.service_usage.cpu_share:.1f} % of a CPU since it started")
         return f"running (pid {self.service}{cost})"
 
     def to_json(self, connections: bool = False) -> dict:
@@ -131,7 +132,8 @@ class Snapshot:
                   "snaplen": self.dump.snaplen} if self.dump else None,
             rules_active=self.rules_active,
             service={"running": self.service is not None, "pid": self.service,
-                     "cpu_share": None if self.service_cpu is None else round(self.service_cpu, 4)},
+                     "cpu_share": (None if self.service_usage is None
+                                   else round(self.service_usage.cpu_share, 4))},
             short_lived=[{"destination": s.destination, "netns": s.netns,
                           "msgs_per_connection": round(s.msgs_per_conn, 2)}
                          for s in self.short_lived],

@@ -16,6 +16,7 @@ from mdatui.core.backend import RulesDoc, Unavailable
 from mdatui.core.ends import Connection, Endpoint, Owner
 from mdatui.core.kernel import abi
 from mdatui.core.procs import ProcessInfo
+from mdatui.core.service_status import Usage
 from mdatui.core.snapshot import DumpState, ShortLived, Snapshot, disabled
 from mdatui.core.verdicts import preview
 
@@ -92,7 +93,8 @@ def snapshot(step: int, ruleset: abi.RuleSet) -> Snapshot:
                "closed_msgs": 70_000, "closed_bytes": 90_000_000, "dump_lost": 0,
                "drained": 6, "blocking": 1, "short": 120},
         dump=DumpState(False, None, None, 128), active_rules=rules.from_ruleset(ruleset),
-        service=4242, service_cpu=0.011, short_lived=[ShortLived("10.0.0.9:8080", 0, 2.0)])
+        service=4242, service_usage=Usage(cpu_s=42.0, cpu_share=0.011, rss=36 << 20),
+        short_lived=[ShortLived("10.0.0.9:8080", 0, 2.0)])
 
 
 PROCESSES = {

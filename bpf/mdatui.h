@@ -20,25 +20,33 @@
 #define MDA_MAX_SNAPLEN 4096
 #define MDA_UNKNOWN_ID 0xffffffff
 
-/* With Nagle the stack coalesces a stream of small writes into large segments, and that beats
- * handing the peer each write on its own: MDA_STREAM_RUN sends in a row with no reply in between,
- * averaging under the topology's size, make such a stream, and its connection goes back to the
- * stack, losslessly, as plain TCP. Request/response keeps the fast path: every reply ends the
- * run. With TCP_NODELAY (Envoy's setting) the stack sends each write as it comes and, with the
- * two ends on different CPUs, the fast path wins at every size, so such an end stays on it.
- * bench/datapath.py, sockperf throughput on the fast path against plain TCP, loopback:
- * Nagle 64 B 0.24x, 1 KiB 0.28x, 16 KiB 0.86-0.98x; TCP_NODELAY 1.19-1.47x, 1.16-1.41x, 1.19-1.49x
- * (handed back: 0.86-1.03x). With both ends' processes held to one CPU (taskset, a one-CPU
- * cpuset: mda_owner.cpu) the stack batches a time slice of writes and loopback TCP_NODELAY
- * 64 B, 1 KiB lose, 0.58x, 0.52x, so there they are handed back like Nagle ones. Over a veth a
- * segment costs more, so the fast path wins sooner: Nagle 64 B 0.74x, 1 KiB 2.9x. TCP_NODELAY
- * over a veth on one CPU loses from 128 B to 3 KiB (sockperf 0.63-0.97x; iperf3 -N 128 B 0.62x)
- * and is handed back there too, but not below: the stack moves writes under 128 B some four
- * times slower each than 128 B ones (sockperf, iperf3 alike), and the fast path wins 2.5x. */
+/* A stream (MDA_STREAM_RUN sends in a row with no reply in between) whose writes average under
+ * the size below goes back to the stack, losslessly, as plain TCP; request/response keeps the
+ * fast path, since every reply ends the run. The sizes come from bench/datapath.py, the fast
+ * path against plain TCP, two vCPUs unless said:
+ * - Nagle: the stack coalesces small writes into large segments and beats handing the peer
+ *   each one. Loopback: sockperf 64 B 0.24x, 1 KiB 0.28x, 4 KiB 0.84x, 8 KiB 1.27x, 16 KiB
+ *   1.58x; iperf3, whose reader asks for one write's size at a time, 6 KiB 0.64x, 8 KiB 0.95x,
+ *   12 KiB 0.95x, 16 KiB 1.38x. Over a veth a segment costs more: 64 B 0.74x, 256 B 2.6x,
+ *   1 KiB 2.3-2.9x, 4 KiB 4.3x.
+ * - TCP_NODELAY (Envoy's setting): the stack sends each write as it comes, and each redirected
+ *   write wakes the reader, whose vCPU a guest wakes through its host. Runs of the same code
+ *   on machines of the same kind found both: the fast path ahead at every size (1.2-1.8x,
+ *   both topologies) and behind at every size (loopback 64 B 0.77x, 4 KiB 0.68x, 16 KiB
+ *   0.51x, 60000 B 0.45x; veth 64 B 0.99x, 1 KiB 0.88x, 60000 B 0.50x). A program cannot
+ *   tell which machine it runs on, so such a stream is handed back at any size.
+ * - TCP_NODELAY with both ends' processes held to one CPU (taskset, a one-CPU cpuset:
+ *   mda_owner.cpu): no vCPU is woken, and the fast path wins from 8 KiB over loopback (4 KiB
+ *   0.86x, 8 KiB 1.34x, 12 KiB 1.82x) and over a veth below 128 B and from 4 KiB (64 B 2.5x,
+ *   128 B-3 KiB 0.63-0.97x, 4 KiB 1.24x, 16 KiB 2.8x): there the stack moves writes under
+ *   128 B some four times slower each than 128 B ones (sockperf, iperf3 alike). */
 #define MDA_STREAM_RUN 64
-#define MDA_STREAM_SMALL 4096      /* loopback (either key has a netns cookie) */
-#define MDA_STREAM_SMALL_VETH 256  /* between namespaces */
-#define MDA_STREAM_TINY_VETH 128   /* between namespaces, TCP_NODELAY on one CPU: kept below */
+#define MDA_STREAM_SMALL 12288          /* Nagle, loopback (either key has a netns cookie) */
+#define MDA_STREAM_SMALL_VETH 256       /* Nagle, between namespaces */
+#define MDA_STREAM_ANY (1ULL << 40)     /* TCP_NODELAY */
+#define MDA_STREAM_PINNED 8192          /* TCP_NODELAY on one CPU, loopback */
+#define MDA_STREAM_PINNED_VETH 4096     /* TCP_NODELAY on one CPU, between namespaces, down to: */
+#define MDA_STREAM_TINY_VETH 128
 /* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) and reads
  * nothing of it for this long (ms) does not read: see sk_msg.c. */
 #define MDA_BEHIND_MS 1000

@@ -98,16 +98,18 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 	/* Either key carries a netns cookie when the connection runs over loopback; behind a
 	 * REDIRECT only the sidecar's end has one. */
 	int loopback = self->netns || c->peer.netns;
-	__u64 small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH, tiny = 0;
+	__u64 small, tiny = 0;
+	if (!c->nodelay) {
+		small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
+	} else if (c->owner.cpu != MDA_UNKNOWN_ID && c->owner.cpu == peer->owner.cpu) {
+		small = loopback ? MDA_STREAM_PINNED : MDA_STREAM_PINNED_VETH;
+		tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
+	} else {
+		small = MDA_STREAM_ANY;
+	}
 	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
-	}
-	if (c->nodelay) {
-		if (c->owner.cpu == MDA_UNKNOWN_ID || c->owner.cpu != peer->owner.cpu)
-			return;
-		small = MDA_STREAM_SMALL;
-		tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
 	}
 	c->run++;
 	c->run_bytes += size;

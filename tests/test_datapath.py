@@ -215,23 +215,26 @@ def test_pod_to_pod_over_a_veth_is_accelerated(lab, accel):
     peers.proceed(cli)
 
 
-@pytest.mark.parametrize("nodelay", [False, True])
-def test_a_stream_of_small_writes_is_handed_back_only_with_nagle(lab, accel, nodelay):
-    """With Nagle the stack coalesces small writes and beats the fast path; with TCP_NODELAY it
-    cannot, and the connection stays accelerated (MDA_STREAM_RUN in bpf/mdatui.h)."""
+@pytest.mark.parametrize("chunk, nodelay, handed_back", [
+    (100, False, True), (8192, False, True), (20000, False, False), (100, True, True), (20000, True, True)])
+def test_a_stream_is_handed_back_unless_nagle_would_slow_its_large_writes(
+        lab, accel, chunk, nodelay, handed_back):
+    """With Nagle the stack coalesces writes under MDA_STREAM_SMALL and beats the fast path, and
+    holds larger ones back for acks; TCP_NODELAY streams go back at any size on two CPUs
+    (MDA_STREAM_RUN in bpf/mdatui.h)."""
     ns = lab.add_netns("pod")
     peers.server(lab, "sink", 7000, ns)
-    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", "20000",
-                       "--chunk", "100", *(["--nodelay"] if nodelay else []), hold=True)
+    cli = peers.client(lab, ns, "send", "--to", "127.0.0.1:7000", "--bytes", str(200 * chunk),
+                       "--chunk", str(chunk), *(["--nodelay"] if nodelay else []), hold=True)
     local = peers.report(cli)["local"]
     peers.proceed(cli)
     assert peers.report(cli)["state"] == "done"
-    if not nodelay:
+    if handed_back:
         wait_drained(accel, 2)
     mine = ends(accel)[(local, "127.0.0.1:7000")]
     stats = accel.stats()
     assert (mine.state, mine.msgs, stats["demoted"], stats["listed"]) == (
-        ("accelerated", 200, 0, 0) if nodelay else ("normal", 64, 1, 2))
+        ("normal", 64, 1, 2) if handed_back else ("accelerated", 200, 0, 0))
     peers.proceed(cli)
 
 
@@ -257,13 +260,13 @@ def held_to(cpu_index: int):
 
 
 @pytest.mark.parametrize("pod_to_pod, chunk, client_cpu, handed_back", [
-    (False, 100, 0, True), (False, 100, 1, False),
-    (True, 1000, 0, True), (True, 1000, 1, False), (True, 64, 0, False)])
-def test_a_tcp_nodelay_stream_is_handed_back_when_both_ends_share_one_cpu(
+    (False, 100, 0, True), (False, 6000, 0, True), (False, 10000, 0, False), (False, 10000, 1, True),
+    (True, 1000, 0, True), (True, 64, 0, False), (True, 5000, 0, False), (True, 5000, 1, True)])
+def test_a_tcp_nodelay_stream_keeps_the_fast_path_only_on_one_cpu_with_writes_it_wins(
         lab, accel, pod_to_pod, chunk, client_cpu, handed_back):
-    """On one CPU the stack batches a time slice of small TCP_NODELAY writes and beats the fast
-    path, which wakes the reader for each (MDA_STREAM_RUN); on two CPUs the fast path wins, and
-    over a veth it wins with writes under MDA_STREAM_TINY_VETH too."""
+    """On one CPU no vCPU is woken for each redirected write: the fast path keeps TCP_NODELAY
+    streams of large writes, and over a veth of writes under MDA_STREAM_TINY_VETH; the stack
+    batches a time slice of the others. With the ends on two CPUs every such stream goes back."""
     a = lab.add_netns("pod")
     b, to = a, "127.0.0.1:7000"
     if pod_to_pod:

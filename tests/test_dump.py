@@ -112,7 +112,7 @@ def test_every_matching_message_is_captured_or_counted_lost(lab, accel):
     """A ring of two pages overflows at once; the rest must show up in the lost count."""
     ns = lab.add_netns("pod")
     peers.server(lab, "sink", 7000, ns)
-    sizes = [5000] * 2000  # over MDA_STREAM_SMALL: a stream that keeps the fast path
+    sizes = [17000] * 2000  # over MDA_STREAM_SMALL: a stream that keeps the fast path
     with dump.DumpSession(accel, snaplen=1000, page_cnt=2) as session:
         cli, _ = send_held(lab, accel, ns, "127.0.0.1:7000", sizes)
         records = collect(session, 1, settle=1)

@@ -129,7 +129,7 @@ def test_records_that_wrap_around_the_ring_arrive_intact_and_in_order(lab, accel
     not divide the ring, records keep straddling its end."""
     ns = lab.add_netns("pod")
     peers.server(lab, "sink", 7000, ns)
-    chunk, count, snaplen, page_cnt = 5000, 300, 1000, 2
+    chunk, count, snaplen, page_cnt = 13000, 300, 1000, 2  # a stream over MDA_STREAM_SMALL
     record = 8 + (4 + abi.DUMP_HEADER_SIZE + snaplen + 7) // 8 * 8  # header, size, padded raw
     assert (page_cnt * mmap.PAGESIZE) % record
     with dump.DumpSession(accel, snaplen=snaplen, page_cnt=page_cnt) as session:

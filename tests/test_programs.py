@@ -63,9 +63,11 @@ class Side:
         return out
 
     def fast_path(self) -> dict:
-        """How many connections were accelerated and how many bytes redirected so far."""
+        """How many connections were accelerated, and handed back, and how many bytes redirected
+        so far."""
         snap = reader.read(self.inst)
-        return {"accelerated": snap.stats["accelerated"], "redirected_bytes": snap.redirected_bytes}
+        return {"accelerated": snap.stats["accelerated"], "handed_back": snap.stats["demoted"],
+                "redirected_bytes": snap.redirected_bytes}
 
 
 @contextlib.contextmanager
@@ -204,8 +206,11 @@ def test_socat_copies_a_file_and_echoes_with_half_close():
     each = {"copied_intact": True, "echoed_intact": True, "servers_exited": [0, 0]}
     assert plain == {"same-pod": each, "cross-pod": each}
     assert accel == plain
-    # a copy and an echo there and back, in each topology
-    assert counted["redirected_bytes"] >= 2 * 3 * SOCAT_BYTES
+    # Pod to pod a copy and an echo there and back. Over loopback socat's 8 KiB writes are a
+    # stream the stack moves faster (MDA_STREAM_SMALL): the copy goes back, and so may the echo,
+    # unless its replies keep breaking up the run of its sends.
+    assert counted["redirected_bytes"] >= 3 * SOCAT_BYTES
+    assert counted["handed_back"] >= 1
 
 
 # ------------------------------------------------------------------ git

@@ -43,7 +43,7 @@
 #define MDA_STREAM_RUN 64
 #define MDA_STREAM_SMALL 12288          /* Nagle, loopback (either key has a netns cookie) */
 #define MDA_STREAM_SMALL_VETH 256       /* Nagle, between namespaces */
-#define MDA_STREAM_ANY (1ULL << 40)     /* TCP_NODELAY */
+#define MDA_STREAM_ANY (1ULL << 40)     /* TCP_NODELAY, not on one CPU: any size */
 #define MDA_STREAM_PINNED 8192          /* TCP_NODELAY on one CPU, loopback */
 #define MDA_STREAM_PINNED_VETH 4096     /* TCP_NODELAY on one CPU, between namespaces, down to: */
 #define MDA_STREAM_TINY_VETH 128

@@ -75,7 +75,7 @@ class RedirectFailed(Event):
 
 @dataclass(frozen=True)
 class Demoted(Event):
-    msgs: int                   # counts when a loopback stream of small writes went back to the stack
+    msgs: int                   # counts when a stream went back to the stack
     bytes: int
     passed: int
     kind: ClassVar[str] = "demoted"

@@ -41,7 +41,7 @@ STAT_COUNTERS: dict[str, tuple[str, dict[str, str], str]] = {
     "refused": ("mdatui_refused_by_rule", {}, "Connections the chain rules kept off the fast path"),
     "redirect_failed": ("mdatui_redirect_failed", {},
                         "Ends whose redirect failed (peer gone unannounced); they went on over the stack"),
-    "demoted": ("mdatui_handed_back", {}, "Ends whose stream of small writes was handed back to the stack"),
+    "demoted": ("mdatui_handed_back", {}, "Ends whose stream was handed back to the stack, which moves it faster"),
     "tainted": ("mdatui_sent_before_paired", {}, "Ends that sent before they were paired and so never redirect"),
     "unpaired_removed": ("mdatui_unpaired_removed", {},
                          "Connecting ends whose peer never paired, taken out of the sockhash"),

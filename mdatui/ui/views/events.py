@@ -59,7 +59,7 @@ def describe(event: ev.Event) -> str:
     if isinstance(event, ev.RedirectFailed):
         line += "; its peer left the sockhash, later sends go through the stack"
     elif isinstance(event, ev.Demoted):
-        line += "; a loopback stream of small writes, handed back to the stack"
+        line += "; a stream the stack moves faster, handed back to the stack"
     return line
 
 

@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdatui import lab as labm  # noqa: E402
-from mdatui.core.kernel import system
+from mdatui.core.kernel import abi, system
 from mdatui.core import reader
 from mdatui.core import lifecycle
 from mdatui.core import service, snapshot  # noqa: E402
@@ -230,7 +230,7 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
+def run(cases: list[Case], pairs: int, seconds: int, progress, nodelay_streams: str = "stack") -> dict:
     system.require_root("the data-path benchmark")
     tools = {c.tool.split("-")[0] for c in cases}
     needed = {"sockperf"} | ({"iperf3"} if "iperf3" in tools else set()) | \
@@ -242,7 +242,8 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
     env = {"cpus": len(os.sched_getaffinity(0)), "load_start": _load(), "kernel": os.uname().release,
            "sockperf": dp_tools.sockperf_version(),
            "iperf3": dp_tools.iperf3_version() if shutil.which("iperf3") else "-",
-           "wrk": dp_tools.wrk_version() if shutil.which("wrk") else "-"}
+           "wrk": dp_tools.wrk_version() if shutil.which("wrk") else "-",
+           "nodelay_streams": nodelay_streams}
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="mdatui-bench-"))
         os.chmod(tmp, 0o755)  # the mesh's haproxy runs as uid 1337 and reads its config there
@@ -255,7 +256,8 @@ def run(cases: list[Case], pairs: int, seconds: int, progress) -> dict:
         served.append(pin_dir)
         progress("compiling and attaching the accelerator to the accelerated lab's cgroup ...")
         try:
-            inst = lifecycle.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir).instance
+            inst = lifecycle.enable(cgroup=accel_lab.cgroup, pin_dir=pin_dir,
+                                    nodelay_streams=nodelay_streams).instance
         except BaseException:
             with _uninterrupted():
                 try:
@@ -307,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every process of both labs on these CPUs only, e.g. '0' or '0,1': "
                          "on one CPU a round trip pays no wake-up of an idle vCPU, so what is "
                          "left is the data path's own cost")
+    ap.add_argument("--nodelay-streams", choices=abi.NODELAY_STREAMS, default="stack",
+                    help="as `mdatui enable --nodelay-streams`: run the TCP_NODELAY cases with "
+                         "'fast' to see whether this machine's fast path beats the stack for "
+                         "such streams (default stack)")
     args = ap.parse_args(argv)
     pairs = args.pairs or (1 if args.quick else 3)
     seconds = args.seconds or (1 if args.quick else 2)
@@ -321,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = len(cases) * pairs * 2
     progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     progress(f"{len(cases)} cases, {runs} runs, about {runs * (seconds + 0.6) + 20:.0f} s")
-    return run_and_print(lambda: run(cases, pairs, seconds, progress), dp_cases.table, args.json)
+    return run_and_print(lambda: run(cases, pairs, seconds, progress, args.nodelay_streams),
+                         dp_cases.table, args.json)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def table(result: dict) -> str:
         f"{result['seconds']} s per run; {env['cpus']} CPU{'s' if env['cpus'] > 1 else ''}, "
         f"took {result['elapsed_s']:.0f} s",
         f"sockperf {env['sockperf']}, iperf3 {env['iperf3']}, wrk {env['wrk']}; load average "
-        f"at start {env['load_start']}, at end {env['load_end']}",
+        f"at start {env['load_start']}, at end {env['load_end']}; --nodelay-streams "
+        f"{env['nodelay_streams']}",
         "accel/plain: throughput and req/s above 1 = accelerator faster; latency below 1 = "
         "accelerator faster. pairs: lowest-highest ratio of single pairs (the noise).",
         "paths: connections the accelerated runs made (mda_stats deltas): fast = on the fast "

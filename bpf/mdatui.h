@@ -34,7 +34,8 @@
  *   on machines of the same kind found both: the fast path ahead at every size (1.2-1.8x,
  *   both topologies) and behind at every size (loopback 64 B 0.77x, 4 KiB 0.68x, 16 KiB
  *   0.51x, 60000 B 0.45x; veth 64 B 0.99x, 1 KiB 0.88x, 60000 B 0.50x). A program cannot
- *   tell which machine it runs on, so such a stream is handed back at any size.
+ *   tell which machine it runs on, so such a stream is handed back at any size, unless the
+ *   operator measured the fast path ahead on this one (mda_policy, MDA_NODELAY_FAST).
  * - TCP_NODELAY with both ends' processes held to one CPU (taskset, a one-CPU cpuset:
  *   mda_owner.cpu): no vCPU is woken, and the fast path wins from 8 KiB over loopback (4 KiB
  *   0.86x, 8 KiB 1.34x, 12 KiB 1.82x) and over a veth below 128 B and from 4 KiB (64 B 2.5x,
@@ -47,6 +48,10 @@
 #define MDA_STREAM_PINNED 8192          /* TCP_NODELAY on one CPU, loopback */
 #define MDA_STREAM_PINNED_VETH 4096     /* TCP_NODELAY on one CPU, between namespaces, down to: */
 #define MDA_STREAM_TINY_VETH 128
+/* mda_policy[0], set by `enable --nodelay-streams`: what becomes of a TCP_NODELAY stream whose
+ * ends are not held to one CPU. */
+#define MDA_NODELAY_STACK 0 /* handed back at any size (MDA_STREAM_ANY) */
+#define MDA_NODELAY_FAST 1  /* kept on the fast path at any size */
 /* A peer that holds more unread than TCP would let it (MDA_UNREAD_MAX, from the loader) and reads
  * nothing of it for this long (ms) does not read: see sk_msg.c. */
 #define MDA_BEHIND_MS 1000
@@ -282,6 +287,8 @@ BPF_F_TABLE("hash", struct mda_sock_key, struct mda_conn, sock_proxy_map, MDA_MA
 BPF_F_TABLE("hash", struct mda_sock_key, struct mda_pending, sock_helper_map, MDA_MAX_SOCKS, BPF_F_NO_PREALLOC);
 BPF_ARRAY(sock_param_map, struct mda_ruleset, 2);
 BPF_ARRAY(mda_active_set, __u32, 1);
+/* A map of its own for the same reason as mda_active_set: dump settings are written whole. */
+BPF_ARRAY(mda_policy, __u32, 1);
 BPF_ARRAY(mda_control, struct mda_control, 1);
 BPF_PERCPU_ARRAY(mda_stats, __u64, MDA_STAT_MAX);
 BPF_PERCPU_ARRAY(mda_dump_scratch, struct mda_dump_event, 1);

@@ -105,7 +105,9 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 		small = loopback ? MDA_STREAM_PINNED : MDA_STREAM_PINNED_VETH;
 		tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
 	} else {
-		small = MDA_STREAM_ANY;
+		__u32 zero = 0;
+		__u32 *policy = mda_policy.lookup(&zero);
+		small = policy && *policy == MDA_NODELAY_FAST ? 0 : MDA_STREAM_ANY;
 	}
 	if (peer->run) {
 		peer->run = 0;

@@ -21,6 +21,8 @@
 #   MDATUI_RULES_INTERVAL  seconds between looks at the rules file [2]
 #   MDATUI_DRAIN_SECONDS   how long to wait after disable for ends still draining [90]
 #   MDATUI_HEADERS         auto, or none to leave /lib/modules alone [auto]
+#   MDATUI_NODELAY_STREAMS stack, or fast where bench.datapath showed the fast path ahead for
+#                          TCP_NODELAY streams on these nodes (`mdatui enable --nodelay-streams`) [stack]
 set -euo pipefail
 
 cgroup_root=${MDATUI_CGROUP_ROOT:-/sys/fs/cgroup}
@@ -31,6 +33,7 @@ metrics=${MDATUI_METRICS-0.0.0.0:9432}
 interval=${MDATUI_RULES_INTERVAL:-2}
 drain_seconds=${MDATUI_DRAIN_SECONDS:-90}
 headers=${MDATUI_HEADERS:-auto}
+nodelay_streams=${MDATUI_NODELAY_STREAMS:-stack}
 
 say() { echo "mdatui-node: $*" >&2; }
 
@@ -100,7 +103,8 @@ if [ ! -e "$cgroup/cgroup.type" ]; then
     exit 1
 fi
 
-mdatui enable --no-serve --cgroup "$cgroup" --config "$config" --pin-dir "$pin_dir"
+mdatui enable --no-serve --cgroup "$cgroup" --config "$config" --pin-dir "$pin_dir" \
+    --nodelay-streams "$nodelay_streams"
 
 stopping=0
 trap 'stopping=1' TERM INT

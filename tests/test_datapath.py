@@ -16,6 +16,7 @@ import pytest
 
 from mdatui.core import lifecycle, metrics, reader, rules, service, service_status
 from mdatui.core.ends import Connection
+from mdatui.core.kernel.instance import Instance
 
 from . import peers
 
@@ -282,6 +283,38 @@ def test_a_tcp_nodelay_stream_keeps_the_fast_path_only_on_one_cpu_with_writes_it
         ("normal", 64, 1) if handed_back else ("accelerated", 200, 0))
     peers.proceed(cli)
     assert peers.report(sink)["sha256"] == done["sha256_sent"]
+
+
+def test_an_operator_keeps_tcp_nodelay_streams_on_the_fast_path_and_hands_them_back(lab, pin_dir):
+    """`enable --nodelay-streams fast` is for a machine where the fast path measured ahead for
+    such streams; said again with `stack` on the running accelerator, the next stream goes back.
+    enable and query say which holds."""
+    on = mdatui("enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir, "--nodelay-streams", "fast")
+    assert on.returncode == 0, on.stderr
+    assert "TCP_NODELAY streams: kept on the fast path (--nodelay-streams fast)" in on.stdout.splitlines()
+    ns = lab.add_netns("pod")
+    with Instance(pin_dir) as inst:
+        for port, policy, handed_back in ((7000, "fast", False), (7001, "stack", True)):
+            if policy == "stack":
+                again = mdatui("enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir,
+                               "--nodelay-streams", "stack")
+                assert again.stdout.startswith(f"already enabled on {lab.cgroup}"), again.stderr
+                assert "TCP_NODELAY streams: handed back to the stack (--nodelay-streams stack)" in \
+                    again.stdout.splitlines()
+            with held_to(0):
+                sink = peers.server(lab, "sink", port, ns)
+            with held_to(1):  # the ends on two CPUs
+                cli = peers.client(lab, ns, "send", "--to", f"127.0.0.1:{port}", "--bytes", "2000000",
+                                   "--chunk", "10000", "--nodelay", hold=True)
+            mine, done = stream_to_the_end(inst, cli, f"127.0.0.1:{port}", handed_back)
+            assert (mine.state, mine.msgs, inst.stats()["demoted"]) == (
+                ("normal", 64, 1) if handed_back else ("accelerated", 200, 0))
+            peers.proceed(cli)
+            assert peers.report(sink)["sha256"] == done["sha256_sent"]
+    query = mdatui("query", "--pin-dir", pin_dir)
+    assert "  TCP_NODELAY streams: handed back to the stack (--nodelay-streams stack)" in \
+        query.stdout.splitlines()
+    assert json.loads(mdatui("query", "--json", "--pin-dir", pin_dir).stdout)["nodelay_streams"] == "stack"
 
 
 @pytest.mark.parametrize("chunk, handed_back", [(100, True), (1000, False)])

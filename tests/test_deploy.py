@@ -211,7 +211,8 @@ def test_entrypoint_enables_on_kubepods_serves_watches_and_disables_on_sigterm(f
     assert code == 0, out
     pins = base["MDATUI_PIN_DIR"]
     conf = "/etc/mdatui/rules/oncn-mda.conf"
-    assert calls[0] == f"enable --no-serve --cgroup {cg}/kubepods.slice --config {conf} --pin-dir {pins}"
+    assert calls[0] == (f"enable --no-serve --cgroup {cg}/kubepods.slice --config {conf} --pin-dir {pins} "
+                        "--nodelay-streams stack")
     assert sorted(calls[1:3]) == [f"rules watch {conf} --pin-dir {pins} --interval 2",
                                   f"serve --pin-dir {pins} --metrics 0.0.0.0:9432"]
     after = log.read_text().splitlines()[3:]
@@ -226,11 +227,13 @@ def test_entrypoint_takes_the_cgroupfs_driver_s_kubepods_and_env_overrides(fake,
     (cg / "kubepods" / "burstable").mkdir(parents=True)
     (cg / "kubepods" / "burstable" / "cgroup.type").write_text("domain\n")
     proc = start({**base, "MDATUI_CGROUP": str(cg / "kubepods" / "burstable"), "MDATUI_METRICS": "",
-                  "MDATUI_CONFIG": "/r.conf", "MDATUI_RULES_INTERVAL": "0.5"})
+                  "MDATUI_CONFIG": "/r.conf", "MDATUI_RULES_INTERVAL": "0.5",
+                  "MDATUI_NODELAY_STREAMS": "fast"})
     calls = calls_when(log, 3)
     proc.send_signal(signal.SIGTERM)
     assert ended(proc)[0] == 0
     assert calls[0].startswith(f"enable --no-serve --cgroup {cg}/kubepods/burstable --config /r.conf ")
+    assert calls[0].endswith(" --nodelay-streams fast")
     assert f"serve --pin-dir {base['MDATUI_PIN_DIR']}" in calls  # no --metrics when it is empty
     assert f"rules watch /r.conf --pin-dir {base['MDATUI_PIN_DIR']} --interval 0.5" in calls
 

@@ -41,7 +41,8 @@ def cmd_enable(a) -> int:
     _preflight(a.pin_dir)
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
     res = lifecycle.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
-                        max_sockets=a.max_sockets, serve=not a.no_serve)
+                        max_sockets=a.max_sockets, serve=not a.no_serve,
+                        nodelay_streams=a.nodelay_streams)
     with res.instance as inst:
         ids = ", ".join(f"{k}={v}" for k, v in inst.program_ids().items())
         if res.already:
@@ -49,6 +50,7 @@ def cmd_enable(a) -> int:
             print(f"already enabled on {inst.cgroup} ({what}); programs {ids}")
         else:
             print(f"enabled on {inst.cgroup}; pinned at {inst.pin_dir}; programs {ids}")
+        print("TCP_NODELAY streams: " + snapshot.nodelay_text(inst.nodelay_streams))
     if res.service is None:
         print("drain service: not running; start `mdatui serve` (ends that leave the fast path "
               "stay in the sockhash until it runs)")
@@ -103,6 +105,7 @@ def cmd_query(a) -> int:
         print(f"  {name}: {m['entries']} entries (of {m['capacity']})")
     print(f"  rules: {snap.rules_active} active; config {snap.config or '(none)'}")
     print("  drain service: " + (snap.service_text() or "not running (start `mdatui serve`)"))
+    print("  TCP_NODELAY streams: " + snapshot.nodelay_text(snap.nodelay_streams))
     print(f"  redirected: {snap.redirected_msgs} msgs, {units.size(snap.redirected_bytes)}; "
           f"{snap.pairs} pairs now")
     if snap.stats.get("short") or snap.short_lived:
@@ -166,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"sockets the maps hold, two per connection (default {abi.MAX_SOCKS})")
     p.add_argument("--no-serve", action="store_true",
                    help="do not start `mdatui serve` (systemd runs it as the unit's process)")
+    p.add_argument("--nodelay-streams", choices=abi.NODELAY_STREAMS,
+                   help="where a stream of TCP_NODELAY writes whose ends are on two CPUs goes: back "
+                        "to the stack (the default: on some machines the fast path is slower for "
+                        "it) or kept on the fast path (measure first: README, Streams); on a "
+                        "running accelerator, changes it for the next streams")
     _pin_arg(p)
     p.set_defaults(func=cmd_enable)
 

@@ -34,10 +34,11 @@ class DisableResult:
 
 def enable(cgroup: str | None = None, pin_dir: str = DEFAULT_PIN_DIR, config: str = "",
            ruleset: abi.RuleSet | None = None, max_sockets: int = abi.MAX_SOCKS,
-           serve: bool = True) -> EnableResult:
+           serve: bool = True, nodelay_streams: str | None = None) -> EnableResult:
     """Load and attach, or find what is already running there (and load the new rules into it).
-    serve: start `mdatui serve` for it (systemd runs it as the unit's main process instead)."""
-    inst, already = loader.load(cgroup, pin_dir, config, ruleset, max_sockets)
+    serve: start `mdatui serve` for it (systemd runs it as the unit's main process instead).
+    nodelay_streams: see loader.load."""
+    inst, already = loader.load(cgroup, pin_dir, config, ruleset, max_sockets, nodelay_streams)
     pid = service.start(pin_dir) if serve else service.running(pin_dir)
     return EnableResult(inst, already, pid)
 

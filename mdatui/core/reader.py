@@ -240,6 +240,7 @@ class Reader:
             service=(pid := service_status.running(inst.pin_dir)),
             service_usage=None if pid is None else service_status.usage(pid),
             short_lived=short_lived(inst),
+            nodelay_streams=inst.nodelay_streams,
         )
 
 

@@ -59,6 +59,7 @@ class Snapshot:
     service: int | None = None            # pid of `mdatui serve`, None when it does not run
     service_usage: Usage | None = None    # what it has cost since it started
     short_lived: list[ShortLived] = field(default_factory=list)
+    nodelay_streams: str = "stack"        # abi.NODELAY_STREAMS: where TCP_NODELAY streams go
 
     def __post_init__(self) -> None:
         if self.table is None:
@@ -131,6 +132,7 @@ class Snapshot:
             dump={"on": self.dump.on, "ip": self.dump.ip, "port": self.dump.port,
                   "snaplen": self.dump.snaplen} if self.dump else None,
             rules_active=self.rules_active,
+            nodelay_streams=self.nodelay_streams,
             service={"running": self.service is not None, "pid": self.service,
                      "cpu_share": (None if self.service_usage is None
                                    else round(self.service_usage.cpu_share, 4))},
@@ -144,6 +146,13 @@ class Snapshot:
         if connections:
             out["connections"] = [c.to_json() for c in self.connections]
         return out
+
+
+def nodelay_text(policy: str) -> str:
+    """What becomes of a TCP_NODELAY stream whose ends are not on one CPU (abi.NODELAY_STREAMS),
+    as enable, query and the Overview say it."""
+    where = "kept on the fast path" if policy == "fast" else "handed back to the stack"
+    return f"{where} (--nodelay-streams {policy})"
 
 
 def disabled(pin_dir: str) -> Snapshot:

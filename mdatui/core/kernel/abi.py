@@ -15,6 +15,9 @@ MAX_SNAPLEN = 4096
 # the loader compiles these values in).
 SHORT_MSGS = 6
 SHORT_MIN = 8
+# What becomes of a TCP_NODELAY stream whose ends are not on one CPU, by its value in mda_policy
+# (MDA_NODELAY_* in bpf/mdatui.h): handed back to the stack, or kept on the fast path.
+NODELAY_STREAMS = ("stack", "fast")
 UNKNOWN_ID = 0xFFFFFFFF
 NO_RULE = 0xFFFFFFFF
 

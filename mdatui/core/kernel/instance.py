@@ -20,6 +20,7 @@ MAPS = {
     "sock_helper_map": (abi.SockKey, abi.Pending),
     "sock_param_map": (ct.c_uint32, abi.RuleSet),
     "mda_active_set": (ct.c_uint32, ct.c_uint32),
+    "mda_policy": (ct.c_uint32, ct.c_uint32),
     "mda_control": (ct.c_uint32, abi.Control),
     "mda_stats": (ct.c_uint32, None),
     "mda_meta": (ct.c_uint32, abi.Meta),
@@ -149,6 +150,15 @@ class Instance:
     @active_set.setter
     def active_set(self, index: int) -> None:
         self.maps["mda_active_set"].update(ct.c_uint32(0), ct.c_uint32(index))
+
+    @property
+    def nodelay_streams(self) -> str:
+        """One of abi.NODELAY_STREAMS."""
+        return abi.NODELAY_STREAMS[self.maps["mda_policy"].lookup(ct.c_uint32(0)).value]
+
+    @nodelay_streams.setter
+    def nodelay_streams(self, name: str) -> None:
+        self.maps["mda_policy"].update(ct.c_uint32(0), ct.c_uint32(abi.NODELAY_STREAMS.index(name)))
 
     def request_stop(self, keys, reason: abi.Leave) -> int:
         """Ask these ends to stop redirecting; returns how many were asked.

@@ -95,8 +95,9 @@ def _unread_limits() -> tuple[int, int]:
 
 
 def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | None,
-         max_sockets: int) -> Loaded:
-    """Load and attach, or find what is already running there (and load the new rules into it)."""
+         max_sockets: int, nodelay_streams: str | None = None) -> Loaded:
+    """Load and attach, or find what is already running there (and load the new rules into it).
+    nodelay_streams: one of abi.NODELAY_STREAMS, or None to keep what runs ("stack" when new)."""
     system.require_root("enable")
     cg = resolve_cgroup(cgroup)
     system.ensure_bpffs(pin_dir)
@@ -113,6 +114,8 @@ def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | N
                 "run `mdatui disable` first, or choose another --pin-dir")
         if ruleset is not None:
             inst.load_rules(ruleset)
+        if nodelay_streams is not None:
+            inst.nodelay_streams = nodelay_streams
         return Loaded(inst, already=True)
 
     if not 2 <= max_sockets <= 1 << 24:
@@ -137,6 +140,7 @@ def load(cgroup: str | None, pin_dir: str, config: str, ruleset: abi.RuleSet | N
         b[b"mda_control"][ct.c_int(0)] = ctl
         if ruleset is not None:
             b[b"sock_param_map"][ct.c_int(0)] = ruleset
+        b[b"mda_policy"][ct.c_int(0)] = ct.c_uint32(abi.NODELAY_STREAMS.index(nodelay_streams or "stack"))
 
         # Filled before pinned, and sock_ops_map (what Instance looks for) pinned last: a reader
         # that finds the accelerator finds it whole (the console polling while it enables once

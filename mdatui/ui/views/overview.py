@@ -13,6 +13,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from ...core.backend import Frame
 from ...core.ends import STATES
+from ...core.snapshot import nodelay_text
 from .. import format as fmt
 from .base import View
 
@@ -90,6 +91,7 @@ class OverviewView(View):
             ("rules", f"{snap.rules_active} active, from {snap.config or '(no file)'}"),
             ("programs", ", ".join(f"{name} #{pid}" for name, pid in snap.programs.items())),
             ("dump", dump_text),
+            ("nodelay streams", nodelay_text(snap.nodelay_streams)),
             ("drain service", snap.service_text() or Text(
                 "not running: ends that leave the fast path stay in the sockhash (mdatui serve)",
                 style="bold yellow")),

@@ -40,3 +40,15 @@ def test_a_map_whose_values_mdatui_would_misread_is_refused_by_name(accel, monke
     with pytest.raises(Unavailable) as e:
         backend.snapshot(True)
     assert str(e.value) == expected
+
+
+@pytest.mark.kernel
+def test_an_accelerator_without_a_map_this_mdatui_reads_is_refused_by_name(accel, monkeypatch, capsys):
+    """As one an earlier version enabled, before mda_policy: not taken for one being disabled."""
+    monkeypatch.setitem(instance.MAPS, "mda_later", (ct.c_uint32, ct.c_uint32))
+    expected = (f"{accel.pin_dir}/mda_later is missing: the accelerator pinned there comes from "
+                "another version of mdatui; disable it with that version")
+    assert main(["query", "--pin-dir", accel.pin_dir]) == 1
+    assert capsys.readouterr().err == f"mdatui: {expected}\n"
+    assert main(["disable", "--pin-dir", accel.pin_dir]) == 1
+    assert capsys.readouterr().err == f"mdatui: {expected}\n"

@@ -66,19 +66,26 @@ class Instance:
         self._programs: dict[str, int] = {}  # function -> fd
         self._capacity: dict[str, int] = {}
         # Everything is opened now, and held: disable unpins sock_ops_map first, then the rest,
-        # so an instance opened is whole, and one that finds a pin gone meets a disable.
+        # so an instance opened is whole, and one that finds a pin gone meets a disable, unless
+        # sock_ops_map is still there: then the pin never was (enable pins sock_ops_map last).
+        path = ""
         try:
             for name, (key_type, value_type) in MAPS.items():
                 path = os.path.join(pin_dir, name)
                 self.maps[name] = bpfsys.Map.open(path, key_type, value_type)
                 self.maps[name].check_layout(path)
             for prog in PROGRAMS:
-                self._programs[prog.func] = bpfsys.obj_get(os.path.join(pin_dir, prog.pin))
+                path = os.path.join(pin_dir, prog.pin)
+                self._programs[prog.func] = bpfsys.obj_get(path)
         except bpfsys.BpfError as e:
             self.close()
-            if e.errno == errno.ENOENT:
-                raise NotEnabled(f"mdatui is being disabled at {pin_dir}") from None
-            raise
+            if e.errno != errno.ENOENT:
+                raise
+            if Path(pin_dir, "sock_ops_map").exists():
+                raise bpfsys.LayoutMismatch(
+                    f"{path} is missing: the accelerator pinned there comes from another version "
+                    "of mdatui; disable it with that version") from None
+            raise NotEnabled(f"mdatui is being disabled at {pin_dir}") from None
         except BaseException:
             self.close()
             raise

@@ -77,6 +77,7 @@ def test_every_kernel_counter_is_a_metric_or_part_of_a_total():
 def test_exposition_names_types_and_values_that_moved(monkeypatch):
     first, later = fake.snapshot(0, RULESET), fake.snapshot(5, RULESET)
     later.stats = {**later.stats, "refused": later.stats["refused"] + 2, "closed_passed": 40}
+    later.nodelay_streams = "fast"
     c = fake_collector(monkeypatch, [first, later])
     one, two = exposition(c), exposition(c)
     fams = parsed(two)
@@ -110,6 +111,7 @@ def test_exposition_names_types_and_values_that_moved(monkeypatch):
     assert sample(two, "mdatui_ends", state="accelerated") == sum(
         c.state == "accelerated" for c in later.connections)
     assert sample(two, "mdatui_drain_service_running") == 1
+    assert (sample(one, "mdatui_nodelay_streams_fast"), sample(two, "mdatui_nodelay_streams_fast")) == (0, 1)
     # What moved between the scrapes.
     for name in ("mdatui_redirected_bytes_total", "mdatui_redirected_messages_total",
                  "mdatui_stack_messages_total", "mdatui_refused_by_rule_total"):

@@ -216,6 +216,11 @@ class MdatuiCollector(Collector):
         g = GaugeMetricFamily("mdatui_dump_on", "1 while the dump copies redirected messages")
         g.add_metric([], 1 if snap.dump and snap.dump.on else 0)
         yield g
+        g = GaugeMetricFamily("mdatui_nodelay_streams_fast",
+                              "1 while TCP_NODELAY streams on two CPUs keep the fast path "
+                              "(enable --nodelay-streams fast), 0 while they go back to the stack")
+        g.add_metric([], 1 if snap.nodelay_streams == "fast" else 0)
+        yield g
         g = GaugeMetricFamily("mdatui_drain_service_running", "1 while `mdatui serve` runs for the pin dir")
         g.add_metric([], 0 if snap.service is None else 1)
         yield g

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a stream of TCP_NODELAY writes whose ends are on two CPUs goes: back "
                         "to the stack (the default: on some machines the fast path is slower for "
                         "it) or kept on the fast path (measure first: README, Streams); on a "
-                        "running accelerator, changes it for the next streams")
+                        "running accelerator, changes it from then on")
     _pin_arg(p)
     p.set_defaults(func=cmd_enable)
 

@@ -91,24 +91,31 @@ static __always_inline int mda_peer_behind(struct sk_msg_md *msg, struct mda_con
 #endif
 }
 
-/* See MDA_STREAM_RUN: send a stream of small writes back to the stack. */
-static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
-					     struct mda_conn *c, struct mda_conn *peer, __u32 size)
+/* The average write under which a stream of this end goes back (see MDA_STREAM_RUN), and the one
+ * under which it stays after all (*tiny). */
+static __always_inline __u64 mda_stream_small(struct mda_sock_key *self, struct mda_conn *c,
+					      struct mda_conn *peer, __u64 *tiny)
 {
 	/* Either key carries a netns cookie when the connection runs over loopback; behind a
 	 * REDIRECT only the sidecar's end has one. */
 	int loopback = self->netns || c->peer.netns;
-	__u64 small, tiny = 0;
-	if (!c->nodelay) {
-		small = loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
-	} else if (c->owner.cpu != MDA_UNKNOWN_ID && c->owner.cpu == peer->owner.cpu) {
-		small = loopback ? MDA_STREAM_PINNED : MDA_STREAM_PINNED_VETH;
-		tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
-	} else {
-		__u32 zero = 0;
-		__u32 *policy = mda_policy.lookup(&zero);
-		small = policy && *policy == MDA_NODELAY_FAST ? 0 : MDA_STREAM_ANY;
+	*tiny = 0;
+	if (!c->nodelay)
+		return loopback ? MDA_STREAM_SMALL : MDA_STREAM_SMALL_VETH;
+	if (c->owner.cpu != MDA_UNKNOWN_ID && c->owner.cpu == peer->owner.cpu) {
+		*tiny = loopback ? 0 : MDA_STREAM_TINY_VETH;
+		return loopback ? MDA_STREAM_PINNED : MDA_STREAM_PINNED_VETH;
 	}
+	__u32 zero = 0;
+	__u32 *policy = mda_policy.lookup(&zero);
+	return policy && *policy == MDA_NODELAY_FAST ? 0 : MDA_STREAM_ANY;
+}
+
+/* See MDA_STREAM_RUN: send a stream the stack moves faster back to it. The sizes are looked at
+ * once a run, not at every message. */
+static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_sock_key *self,
+					     struct mda_conn *c, struct mda_conn *peer, __u32 size)
+{
 	if (peer->run) {
 		peer->run = 0;
 		peer->run_bytes = 0;
@@ -117,6 +124,8 @@ static __always_inline void mda_watch_stream(struct sk_msg_md *msg, struct mda_s
 	c->run_bytes += size;
 	if (c->run < MDA_STREAM_RUN)
 		return;
+	__u64 tiny;
+	__u64 small = mda_stream_small(self, c, peer, &tiny);
 	if (c->run_bytes >= MDA_STREAM_RUN * small || c->run_bytes < MDA_STREAM_RUN * tiny) {
 		c->run = 0; /* the fast path is faster at this size: look again later */
 		c->run_bytes = 0;

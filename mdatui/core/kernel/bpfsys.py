@@ -46,6 +46,11 @@ class BpfError(OSError):
     """A bpf(2) call failed; errno and the operation are kept for the caller's message."""
 
 
+# What LayoutMismatch says to do.
+OTHER_VERSION = ("the accelerator pinned there comes from another version of mdatui; disable it "
+                 "with that version")
+
+
 class LayoutMismatch(SetupError):
     """A map's keys or values are not the size of the ctypes types read from it."""
 
@@ -180,8 +185,7 @@ class Map:
         names = "/".join(t.__name__ for t in (self.key_type, self.value_type) if t is not None)
         raise LayoutMismatch(
             f"{path} holds {info.key_size}-byte keys and {info.value_size}-byte values where this "
-            f"mdatui reads {key_size} and {self.value_size or 'any'} ({names}): the accelerator "
-            "pinned there comes from another version of mdatui; disable it with that version")
+            f"mdatui reads {key_size} and {self.value_size or 'any'} ({names}): {OTHER_VERSION}")
 
     def close(self) -> None:
         if self.fd >= 0:

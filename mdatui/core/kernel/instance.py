@@ -82,9 +82,7 @@ class Instance:
             if e.errno != errno.ENOENT:
                 raise
             if Path(pin_dir, "sock_ops_map").exists():
-                raise bpfsys.LayoutMismatch(
-                    f"{path} is missing: the accelerator pinned there comes from another version "
-                    "of mdatui; disable it with that version") from None
+                raise bpfsys.LayoutMismatch(f"{path} is missing: {bpfsys.OTHER_VERSION}") from None
             raise NotEnabled(f"mdatui is being disabled at {pin_dir}") from None
         except BaseException:
             self.close()

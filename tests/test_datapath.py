@@ -14,8 +14,10 @@ import time
 
 import pytest
 
+from mdatui.cli import main as cli_main
 from mdatui.core import lifecycle, metrics, reader, rules, service, service_status
 from mdatui.core.ends import Connection
+from mdatui.core.kernel import system
 from mdatui.core.kernel.instance import Instance
 
 from . import peers
@@ -523,6 +525,17 @@ def test_enable_without_root_explains_and_attaches_nothing(lab, pin_dir):
         "mdatui: this host cannot run the accelerator: do what the FAIL lines say "
         "(`mdatui doctor` lists every check)"]
     assert mdatui("query", "--json", "--pin-dir", pin_dir).stdout.count('"enabled": false') == 1
+
+
+def test_enable_without_a_cgroup_names_the_root_and_attaches_nothing(monkeypatch, capsys, pin_dir):
+    # In this process, with enable itself made to fail: a regression must not reach the root.
+    monkeypatch.setattr(cli_main.lifecycle, "enable", lambda **kw: pytest.fail("enable went on"))
+    monkeypatch.setattr(cli_main, "_preflight", lambda pin_dir: pytest.fail("preflight went on"))
+    assert cli_main.main(["enable", "--pin-dir", pin_dir]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mdatui: enable needs --cgroup DIR")
+    assert f"--cgroup {system.cgroup2_root()}, means every connection of this host" in err
+    assert not os.path.exists(pin_dir)
 
 
 def test_enable_on_a_missing_cgroup_names_it(lab, pin_dir):

@@ -38,6 +38,11 @@ def cmd_doctor(a) -> int:
 
 def cmd_enable(a) -> int:
     from . import rules_cmd
+    if a.cgroup is None:
+        raise CliError("mdatui: enable needs --cgroup DIR, the cgroup v2 directory whose processes' "
+                       "TCP connections are accelerated (the pods' cgroup); the cgroup2 root, "
+                       f"--cgroup {system.cgroup2_root()}, means every connection of this host, the "
+                       "one you may be logged in over included")
     _preflight(a.pin_dir)
     ruleset, config = rules_cmd.ruleset_for_enable(a.config)
     res = lifecycle.enable(cgroup=a.cgroup, pin_dir=a.pin_dir, config=config, ruleset=ruleset,
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enable", help="load and attach the accelerator, then exit")
     p.add_argument("--config", help="chain rules file to load (default: none, accelerate all)")
-    p.add_argument("--cgroup", help="cgroup v2 directory to attach to (default: the cgroup2 root)")
+    p.add_argument("--cgroup", help="cgroup v2 directory to attach to (required; the cgroup2 root "
+                   "accelerates every TCP connection of the host)")
     p.add_argument("--max-sockets", type=int, default=abi.MAX_SOCKS,
                    help=f"sockets the maps hold, two per connection (default {abi.MAX_SOCKS})")
     p.add_argument("--no-serve", action="store_true",

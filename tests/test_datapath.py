@@ -538,6 +538,22 @@ def test_enable_without_a_cgroup_names_the_root_and_attaches_nothing(monkeypatch
     assert not os.path.exists(pin_dir)
 
 
+def test_options_given_before_the_subcommand_count(lab, pin_dir, tmp_path):
+    # argparse lets a subcommand's own default win over the same option given before it: then
+    # `mdatui --pin-dir D disable` disabled the default accelerator and `--config` was dropped.
+    bad = tmp_path / "bad.conf"
+    bad.write_text("chain --port 70000 -j RETURN\n")
+    res = mdatui("--config", str(bad), "enable", "--cgroup", lab.cgroup, "--pin-dir", pin_dir)
+    assert res.returncode == 1 and f"{bad}:1:14: port 70000 is out of range" in res.stderr
+    assert mdatui("--pin-dir", pin_dir, "query").stdout.strip() == f"mdatui: not enabled (nothing pinned at {pin_dir})"
+
+    on = mdatui("--cgroup", lab.cgroup, "--pin-dir", pin_dir, "enable")
+    assert on.returncode == 0 and on.stdout.startswith(f"enabled on {lab.cgroup}; pinned at {pin_dir}")
+    assert json.loads(mdatui("--pin-dir", pin_dir, "query", "--json").stdout)["cgroup"] == lab.cgroup
+    off = mdatui("--pin-dir", pin_dir, "disable")
+    assert off.returncode == 0 and off.stdout.startswith(f"disabled on {lab.cgroup}")
+
+
 def test_enable_on_a_missing_cgroup_names_it(lab, pin_dir):
     res = mdatui("enable", "--cgroup", lab.cgroup + "-nope", "--pin-dir", pin_dir)
     assert res.returncode == 1

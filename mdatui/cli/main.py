@@ -13,8 +13,10 @@ from .args import seconds_within
 from .errors import CliError
 
 
-def _pin_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR,
+def _pin_arg(p: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
+    """--pin-dir. A subcommand's own takes no default, so that `mdatui --pin-dir D query` means
+    D, as `mdatui query --pin-dir D` does (argparse would let the subcommand's default win)."""
+    p.add_argument("--pin-dir", default=default,
                    help=f"where maps and programs are pinned (default {DEFAULT_PIN_DIR})")
 
 
@@ -157,7 +159,7 @@ def _messages(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mdatui", description=__doc__)
-    _pin_arg(ap)
+    _pin_arg(ap, DEFAULT_PIN_DIR)
     ap.add_argument("--refresh", type=seconds_within(0.1, 60), default=1.0, metavar="SECONDS",
                     help="how often the console reads the maps (default 1)")
     ap.add_argument("--dump-keep", type=_messages, default=DUMP_KEEP, metavar="N",
@@ -168,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd")
 
     p = sub.add_parser("enable", help="load and attach the accelerator, then exit")
-    p.add_argument("--config", help="chain rules file to load (default: none, accelerate all)")
-    p.add_argument("--cgroup", help="cgroup v2 directory to attach to (required; the cgroup2 root "
+    # Like --pin-dir, these also count when given before `enable` (no default of their own).
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="chain rules file to load (default: none, accelerate all)")
+    p.add_argument("--cgroup", default=argparse.SUPPRESS, metavar="DIR",
+                   help="cgroup v2 directory to attach to (required; the cgroup2 root "
                    "accelerates every TCP connection of the host)")
     p.add_argument("--max-sockets", type=int, default=abi.MAX_SOCKS,
                    help=f"sockets the maps hold, two per connection (default {abi.MAX_SOCKS})")

@@ -309,15 +309,15 @@ def add_parser(sub, pin_arg) -> None:
 
     p = cmd("list", cmd_list, "show the rules of the config file")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--config", help="rules file (default: the one enable loaded)")
+    p.add_argument("--config", default=argparse.SUPPRESS, help="rules file (default: the one enable loaded)")
     p = cmd("check", cmd_check, "validate a rules file; every error is listed")
     p.add_argument("file", nargs="?")
     p = cmd("add", cmd_add, "append a rule (applied live when enabled), e.g. 'chain --port 80 -j RETURN'")
     p.add_argument("rule")
-    p.add_argument("--config")
+    p.add_argument("--config", default=argparse.SUPPRESS)
     p = cmd("delete", cmd_delete, "delete rule N (as numbered by `rules list`)")
     p.add_argument("number", type=int)
-    p.add_argument("--config")
+    p.add_argument("--config", default=argparse.SUPPRESS)
     p = cmd("apply", cmd_apply, "load a rules file into the running kernel")
     p.add_argument("file", nargs="?")
     p = cmd("watch", cmd_watch, "load a rules file into the running kernel each time it changes "
@@ -327,6 +327,7 @@ def add_parser(sub, pin_arg) -> None:
                    help="how often the file is looked at (default 2)")
     p = cmd("preset", cmd_preset, "replace the rules file with a preset, shown as a diff first")
     p.add_argument("name", choices=presets.NAMES)
-    p.add_argument("--config", help="rules file to write (default: the one enable loaded)")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help="rules file to write (default: the one enable loaded)")
     p.add_argument("--apply", action="store_true", help="also load it into the running kernel")
 

@@ -196,3 +196,18 @@ def test_an_exception_in_the_demo_leaves_nothing():
         assert everything_left(prefix, []) == {}  # the demo waited for its guardian
     finally:
         demo.remove(prefix)
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--clients", "0"], "argument --clients: 0 is out of range 1-8"),
+    (["--clients", "9"], "argument --clients: 9 is out of range 1-8"),  # 64 KiB messages and up
+    (["--clients", "two"], "argument --clients: 'two' is not a whole number"),
+    (["--seconds", "-4"], "argument --seconds: -4 is out of range 1-604800 seconds"),
+])
+def test_bad_arguments_are_named_and_nothing_is_built(args, error):
+    child = subprocess.Popen([sys.executable, "-m", "mdatui.cli.main", "demo", "--no-console", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 2
+    assert err.strip().splitlines()[-1] == f"mdatui demo: error: {error}"
+    assert leftovers(demo.prefix_of(child.pid), []) == {}

@@ -16,3 +16,15 @@ def seconds_within(lo: float, hi: float) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text} is out of range {lo:g}-{hi:g} seconds")
         return value
     return seconds
+
+
+def whole_within(lo: int, hi: int) -> Callable[[str], int]:
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range {lo}-{hi}")
+        return value
+    return whole

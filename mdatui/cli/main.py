@@ -9,8 +9,11 @@ from ..core import doctor, jsonout, lifecycle, reader, snapshot, units
 from ..core.backend import DUMP_KEEP
 from ..core.kernel import abi, system
 from ..core.kernel.instance import DEFAULT_PIN_DIR, Instance, NotEnabled
-from .args import seconds_within
+from .args import seconds_within, whole_within
 from .errors import CliError
+
+DEMO_CLIENTS_MAX = 8  # the n-th sends 256 B << (n - 1) a message: 32 KiB for the 8th
+DEMO_SECONDS_MAX = 7 * 86400
 
 
 def _pin_arg(p: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
@@ -217,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often the console reads the maps (default 1)")
     p.add_argument("--dump-keep", type=_messages, default=argparse.SUPPRESS, metavar="N",
                    help=f"messages the Dump tab keeps, the newest (default {DUMP_KEEP})")
-    p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--seconds", type=float, default=1800, help="traffic stops after this long")
+    p.add_argument("--clients", type=whole_within(1, DEMO_CLIENTS_MAX), default=3, metavar="N",
+                   help=f"client processes through the mesh, the n-th sending 10n messages a second "
+                        f"of 256 B << (n - 1) (default 3, at most {DEMO_CLIENTS_MAX})")
+    p.add_argument("--seconds", type=seconds_within(1, DEMO_SECONDS_MAX), default=1800, metavar="S",
+                   help="traffic stops after this long (default 1800, at most a week)")
     p.add_argument("--no-console", action="store_true",
                    help="print the accelerator's state after --seconds instead of opening the console")
     p.add_argument("--clean", action="store_true",

@@ -44,7 +44,7 @@ def test_shows_a_diff_against_the_current_file_then_writes_it(tmp_path, capsys):
     assert ("+chain --port 15021 -j RETURN  # health (kubelet's readiness probes): "
             "should see the normal stack") in out
     assert out[-1] == (f"saved {config} (7 rules); mdatui is not enabled: "
-                       f"`mdatui enable --config {config}` loads them")
+                       f"`mdatui enable --cgroup DIR --config {config}` loads them")
     written = rules.load(config)
     assert [rules.format_rule(r) for r in written.rules] == ISTIO_RULES
     # Every rule says why, on its own line.

@@ -128,7 +128,7 @@ def test_watch_without_an_accelerator_says_so_and_exits_1(tmp_path):
     done = mdatui("rules", "watch", str(tmp_path / "x.conf"), "--pin-dir", str(tmp_path / "none"))
     assert done.returncode == 1
     assert done.stderr.strip() == (f"mdatui is not enabled at {tmp_path / 'none'}: run `mdatui enable "
-                                   "--config FILE` first")
+                                   "--cgroup DIR --config FILE` first")
 
 
 def test_interval_out_of_range_is_refused(tmp_path):

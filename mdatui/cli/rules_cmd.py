@@ -45,7 +45,7 @@ def _enabled(pin_dir: str) -> Instance:
     """The running accelerator, for commands that need one."""
     inst = _running(pin_dir)
     if inst is None:
-        raise RulesError(f"mdatui is not enabled at {pin_dir}: run `mdatui enable --config FILE` first")
+        raise RulesError(f"mdatui is not enabled at {pin_dir}: run `mdatui enable --cgroup DIR --config FILE` first")
     return inst
 
 
@@ -279,8 +279,8 @@ def cmd_preset(a) -> int:
     inst = _running(a.pin_dir)
     try:
         if a.apply and inst is None:
-            raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --config "
-                             "FILE` first, or leave out --apply")
+            raise RulesError(f"mdatui is not enabled at {a.pin_dir}: run `mdatui enable --cgroup DIR "
+                             "--config FILE` first, or leave out --apply")
         path = a.config or live.default_config(inst)
         change = presets.diff(_current_text(path), preset.text(), path, a.name)
         print(change or f"{path} holds the {a.name} preset already\n", end="")
@@ -290,7 +290,7 @@ def cmd_preset(a) -> int:
             rules.save(preset, path)
             print(f"saved {path} ({len(preset.rules)} rules); "
                   + (f"not loaded: add --apply, or run `mdatui rules apply {path}`" if inst
-                     else f"mdatui is not enabled: `mdatui enable --config {path}` loads them"))
+                     else f"mdatui is not enabled: `mdatui enable --cgroup DIR --config {path}` loads them"))
     finally:
         if inst:
             inst.close()

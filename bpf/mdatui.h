@@ -76,6 +76,7 @@
 /* bpf_getsockopt() arguments (netinet/tcp.h, which a BPF program cannot include) */
 #define MDA_SOL_TCP 6
 #define MDA_TCP_NODELAY 1
+#define MDA_O_NONBLOCK 04000 /* a file's f_flags, x86-64's value (the only JIT this targets) */
 
 /* One end of a TCP connection, as that end sees it. Addresses are IPv6, network byte order; an
  * IPv4 address is kept IPv4-mapped (::ffff:a.b.c.d), the form a dual-stack socket sees it in, so
@@ -123,6 +124,7 @@ struct mda_conn {
 	 * sock_ops, which builds a record on its stack, outgrows the BPF stack. */
 	__u32 behind_ms;
 	__u32 peer_read;
+	__u64 sk;      /* this end's struct sock, for its peer's sock_ops (mda_own_fin); 0: unknown */
 };
 
 /* mda_dest_map key: where connecting ends connect to. */
@@ -178,6 +180,7 @@ enum mda_leave {
 	MDA_LEAVE_DISABLE = 5,     /* the accelerator is being disabled */
 	MDA_LEAVE_BLOCKING = 6,    /* a thread blocks reading it while another uses it (core/guard.py) */
 	MDA_LEAVE_UNREAD = 7,      /* its peer did not keep up with what it sent (sk_msg.c) */
+	MDA_LEAVE_OWN_FIN = 8,     /* it shut its sending side down (sock_ops.c, mda_own_fin) */
 };
 
 #define MDA_RULE_IP     (1 << 0)

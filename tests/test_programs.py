@@ -208,8 +208,9 @@ def test_socat_copies_a_file_and_echoes_with_half_close():
     assert accel == plain
     # Pod to pod a copy and an echo there and back. Over loopback socat's 8 KiB writes are a
     # stream the stack moves faster (MDA_STREAM_SMALL): the copy goes back, and so may the echo,
-    # unless its replies keep breaking up the run of its sends.
-    assert counted["redirected_bytes"] >= 3 * SOCAT_BYTES
+    # unless its replies keep breaking up the run of its sends. The echo's sender is blocking
+    # and shuts its side down: what is echoed after that goes through the stack (mda_own_fin).
+    assert counted["redirected_bytes"] >= 2 * SOCAT_BYTES
     assert counted["handed_back"] >= 1
 
 

@@ -82,6 +82,7 @@ class Conn(ct.Structure):
         ("nodelay", ct.c_uint32),
         ("behind_ms", ct.c_uint32),
         ("peer_read", ct.c_uint32),
+        ("sk", ct.c_uint64),
     ]
 
 
@@ -119,6 +120,7 @@ class Leave(enum.IntEnum):
     DISABLE = 5
     BLOCKING = 6
     UNREAD = 7
+    OWN_FIN = 8
 
 
 class Pending(ct.Structure):

@@ -22,12 +22,18 @@ HEADER = "mdatui.h"
 SOURCES = ("sock_owner.c", "sock_ops.c", "sk_msg.c", "blocked_readers.c")
 # Kernel struct members the programs read, as -D macros of their offsets in the running kernel.
 # What a kernel lacks is left out: without the CPU one no end is known to be held to one CPU,
-# without the psock ones a reader that falls behind is not seen (bpf/sk_msg.c).
+# without the psock ones a reader that falls behind is not seen (bpf/sk_msg.c) and an end that
+# shuts down leaves the fast path drained, not at once (bpf/sock_ops.c, mda_own_fin).
 KERNEL_MEMBERS = {
     "MDA_TASK_NR_CPUS_ALLOWED": "task_struct.nr_cpus_allowed",
     "MDA_OFF_SK_MSG_SK_REDIR": "sk_msg.sk_redir",
     "MDA_OFF_SOCK_USER_DATA": "sock.sk_user_data",
     "MDA_OFF_PSOCK_MSG_TOT_LEN": "sk_psock.msg_tot_len",
+    "MDA_OFF_PSOCK_REFCNT": "sk_psock.refcnt",
+    "MDA_OFF_SOCK_OPS_SK": "bpf_sock_ops_kern.sk",
+    "MDA_OFF_SOCK_SK_SOCKET": "sock.sk_socket",
+    "MDA_OFF_SOCKET_FILE": "socket.file",
+    "MDA_OFF_FILE_F_FLAGS": "file.f_flags",
 }
 # What blocked_readers.c reads; it is compiled (MDA_GUARD_ITER) only when the BTF gives all.
 GUARD_MEMBERS = {

@@ -190,6 +190,8 @@ class MdaConsole(KeysInOrder, App[int]):
             self._forced_end.cancel()
 
     def _sync_not_running(self, enabled: bool) -> None:
+        if not self.screen_stack:
+            return  # the app is ending: the poll worker's last frame came after its screens went
         showing = isinstance(self.screen, NotRunningScreen)
         if not enabled and not showing:
             self.push_screen(NotRunningScreen())

@@ -9,7 +9,7 @@ from textual.geometry import Region
 from textual.widgets import Button, DataTable, Input, Log, TabbedContent
 
 from mdatui.core.backend import Frame
-from mdatui.ui.app import MdaConsole
+from mdatui.ui.app import MdaConsole, Polled
 from mdatui.ui.screens.help import HelpScreen
 from mdatui.ui.screens.not_running import NotRunningScreen
 from mdatui.ui.screens.prompt import PromptScreen
@@ -35,6 +35,18 @@ async def two_frames(pilot) -> None:
     await wait_frames(pilot, 1)
     pilot.app.action_refresh_now()
     await wait_frames(pilot, 2)
+
+
+async def test_a_frame_that_comes_as_the_app_ends_is_dropped():
+    # The poll worker's last message can be handled after the screens are gone (seen in CI:
+    # ScreenStackError, the app's exit an error).
+    app = console()
+    async with app.run_test() as pilot:
+        await two_frames(pilot)
+        frame = app.frame
+    assert app.screen_stack == []
+    app.on_polled(Polled(frame, None))
+    app.on_polled(Polled(None, "nothing is pinned"))
 
 
 async def test_status_line_shows_state_and_rates():

@@ -6,25 +6,19 @@ import argparse
 from collections.abc import Callable
 
 
-def seconds_within(lo: float, hi: float) -> Callable[[str], float]:
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} is out of range {lo:g}-{hi:g} seconds")
-        return value
-    return seconds
+def _within(convert: Callable[[str], float], kind: str, unit: str):
+    def within(lo: float, hi: float) -> Callable[[str], float]:
+        def parse(text: str) -> float:
+            try:
+                value = convert(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"'{text}' is not {kind}") from None
+            if not lo <= value <= hi:
+                raise argparse.ArgumentTypeError(f"{text} is out of range {lo:g}-{hi:g}{unit}")
+            return value
+        return parse
+    return within
 
 
-def whole_within(lo: int, hi: int) -> Callable[[str], int]:
-    def whole(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} is out of range {lo}-{hi}")
-        return value
-    return whole
+seconds_within = _within(float, "a number of seconds", " seconds")
+whole_within = _within(int, "a whole number", "")

@@ -321,6 +321,26 @@ static __always_inline __u64 mda_peek(void *at)
 	return v;
 }
 
+#ifdef MDA_OFF_SOCK_USER_DATA
+/* A socket's psock (struct sk_psock) as a number, 0 if it has none: sk_user_data carries flag
+ * bits below the pointer (SK_USER_DATA_PTRMASK). */
+static __always_inline __u64 mda_psock(__u64 sk)
+{
+	return sk ? mda_peek((void *)sk + MDA_OFF_SOCK_USER_DATA) & ~7UL : 0;
+}
+#endif
+
+/* A 32-bit member of a psock: how many hold it (its sockhash entry, and each call inside
+ * tcp_bpf's sendmsg or recvmsg, which holds it from before its verdict until the bytes are
+ * queued at the peer), or how many redirected bytes wait in it unread. No psock: 0. */
+static __always_inline __u32 mda_psock_u32(__u64 psock, __u32 off)
+{
+	__u32 v = 0;
+	if (psock)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)psock + off);
+	return v;
+}
+
 static __always_inline __u32 mda_port_host(__u32 be_port)
 {
 	/* remote_port is the big-endian 16-bit port; older kernels shift it into the upper half. */

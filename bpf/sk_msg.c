@@ -67,12 +67,8 @@ static __always_inline int mda_peer_behind(struct sk_msg_md *msg, struct mda_con
 {
 #if defined(MDA_OFF_SK_MSG_SK_REDIR) && defined(MDA_OFF_SOCK_USER_DATA) && \
 	defined(MDA_OFF_PSOCK_MSG_TOT_LEN)
-	void *peer = (void *)mda_peek((void *)msg + MDA_OFF_SK_MSG_SK_REDIR);
-	/* sk_user_data carries flag bits below the psock pointer (SK_USER_DATA_PTRMASK) */
-	__u64 psock = peer ? mda_peek(peer + MDA_OFF_SOCK_USER_DATA) & ~7UL : 0;
-	__u32 unread = 0;
-	if (psock)
-		bpf_probe_read_kernel(&unread, sizeof(unread), (void *)psock + MDA_OFF_PSOCK_MSG_TOT_LEN);
+	__u64 psock = mda_psock(mda_peek((void *)msg + MDA_OFF_SK_MSG_SK_REDIR));
+	__u32 unread = mda_psock_u32(psock, MDA_OFF_PSOCK_MSG_TOT_LEN);
 	if (unread <= MDA_UNREAD_MAX) {
 		c->behind_ms = 0;
 		return 0;

@@ -309,18 +309,6 @@ static __always_inline void mda_forget(struct bpf_sock_ops *skops, int report)
 	defined(MDA_OFF_PSOCK_REFCNT) && defined(MDA_OFF_PSOCK_MSG_TOT_LEN) && \
 	defined(MDA_OFF_SOCK_SK_SOCKET) && defined(MDA_OFF_SOCKET_FILE) && defined(MDA_OFF_FILE_F_FLAGS)
 #define MDA_OWN_FIN
-/* What a socket's psock says: how many hold it (its sockhash entry, and each call inside
- * tcp_bpf's sendmsg or recvmsg, which holds it from before its verdict until the bytes are
- * queued at the peer), and how many redirected bytes wait in it unread. No psock: 0 holders. */
-static __always_inline __u32 mda_psock_u32(__u64 sk, __u32 off)
-{
-	__u64 psock = sk ? mda_peek((void *)sk + MDA_OFF_SOCK_USER_DATA) & ~7UL : 0;
-	__u32 v = 0;
-	if (psock)
-		bpf_probe_read_kernel(&v, sizeof(v), (void *)psock + off);
-	return v;
-}
-
 /* Whether the socket's file is non-blocking: then no read of it ever waits in tcp_bpf_recvmsg. */
 static __always_inline int mda_nonblocking(__u64 sk)
 {
@@ -362,9 +350,10 @@ static __always_inline void mda_own_fin(struct bpf_sock_ops *skops)
 	/* A locked instruction: the stop flags are seen by every CPU before the holders are read
 	 * (x86 may let a load pass an earlier store, but not a locked instruction). */
 	lock_xadd(&c->passed, 0);
-	if (mda_psock_u32(sk, MDA_OFF_PSOCK_REFCNT) != 1 ||
-	    mda_psock_u32(sk, MDA_OFF_PSOCK_MSG_TOT_LEN) != 0 ||
-	    mda_psock_u32(peer->sk, MDA_OFF_PSOCK_REFCNT) != 1)
+	__u64 own = mda_psock(sk);
+	if (mda_psock_u32(own, MDA_OFF_PSOCK_REFCNT) != 1 ||
+	    mda_psock_u32(own, MDA_OFF_PSOCK_MSG_TOT_LEN) != 0 ||
+	    mda_psock_u32(mda_psock(peer->sk), MDA_OFF_PSOCK_REFCNT) != 1)
 		return;
 	if (sock_ops_map.delete(&self) == 0) {
 		sock_drain_map.delete(&self);
